@@ -1,0 +1,61 @@
+# Names, paths and resources shared by every rule file.
+from workflow_scripts import storage
+
+MODELS = {entry["name"]: entry for entry in config["models"]}
+DATASETS = {entry["name"]: entry for entry in config["datasets"]}
+MODEL_NAMES = list(MODELS)
+DATASET_NAMES = list(DATASETS)
+EXTERNAL_SOURCES = ("hub", "local", "package", "archive")
+
+
+def models_of_source(*sources):
+    return [name for name, entry in MODELS.items() if entry["source"] in sources]
+
+
+def datasets_of_source(*sources):
+    return [name for name, entry in DATASETS.items() if entry["source"] in sources]
+
+
+def labelled_datasets():
+    """Datasets with a label column (chunks datasets carry no labels)."""
+    return [name for name, entry in DATASETS.items() if entry.get("label_column")]
+
+
+def name_regex(names):
+    """A wildcard constraint matching exactly these names (never matches when empty)."""
+    import re
+
+    return "|".join(re.escape(name) for name in names) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    model=name_regex(MODEL_NAMES),
+    dataset=name_regex(DATASET_NAMES),
+
+
+RES = config["resources"]
+
+
+def gpu_resources():
+    """Resources of a rule that runs a model: gpu=1 (and gpu_model) unless switched off in config."""
+    if not RES["gpu_rules_use_gpu"]:
+        return {}
+    resources = {"gpu": 1}
+    if RES["gpu_model"]:
+        resources["gpu_model"] = RES["gpu_model"]
+    return resources
+
+
+def light_resources():
+    return {"mem_mb": RES["mem_mb_base"], "runtime": RES["runtime_minutes_base"]}
+
+
+def model_weights_mb(model):
+    """Rough size of a model's weights for scaling memory and time requests (known after materialising)."""
+    import glob
+    import os
+
+    files = glob.glob(os.path.join(storage.model_dir(model), "*.safetensors")) + glob.glob(
+        os.path.join(storage.model_dir(model), "*.bin")
+    )
+    return sum(os.path.getsize(f) for f in files) / 1e6 if files else 500.0
