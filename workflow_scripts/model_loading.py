@@ -1,0 +1,129 @@
+"""Loading and saving model folders: offline loading with the best attention kernel, provenance, checksums.
+
+Used by extraction and by every rule that derives a model (perturbation, fine-tuning).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from workflow_scripts.storage import WorkflowInputError, read_json, write_json
+
+LOG = logging.getLogger("workflow")
+
+PROVENANCE_FILE = "provenance.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def weight_files(folder) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def weights_sha256(folder) -> str:
+    """sha256 over the model's weight files (name and content, in name order)."""
+    files = weight_files(folder)
+    if not files:
+        raise WorkflowInputError(
+            f"model folder {folder} holds no weight file (*.safetensors or *.bin); the model source is "
+            f"incomplete: check its path or re-download it."
+        )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def write_provenance(folder, info: dict) -> dict:
+    """Write provenance.json into a model folder (adds the weight checksum)."""
+    record = dict(info)
+    record["weights_sha256"] = weights_sha256(folder)
+    write_json(record, Path(folder) / PROVENANCE_FILE)
+    return record
+
+
+def read_provenance(folder) -> dict:
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.exists():
+        raise WorkflowInputError(f"{path} is missing: {folder} was not materialised by this workflow; rerun it.")
+    return read_json(path)
+
+
+def pick_device(requested: str = "auto"):
+    import torch
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            LOG.warning("device 'cuda' requested but no GPU is visible; running on the CPU")
+            return torch.device("cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device):
+    import torch
+
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if requested in ("float16", "bfloat16") and device.type == "cpu":
+        LOG.warning("compute dtype %s asked for on the CPU; using float32 there", requested)
+        return torch.float32
+    return getattr(torch, requested)
+
+
+def load_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise WorkflowInputError(
+            f"cannot load a tokenizer from {folder} ({err}); the model folder needs tokenizer files "
+            f"(tokenizer.json or vocab files)."
+        ) from err
+
+
+def load_model(folder, *, auto_class=None, device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
+    """Load a model folder offline, with SDPA attention where the architecture supports it (eager otherwise)."""
+    import torch
+    from transformers import AutoModel
+
+    auto_class = auto_class or AutoModel
+    dtype = dtype or torch.float32
+    common = dict(local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    if not (Path(folder) / "config.json").exists():
+        raise WorkflowInputError(f"{folder} has no config.json: it is not a Hugging Face model folder.")
+    try:
+        model = auto_class.from_pretrained(folder, attn_implementation="sdpa", **common)
+    except (ValueError, ImportError) as err:
+        if "sdpa" not in str(err).lower() and "scaled_dot_product" not in str(err).lower():
+            raise
+        LOG.info("%s does not support SDPA attention; using eager attention", folder)
+        model = auto_class.from_pretrained(folder, attn_implementation="eager", **common)
+    except OSError as err:
+        raise WorkflowInputError(f"cannot load model weights from {folder} ({err}).") from err
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def environment_summary() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+        "host_cpus": os.cpu_count(),
+    }
