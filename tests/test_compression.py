@@ -1,0 +1,273 @@
+"""Tests of the [CLS] compression stage and of fine-tuning as a model source (issue 5)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workflow_scripts import compression, storage
+from workflow_scripts.probe import linear_probe
+from workflow_scripts.storage import WorkflowInputError
+
+
+# ----------------------------------------------------------------------------------- synthetic data
+def one_dim_label_data(n_train=300, n_test=200, d=8, label_dim=3, label_scale=1.0, noise_scale=1.0, seed=0):
+    """Binary labels that live only in dimension `label_dim`: there x = label_scale * (+-1 + 0.3 N(0,1));
+    every other dimension is noise_scale * N(0,1), independent of the label."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, 2, size=n)
+    x = noise_scale * rng.normal(size=(n, d))
+    x[:, label_dim] = label_scale * ((2 * y - 1) + 0.3 * rng.normal(size=n))
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def write_pooled(path, x_by_layer, labels, splits, model="m", dataset="ds"):
+    """A pooled.parquet following the extraction contract (docs/ARCHITECTURE.md), for reading tests."""
+    n = len(labels)
+    n_layers = len(x_by_layer)
+    d = x_by_layer[0].shape[1]
+    columns = {
+        "example_id": pa.array(np.arange(n, dtype=np.int64)),
+        "split": pa.array(list(splits)),
+        "label": pa.array(list(labels), type=pa.string()),
+        "n_tokens": pa.array(np.full(n, 5, dtype=np.int32)),
+    }
+    for layer, x in enumerate(x_by_layer):
+        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(x.astype(np.float32))
+        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list((x + 100).astype(np.float32))
+    table = pa.table(columns)
+    meta = {"model": model, "dataset": dataset, "n_layers": n_layers, "hidden_size": d}
+    table = table.replace_schema_metadata({"hidden_states": json.dumps(meta)})
+    pq.write_table(table, path, row_group_size=max(1, n // 3))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ k grid
+def test_k_grid_powers_of_two_then_d():
+    assert compression.k_grid(384) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 384]
+    assert compression.k_grid(8) == [1, 2, 4, 8]
+    assert compression.k_grid(1) == [1]
+
+
+def test_k_grid_caps_requested_k_at_d_with_a_log_line(caplog):
+    with caplog.at_level(logging.INFO, logger="workflow"):
+        assert compression.k_grid(10, [3, 1000, 10, 1]) == [1, 3, 10]
+    assert "k=1000 is larger than the vector's 10 dimensions; capped at 10" in caplog.text
+    with pytest.raises(WorkflowInputError, match="at least 1"):
+        compression.k_grid(10, [0])
+
+
+# --------------------------------------------------------------------------------------------- PCA
+def test_fit_pca_matches_scikit_learn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + 3.0
+    mean, components, variances = compression.fit_pca(x)
+    reference = PCA().fit(x)
+    np.testing.assert_allclose(mean, reference.mean_, atol=1e-10)
+    np.testing.assert_allclose(variances / variances.sum(), reference.explained_variance_ratio_, atol=1e-10)
+    # same axes up to sign
+    np.testing.assert_allclose(np.abs(np.sum(components * reference.components_, axis=1)), 1.0, atol=1e-8)
+    # and our sign convention: largest-magnitude loading positive
+    assert np.all(components[np.arange(6), np.abs(components).argmax(axis=1)] > 0)
+
+
+def test_k1_pca_keeps_the_label_when_its_dimension_carries_most_variance():
+    train_x, train_y, test_x, test_y = one_dim_label_data(label_scale=10.0, noise_scale=1.0)
+    curve = compression.pca_curve(train_x, train_y, test_x, test_y, [1, 2, 4, 8])
+    k1 = curve[(curve["kind"] == "pca") & (curve["k"] == 1)].iloc[0]
+    full = curve[curve["kind"] == "full"].iloc[0]
+    assert full["accuracy"] >= 0.99
+    assert k1["accuracy"] >= 0.99
+    assert k1["explained_variance"] > 0.9  # the label dimension holds ~ 100 / (100 + 7) of the variance
+    assert compression.smallest_k_within(curve, 0.01) == (1, full["accuracy"])
+
+
+def test_k1_pca_loses_the_label_when_its_dimension_carries_the_least_variance():
+    train_x, train_y, test_x, test_y = one_dim_label_data(label_scale=1.0, noise_scale=5.0)
+    curve = compression.pca_curve(train_x, train_y, test_x, test_y, [1, 2, 4, 8])
+    pca = curve[curve["kind"] == "pca"].set_index("k")["accuracy"]
+    full = float(curve.loc[curve["kind"] == "full", "accuracy"].iloc[0])
+    assert full >= 0.99
+    # the label direction is the 8th (last) principal component: k = 1, 2, 4 are at chance, k = 8 recovers it
+    for k in (1, 2, 4):
+        assert pca[k] < 0.65
+    assert pca[8] >= 0.99
+    assert compression.smallest_k_within(curve, 0.01)[0] == 8
+
+
+def test_smallest_k_within_tolerance_on_a_known_table():
+    curve = pd.DataFrame({"kind": ["pca"] * 4 + ["full"], "k": [1, 2, 4, 8, 8],
+                          "accuracy": [0.70, 0.985, 0.99, 1.0, 1.0]})
+    assert compression.smallest_k_within(curve, 0.01) == (4, 1.0)
+    assert compression.smallest_k_within(curve, 0.02) == (2, 1.0)
+    assert compression.smallest_k_within(curve.assign(accuracy=[0.5, 0.5, 0.5, 0.5, 1.0]), 0.01) == (None, 1.0)
+
+
+# ------------------------------------------------------------------------------------- single dims
+def test_the_label_dimension_ranks_first_and_others_are_at_chance():
+    train_x, train_y, test_x, test_y = one_dim_label_data(d=12, label_dim=7)
+    dims = compression.single_dim_scan(train_x, train_y, test_x, test_y)
+    assert list(dims["dim"]) == list(range(12))
+    assert sorted(dims["rank"]) == list(range(1, 13))
+    top = dims.sort_values("rank").iloc[0]
+    assert top["dim"] == 7
+    assert top["accuracy"] >= 0.99
+    others = dims[dims["dim"] != 7]
+    assert others["accuracy"].max() < 0.65
+    assert others["train_accuracy"].max() < top["train_accuracy"]
+
+
+def test_single_dim_scan_equals_the_shared_probe_with_a_fixed_c():
+    rng = np.random.default_rng(3)
+    n, d = 240, 5
+    y = rng.integers(0, 3, size=n)
+    x = rng.normal(size=(n, d)) + 0.8 * y[:, None] * rng.normal(size=d)
+    x[:, 2] = 4.0  # a constant dimension
+    train, test = slice(0, 160), slice(160, n)
+    dims = compression.single_dim_scan(x[train], y[train], x[test], y[test], C=0.1)
+    for j in range(d):
+        reference = linear_probe(x[train, j], y[train], x[test, j], y[test], c_grid=(0.1,))
+        row = dims.loc[dims["dim"] == j].iloc[0]
+        assert row["accuracy"] == pytest.approx(reference.accuracy)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((reference.ci_low, reference.ci_high))
+    assert dims.loc[dims["dim"] == 2, "variance"].item() == 0.0
+
+
+def test_best_dims_probes_use_the_full_protocol_on_train_ranked_dims():
+    train_x, train_y, test_x, test_y = one_dim_label_data(d=6, label_dim=4)
+    dims = compression.single_dim_scan(train_x, train_y, test_x, test_y)
+    best = compression.best_dims_probes(train_x, train_y, test_x, test_y, dims, 2)
+    assert list(best["kind"]) == ["single", "single", "top_together"]
+    assert best.iloc[0]["dims"] == "4"
+    reference = linear_probe(train_x[:, 4], train_y, test_x[:, 4], test_y)
+    assert best.iloc[0]["accuracy"] == pytest.approx(reference.accuracy)
+    assert best.iloc[0]["C"] == reference.C
+    assert best.iloc[2]["k"] == 2 and best.iloc[2]["dims"].split(";")[0] == "4"
+
+
+# --------------------------------------------------------------------------------- reading + analyse
+def _pooled_fixture(tmp_path, labels=None, splits=None, d=8, label_dim=3):
+    train_x, train_y, test_x, test_y = one_dim_label_data(n_train=120, n_test=60, d=d, label_dim=label_dim,
+                                                          label_scale=3.0)
+    x = np.concatenate([train_x, test_x])
+    if labels is None:
+        labels = np.where(np.concatenate([train_y, test_y]) == 1, "pos", "neg").astype(object)
+    if splits is None:
+        splits = ["train"] * 120 + ["test"] * 60
+    layers = [np.random.default_rng(9).normal(size=x.shape), x]  # layer 0 noise, layer 1 (last) carries the label
+    return write_pooled(tmp_path / "pooled.parquet", layers, labels, splits), x
+
+
+def test_read_view_streams_the_right_column_and_drops_unlabelled_rows(tmp_path, caplog):
+    labels = np.where(np.arange(180) % 2 == 0, "a", "b").astype(object)
+    labels[[0, 5, 170]] = None
+    path, x = _pooled_fixture(tmp_path, labels=labels)
+    with caplog.at_level(logging.INFO, logger="workflow"):
+        view = compression.read_view(path, layer=-1, pooling="first")
+    assert "3 of 180 rows carry no label" in caplog.text
+    keep = np.setdiff1d(np.arange(180), [0, 5, 170])
+    np.testing.assert_allclose(view["x"], x[keep].astype(np.float32))
+    assert view["layer"] == 1 and view["column"] == "layer_01_first"
+    assert view["classes"] == ["a", "b"]
+    np.testing.assert_array_equal(view["y"], (keep % 2 == 1).astype(int))
+    mean_view = compression.read_view(path, layer=1, pooling="mean")
+    np.testing.assert_allclose(mean_view["x"], (x[keep] + 100).astype(np.float32), rtol=1e-6)
+
+
+def test_bad_inputs_give_clear_messages(tmp_path):
+    path, _ = _pooled_fixture(tmp_path, labels=[None] * 180)
+    with pytest.raises(WorkflowInputError, match="has no labels"):
+        compression.read_view(path, layer=-1, pooling="first", dataset="corpus")
+    path, _ = _pooled_fixture(tmp_path, labels=["same"] * 180)
+    with pytest.raises(WorkflowInputError, match="1 class"):
+        compression.read_view(path, layer=-1, pooling="first", dataset="corpus")
+    with pytest.raises(WorkflowInputError, match="out of range"):
+        compression.read_view(path, layer=5, pooling="first")
+    # two classes overall, but only one of them in train
+    labels = ["a"] * 120 + ["b"] * 60
+    path, _ = _pooled_fixture(tmp_path, labels=labels)
+    view = compression.read_view(path, layer=-1, pooling="first", model="m", dataset="corpus")
+    with pytest.raises(WorkflowInputError, match="train split holds a single class"):
+        compression.train_test(view, model="m", dataset="corpus")
+    path, _ = _pooled_fixture(tmp_path, splits=["train"] * 180)
+    view = compression.read_view(path, layer=-1, pooling="first")
+    with pytest.raises(WorkflowInputError, match="no labelled test examples"):
+        compression.train_test(view)
+
+
+def test_analyse_summary_on_synthetic_data(tmp_path):
+    path, _ = _pooled_fixture(tmp_path, d=8, label_dim=5)
+    view = compression.read_view(path, layer=-1, pooling="first")
+    curve, dims, best, summary = compression.analyse(view, model="m", dataset="ds", pooling="first", n_best=3)
+    row = summary.iloc[0]
+    assert row["best_dim"] == 5
+    assert row["full_accuracy"] >= 0.98 and row["best_dim_accuracy"] >= 0.98
+    assert row["dims"] == 8 and row["n_train"] == 120 and row["n_test"] == 60 and row["n"] == 180
+    assert list(curve["k"]) == [1, 2, 4, 8, 8]
+    assert row["best_dims"].split(";")[0] == "5"
+    assert row["single_dim_argmax_test"] == 5
+    for frame in (curve, dims, best, summary):
+        assert {"model", "dataset", "layer", "pooling"} <= set(frame.columns)
+        assert (frame["layer"] == 1).all()
+
+
+# ------------------------------------------------------------------------------------------- pairs
+def test_resolve_pairs_from_config_and_finetune_entries():
+    models = [
+        {"name": "bert", "source": "hub"},
+        {"name": "bert-ft", "source": "finetune", "base": "bert", "dataset": "d"},
+        {"name": "other", "source": "local"},
+        {"name": "other-ft", "source": "finetune", "base": "other", "dataset": "d"},
+    ]
+    declared = [{"pretrained": "other", "finetuned": "bert-ft"}, {"pretrained": "bert", "finetuned": "bert-ft"}]
+    assert compression.resolve_pairs(declared, models, ["bert", "bert-ft", "other", "other-ft"]) == [
+        ("other", "bert-ft"), ("bert", "bert-ft"), ("other", "other-ft")]
+    assert compression.resolve_pairs([], models, ["bert", "bert-ft", "other"], derive=True) == [("bert", "bert-ft")]
+    assert compression.resolve_pairs([], models, ["bert", "bert-ft"], derive=False) == []
+    with pytest.raises(WorkflowInputError, match="'nope' is not a configured model"):
+        compression.resolve_pairs([{"pretrained": "nope", "finetuned": "bert"}], models, ["bert"])
+
+
+def test_pairs_table_and_figures(tmp_path):
+    frames = {}
+    for model, shuffle in (("pre", True), ("ft", False)):
+        train_x, train_y, test_x, test_y = one_dim_label_data(n_train=100, n_test=60, d=8)
+        if shuffle:  # the "pretrained" vectors carry no label information
+            rng = np.random.default_rng(5)
+            train_x, test_x = rng.permutation(train_x), rng.permutation(test_x)
+        view = {"x": np.concatenate([train_x, test_x]), "y": np.concatenate([train_y, test_y]),
+                "split": np.array(["train"] * 100 + ["test"] * 60), "classes": ["a", "b"], "layer": 2}
+        frames[model] = compression.analyse(view, model=model, dataset="ds", pooling="first", n_best=2)
+    summary = pd.concat([frames[m][3] for m in frames], ignore_index=True)
+    curves = pd.concat([frames[m][0] for m in frames], ignore_index=True)
+    dims = pd.concat([frames[m][1] for m in frames], ignore_index=True)
+    table = compression.pairs_table(summary, [("pre", "ft")], {"ft": {"epochs": 2, "test_accuracy": 0.9}})
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["full_accuracy_gain"] == pytest.approx(row["full_accuracy_finetuned"] - row["full_accuracy_pretrained"])
+    assert row["full_accuracy_gain"] > 0.3
+    assert row["full_accuracy_finetuned"] >= 0.98
+    assert row["finetune_epochs"] == 2 and row["finetune_test_accuracy"] == 0.9
+    paths = [str(tmp_path / "curves.png"), str(tmp_path / "curves.svg")]
+    compression.plot_curves(curves, summary, [("pre", "ft")], dataset="ds", view="first_layer-1", paths=paths)
+    paths2 = [str(tmp_path / "dims.png"), str(tmp_path / "dims.svg")]
+    compression.plot_single_dims(dims, summary, [], dataset="ds", view="first_layer-1", paths=paths2)
+    for path in paths + paths2:
+        assert (tmp_path / path).stat().st_size > 1000
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:500]
+
+
+def test_view_names_round_trip():
+    assert compression.view_name("first", -1) == "first_layer-1"
+    assert compression.parse_view("mean_layer6") == ("mean", 6)
+    assert compression.parse_view(compression.view_name("first", -3)) == ("first", -3)
+    with pytest.raises(WorkflowInputError):
+        compression.parse_view("max_layer2")
