@@ -1,0 +1,347 @@
+"""Tests of the hidden-state variability stage (issue 4, card 3): the metric against closed forms and a direct
+implementation, the streaming, the layer selection, the robustness subsets, bad input, and the rules end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workflow_scripts import storage
+from workflow_scripts import variability as var
+from workflow_scripts.storage import WorkflowInputError
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def nu_direct(x, y, rtol=None):
+    """The card's formula, written out directly on all vectors at once (no streaming, no shortcuts)."""
+    x = np.asarray(x, dtype=np.float64)
+    classes = np.unique(y)
+    covariances = [np.cov(x[y == c].T, bias=True).reshape(x.shape[1], x.shape[1]) for c in classes]
+    within = np.mean(covariances, axis=0)
+    means = np.array([x[y == c].mean(axis=0) for c in classes])
+    centred = means - means.mean(axis=0)
+    between = centred.T @ centred / len(classes)
+    return float(np.trace(within @ np.linalg.pinv(between, rtol=rtol, hermitian=True)) / len(classes))
+
+
+def exact_class(rng, mean, cov, n):
+    """n samples whose empirical mean and population covariance are exactly `mean` and `cov`."""
+    d = len(mean)
+    z = rng.standard_normal((n, d))
+    z -= z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z.T, bias=True))).T  # empirical covariance = I
+    return np.asarray(mean) + z @ np.linalg.cholesky(cov).T
+
+
+def random_spd(rng, d, scale=1.0):
+    a = rng.standard_normal((d, d))
+    return scale * (a @ a.T / d + 0.1 * np.eye(d))
+
+
+def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.float32(), extra_meta=None):
+    """A pooled.parquet as the extraction writes it (contract in docs/ARCHITECTURE.md), from (n, d) arrays."""
+    n = len(labels)
+    d = layers[0].shape[1]
+    columns = {
+        "example_id": pa.array(np.arange(n), pa.int64()),
+        "split": pa.array(list(splits), pa.string()),
+        "label": pa.array([None if l is None else str(l) for l in labels], pa.string()),
+        "n_tokens": pa.array(np.full(n, 5), pa.int32()),
+        "n_content_tokens": pa.array(np.full(n, 3), pa.int32()),
+        "truncated": pa.array(np.zeros(n, bool)),
+    }
+    for layer, x in enumerate(layers):
+        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(x[:, ::-1].copy(), dtype)
+        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list(x, dtype)
+    meta = {"model": "synthetic", "dataset": "synthetic", "n_layers": len(layers), "hidden_size": d,
+            "store_dtype": "float32", "n_examples": n, **(extra_meta or {})}
+    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def gaussian_classes(rng, n_per_class, d, separation, offset=0.0):
+    means = rng.standard_normal((len(n_per_class), d)) * separation + offset
+    x = np.concatenate([rng.standard_normal((n, d)) + means[c] for c, n in enumerate(n_per_class)])
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per_class)])
+    return x, y
+
+
+# --------------------------------------------------------------------------------------- the metric
+def test_closed_form_two_classes():
+    # means ±a e1, class covariances S1, S2 (exact): Σ_b = a² e1e1ᵀ, pinv = e1e1ᵀ/a², ν = ((S1+S2)/2)_11 / a² / 2
+    rng = np.random.default_rng(0)
+    d, a = 5, 1.7
+    s1, s2 = random_spd(rng, d), random_spd(rng, d, 3.0)
+    e1 = np.eye(d)[0]
+    x = np.concatenate([exact_class(rng, a * e1, s1, 9), exact_class(rng, -a * e1, s2, 23)])
+    y = np.repeat([0, 1], [9, 23])
+    expected = ((s1 + s2) / 2)[0, 0] / a**2 / 2
+    acc = var.MomentAccumulator(np.array([[9, 23]]), d)
+    acc.update(x, y, np.ones((1, len(y)), bool))
+    result = acc.result()
+    assert result.nu == pytest.approx(expected, rel=1e-10)
+    assert result.rank_between == 1 and result.n_classes == 2 and not result.degenerate
+    assert result.trace_within == pytest.approx(np.trace((s1 + s2) / 2), rel=1e-10)
+    assert result.trace_between == pytest.approx(a**2, rel=1e-10)
+
+
+def test_closed_form_four_classes_unequal_sizes():
+    # means ±a e1, ±b e2 (unweighted centre 0): Σ_b = (a²/2) e1e1ᵀ + (b²/2) e2e2ᵀ,
+    # ν = (1/4) (2 Σw_11 / a² + 2 Σw_22 / b²). Unequal sizes: a size-weighted Σ_w or centre would differ,
+    # and n_y are small: sample (n-1) covariances would differ by n/(n-1).
+    rng = np.random.default_rng(1)
+    d, a, b = 6, 2.0, 0.5
+    e1, e2 = np.eye(d)[0], np.eye(d)[1]
+    sizes = [8, 13, 30, 9]
+    covs = [random_spd(rng, d, s) for s in (1.0, 0.3, 2.0, 0.7)]
+    means = [a * e1, -a * e1, b * e2, -b * e2]
+    x = np.concatenate([exact_class(rng, m, c, n) for m, c, n in zip(means, covs, sizes)])
+    y = np.repeat(np.arange(4), sizes)
+    within = np.mean(covs, axis=0)
+    expected = (2 * within[0, 0] / a**2 + 2 * within[1, 1] / b**2) / 4
+    acc = var.MomentAccumulator(np.array([sizes]), d)
+    acc.update(x, y, np.ones((1, len(y)), bool))
+    assert acc.result().nu == pytest.approx(expected, rel=1e-10)
+    assert acc.result().rank_between == 2
+    assert nu_direct(x, y) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("d,sizes", [(16, [40, 25, 60]), (3, [30, 20, 25, 40, 10]), (1, [5, 9])])
+def test_streamed_equals_direct(d, sizes):
+    rng = np.random.default_rng(d)
+    x, y = gaussian_classes(rng, sizes, d, separation=0.8, offset=50.0)  # large offset: the shift matters
+    x = x @ rng.standard_normal((d, d))
+    acc = var.MomentAccumulator(np.array([sizes]), d)
+    order = rng.permutation(len(y))
+    for chunk in np.array_split(order, 9):  # uneven, shuffled row groups
+        acc.update(x[chunk], y[chunk], np.ones((1, len(chunk)), bool))
+    assert acc.result().nu == pytest.approx(nu_direct(x, y), rel=1e-8)
+
+
+def test_streamed_file_equals_direct(tmp_path):
+    rng = np.random.default_rng(7)
+    d, sizes = 12, [31, 17, 22]
+    layers, y = [], None
+    for sep in (0.2, 1.0, 3.0):
+        x, y = gaussian_classes(rng, sizes, d, separation=sep, offset=-20.0)
+        layers.append(x.astype(np.float32))
+    labels = np.array(["neg", "neu", "pos"])[y]
+    order = rng.permutation(len(y))
+    layers = [x[order] for x in layers]
+    labels, y = labels[order], y[order]
+    splits = np.where(rng.random(len(y)) < 0.3, "test", "train")
+    path = write_pooled(tmp_path / "pooled.parquet", layers, labels, splits, row_group_size=11)
+    frame = var.read_labels(path)
+    codes, classes, dropped = var.class_codes(frame, dataset="synthetic", split="train")
+    assert classes == ["neg", "neu", "pos"] and dropped == {}
+    masks = {"full": codes >= 0}
+    rows = var.stream_variability(path, codes=codes, masks=masks, pooling="mean", memory_mb=1e-3)
+    train = splits == "train"
+    for row, x in zip(rows, layers):
+        assert row["nu"] == pytest.approx(nu_direct(x[train].astype(np.float64), y[train]), rel=1e-8)
+        assert row["n"] == train.sum() and row["dims"] == d
+    assert rows[0]["nu"] > rows[1]["nu"] > rows[2]["nu"]
+    first = var.stream_variability(path, codes=codes, masks=masks, pooling="first")
+    assert first[1]["nu"] == pytest.approx(nu_direct(layers[1][train][:, ::-1].astype(np.float64), y[train]), rel=1e-8)
+
+
+def test_invariances_and_separation():
+    rng = np.random.default_rng(3)
+    x, y = gaussian_classes(rng, [50, 70, 40], 8, separation=1.0)
+
+    def nu(data):
+        acc = var.MomentAccumulator(np.array([[50, 70, 40]]), data.shape[1])
+        acc.update(data, y, np.ones((1, len(y)), bool))
+        return acc.result().nu
+
+    base = nu(x)
+    assert nu(x * 37.5) == pytest.approx(base, rel=1e-9)
+    assert nu(x * 1e-3) == pytest.approx(base, rel=1e-9)
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    assert nu(x @ q + 5.0) == pytest.approx(base, rel=1e-9)
+    # well separated classes: small ν, decreasing with the separation as 1/separation²
+    values = []
+    for sep in (0.5, 2.0, 8.0, 32.0):
+        xs = x.copy()
+        means = np.array([xs[y == c].mean(axis=0) for c in range(3)])
+        xs += (sep - 1) * means[y]
+        values.append(nu(xs))
+    assert values == sorted(values, reverse=True)
+    assert values[-1] < 1e-2 * values[0]
+
+
+def test_singular_between_and_degenerate_layers():
+    rng = np.random.default_rng(4)
+    d = 10
+    # 3 classes whose means lie on a line: Σ_b has rank 1 (< C - 1); the pseudo-inverse handles it
+    direction = rng.standard_normal(d)
+    x = np.concatenate([rng.standard_normal((30, d)) + t * direction for t in (-1.0, 0.0, 1.0)])
+    y = np.repeat([0, 1, 2], 30)
+    x -= np.array([x[y == c].mean(axis=0) for c in range(3)])[y]  # exact means ...
+    x += np.array([-1.0, 0.0, 1.0])[y][:, None] * direction   # ... exactly collinear
+    acc = var.MomentAccumulator(np.array([[30, 30, 30]]), d)
+    acc.update(x, y, np.ones((1, 90), bool))
+    result = acc.result()
+    assert result.rank_between == 1
+    assert np.isfinite(result.nu) and result.nu == pytest.approx(nu_direct(x, y), rel=1e-8)
+    # identical vectors for every example (e.g. [CLS] at the embedding layer): ν undefined, not a perfect 0
+    const = np.tile(rng.standard_normal(d) * 30, (90, 1))
+    acc = var.MomentAccumulator(np.array([[30, 30, 30]]), d)
+    acc.update(const, y, np.ones((1, 90), bool))
+    assert acc.result().degenerate and np.isnan(acc.result().nu)
+    # equal class means with spread: undefined too
+    noise = rng.standard_normal((90, d))
+    noise -= np.array([noise[y == c].mean(axis=0) for c in range(3)])[y]
+    acc = var.MomentAccumulator(np.array([[30, 30, 30]]), d)
+    acc.update(noise + 3.0, y, np.ones((1, 90), bool))
+    assert acc.result().degenerate
+
+
+# -------------------------------------------------------------------------------- labels and subsets
+def labels_frame(labels, splits):
+    return pd.DataFrame({"example_id": np.arange(len(labels)), "split": splits, "label": labels})
+
+
+def test_bad_labels_give_clear_messages():
+    with pytest.raises(WorkflowInputError, match="has no labels"):
+        var.class_codes(labels_frame([None] * 4, ["train"] * 4), dataset="corpus", split="train")
+    with pytest.raises(WorkflowInputError, match="1 class"):
+        var.class_codes(labels_frame(["a"] * 5, ["train"] * 5), dataset="corpus", split="train")
+    frame = labels_frame(["a", "a", "b", "b", "c", "a"], ["train"] * 5 + ["test"])
+    with pytest.raises(WorkflowInputError, match=r"'c': 1.*small_classes: drop"):
+        var.class_codes(frame, dataset="corpus", split="train")
+    codes, classes, dropped = var.class_codes(frame, dataset="corpus", split="train", small_classes="drop")
+    assert classes == ["a", "b"] and dropped == {"c": 1}
+    assert codes.tolist() == [0, 0, 1, 1, -1, -1]
+    with pytest.raises(WorkflowInputError, match="usable class"):
+        var.class_codes(labels_frame(["a", "a", "b"], ["train"] * 3), dataset="corpus", split="train",
+                        small_classes="drop")
+    with pytest.raises(WorkflowInputError, match="no labelled examples in split 'test'"):
+        var.class_codes(labels_frame(["a", "b"], ["train"] * 2), dataset="corpus", split="test")
+    codes, _, _ = var.class_codes(frame, dataset="corpus", split="all", small_classes="drop")
+    assert codes.tolist() == [0, 0, 1, 1, -1, 0]
+
+
+def test_subset_masks():
+    codes = np.repeat([0, 1, 2, -1], [40, 100, 60, 5])
+    masks = var.subset_masks(codes, imbalanced_keep=0.2, subsample_fraction=0.1, seed=0)
+    assert masks["full"].sum() == 200
+    count = lambda m: np.bincount(codes[m & (codes >= 0)], minlength=3).tolist()  # noqa: E731
+    assert count(masks["imbalanced"]) == [8, 100, 12]
+    assert count(masks["subsample"]) == [4, 10, 6]
+    assert not (masks["imbalanced"] & (codes < 0)).any() and not (masks["subsample"] & (codes < 0)).any()
+    again = var.subset_masks(codes, imbalanced_keep=0.2, subsample_fraction=0.1, seed=0)
+    assert all(np.array_equal(masks[k], again[k]) for k in masks)
+    other = var.subset_masks(codes, imbalanced_keep=0.2, subsample_fraction=0.1, seed=1)
+    assert not np.array_equal(masks["subsample"], other["subsample"])
+    tiny = var.subset_masks(np.repeat([0, 1], [3, 12]), imbalanced_keep=0.2, subsample_fraction=0.1, seed=0)
+    assert np.bincount(np.repeat([0, 1], [3, 12])[tiny["subsample"]]).tolist() == [2, 2]
+
+
+def test_subsets_streamed_in_one_pass_equal_direct():
+    rng = np.random.default_rng(5)
+    x, y = gaussian_classes(rng, [80, 50, 30], 6, separation=1.0)
+    masks = var.subset_masks(y, imbalanced_keep=0.2, subsample_fraction=0.1, seed=3)
+    names = list(masks)
+    members = np.stack([masks[k] for k in names])
+    counts = np.stack([np.bincount(y[m], minlength=3) for m in members])
+    acc = var.MomentAccumulator(counts, 6)
+    for chunk in np.array_split(np.arange(len(y)), 4):
+        acc.update(x[chunk], y[chunk], members[:, chunk])
+    for index, name in enumerate(names):
+        m = masks[name]
+        assert acc.result(index).nu == pytest.approx(nu_direct(x[m], y[m]), rel=1e-8), name
+
+
+# ------------------------------------------------------------------------------ selection, robustness
+def test_select_layers():
+    layers = [0, 1, 2, 3, 4, 5]
+    nu = [np.nan, 9.0, 2.04, 3.0, 2.0, 2.5]
+    assert var.select_layers(layers, nu, 0.0) == (4, 4)
+    assert var.select_layers(layers, nu, 0.05) == (4, 2)
+    assert var.select_layers(layers, nu, 10.0) == (4, 1)  # undefined layer 0 is never chosen
+    assert var.select_layers(layers, [np.nan] * 6, 0.1) == (-1, -1)
+
+
+def test_spearman_and_selection_table():
+    nu = pd.DataFrame({"model": "m", "subset": "full", "layer": range(5), "n": 100, "dims": 8,
+                       "nu": [5.0, 3.0, 1.0, 1.02, 2.0]})
+    probe = pd.DataFrame({"model": "m", "layer": range(5), "accuracy": [0.5, 0.6, 0.8, 0.85, 0.7]})
+    table = var.selection_table(nu, probe, tolerance=0.05)
+    row = table.iloc[0]
+    assert (row["argmin_layer"], row["recommended_layer"], row["best_probe_layer"]) == (2, 2, 3)
+    assert row["accuracy_recommended"] == 0.8 and row["accuracy_last"] == 0.7
+    # ranks of ν: 5 4 1 2 3; of accuracy: 1 2 4 5 3; d = (4, 2, -3, -3, 0), Σd² = 38,
+    # rho = 1 - 6 Σd² / (n (n² - 1)) = 1 - 6·38/120 = -0.9
+    assert row["spearman_rho"] == pytest.approx(-0.9)
+    assert row["spearman_n_layers"] == 5
+
+
+def test_robustness_on_synthetic_layers(tmp_path):
+    # layers with increasing class separation, then a plateau: ν falls then flattens; the recommended layer must
+    # not move on the imbalanced and the 10% subsample, and their ν stay close to the full data's.
+    rng = np.random.default_rng(6)
+    d, sizes = 8, [600, 400, 500]
+    base, y = gaussian_classes(rng, sizes, d, separation=1.0)
+    class_means = np.array([base[y == c].mean(axis=0) for c in range(3)])
+    layers = [(base + (s - 1) * class_means[y]).astype(np.float32) for s in (0.3, 1.0, 3.0, 6.0, 6.0)]
+    labels = np.array(["x", "y", "z"])[y]
+    path = write_pooled(tmp_path / "pooled.parquet", layers, labels, ["train"] * len(y), row_group_size=256)
+    frame = var.read_labels(path)
+    codes, _, _ = var.class_codes(frame, dataset="synthetic", split="train")
+    masks = var.subset_masks(codes, imbalanced_keep=0.2, subsample_fraction=0.1, seed=0)
+    rows = pd.DataFrame(var.stream_variability(path, codes=codes, masks=masks))
+    rows.insert(0, "model", "synthetic")
+    table = var.robustness_table(rows, tolerance=0.1).set_index("subset")
+    assert table.loc["full", "recommended_shift"] == 0 and table.loc["full", "median_abs_log_ratio"] == 0
+    assert table.loc["full", "recommended_layer"] == 3
+    for subset in ("imbalanced", "subsample"):
+        assert table.loc[subset, "recommended_shift"] == 0
+        assert table.loc[subset, "spearman_vs_full"] > 0.8
+        assert table.loc[subset, "median_abs_log_ratio"] < np.log(1.5)
+    assert table.loc["subsample", "n"] == 150
+    assert (table.loc["imbalanced", "min_class_n"], table.loc["imbalanced", "max_class_n"]) == (80, 600)
+
+
+# ---------------------------------------------------------------------------------------- bad files
+def test_non_finite_vector_is_named(tmp_path):
+    rng = np.random.default_rng(8)
+    x, y = gaussian_classes(rng, [10, 10], 4, separation=1.0)
+    x[13, 2] = np.nan
+    path = write_pooled(tmp_path / "pooled.parquet", [x.astype(np.float32)], np.array(["a", "b"])[y],
+                        ["train"] * 20)
+    frame = var.read_labels(path)
+    codes, _, _ = var.class_codes(frame, dataset="synthetic", split="train")
+    with pytest.raises(WorkflowInputError, match="example_id 13"):
+        var.stream_variability(path, codes=codes, masks={"full": codes >= 0},
+                               example_ids=frame["example_id"].to_numpy())
+
+
+def test_probe_layers_and_missing_test_split(tmp_path):
+    rng = np.random.default_rng(9)
+    x, y = gaussian_classes(rng, [60, 60], 5, separation=0.0)
+    noise, informative = x.copy(), x.copy()
+    informative[:, 0] += np.where(y == 1, 3.0, -3.0)
+    splits = np.where(np.arange(120) % 4 == 0, "test", "train")
+    path = write_pooled(tmp_path / "pooled.parquet", [noise.astype(np.float32), informative.astype(np.float32)],
+                        np.array(["a", "b"])[y], splits)
+    frame = var.read_labels(path)
+    rows = var.probe_layers(path, frame, dataset="synthetic", max_train=60)
+    assert rows[0]["n"] == 60 and rows[0]["n_test"] == 30
+    assert rows[1]["accuracy"] > 0.9 and rows[0]["accuracy"] < 0.8
+    only_train = write_pooled(tmp_path / "train.parquet", [noise.astype(np.float32)], np.array(["a", "b"])[y],
+                              ["train"] * 120)
+    with pytest.raises(WorkflowInputError, match="needs both splits"):
+        var.probe_layers(only_train, var.read_labels(only_train), dataset="synthetic")
+
+
+def test_stratified_subsample():
+    codes = np.repeat([0, 1], [900, 100])
+    keep = var.stratified_subsample(codes, 100, seed=0)
+    assert np.bincount(codes[keep]).tolist() == [90, 10]
+    assert np.array_equal(var.stratified_subsample(codes, None, seed=0), np.arange(1000))
