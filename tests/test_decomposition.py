@@ -1,0 +1,336 @@
+"""Tests of the Language Model Decomposition stage (workflow_scripts/decomposition.py, rules/decomposition.smk)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.linear_model import Ridge
+
+from workflow_scripts import decomposition as lmd
+from workflow_scripts import storage
+from workflow_scripts.storage import WorkflowInputError
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def relative(a, b):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def direct_r2(u_train, z_train, u_test, z_test, alpha, mode="paper"):
+    """Unstreamed reference: materialised arrays, the card's formulas written out literally."""
+    if mode == "paper":
+        mu, mz = u_train.mean(0), z_train.mean(0)
+        czz = (z_train - mz).T @ (z_train - mz) / len(z_train)
+        cuz = (u_train - mu).T @ (z_train - mz) / len(z_train)
+        W = np.linalg.solve(czz + alpha * np.eye(czz.shape[0]), cuz.T).T
+        b = mu - W @ mz
+        sst = ((u_test - u_test.mean(0)) ** 2).sum()
+    else:
+        ezz = z_train.T @ z_train / len(z_train)
+        euz = u_train.T @ z_train / len(z_train)
+        W = np.linalg.solve(ezz + alpha * np.eye(ezz.shape[0]), euz.T).T
+        b = np.zeros(u_train.shape[1])
+        sst = (u_test ** 2).sum()
+    sse = ((u_test - z_test @ W.T - b) ** 2).sum()
+    return 1 - sse / sst, W, b
+
+
+def write_pooled(path, model, example_ids, splits, layers: dict, row_group_size=None, n_layers=None):
+    """A pooled.parquet following the hidden-state contract (only the columns this stage reads)."""
+    hidden = next(iter(layers.values())).shape[1]
+    columns = {"example_id": pa.array(np.asarray(example_ids, np.int64)), "split": pa.array(list(splits))}
+    for layer, values in layers.items():
+        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list(values.astype(np.float32))
+        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(values[:, ::-1].astype(np.float32))
+    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers or (max(layers) + 1), "hidden_size": hidden,
+            "token_layers": [], "store_dtype": "float32"}
+    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size or len(example_ids))
+    return str(path)
+
+
+def write_tokens(path, model, rows: pd.DataFrame, layer_values: dict, n_layers, row_group_size=None):
+    """A tokens.parquet following the contract: rows has example_id, split, position, word_id, is_special."""
+    hidden = next(iter(layer_values.values())).shape[1]
+    columns = {
+        "example_id": pa.array(rows["example_id"].to_numpy(np.int64)),
+        "split": pa.array(rows["split"].tolist()),
+        "position": pa.array(rows["position"].to_numpy(np.int32)),
+        "word_id": pa.array(rows["word_id"].to_numpy(np.int32)),
+        "is_special": pa.array(rows["is_special"].to_numpy(bool)),
+    }
+    for layer, values in layer_values.items():
+        columns[storage.token_column(layer)] = storage.fixed_size_list(values.astype(np.float32))
+    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers, "hidden_size": hidden,
+            "token_layers": sorted(layer_values), "store_dtype": "float32"}
+    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size or len(rows))
+    return str(path)
+
+
+def latent_models(rng, n, dims, latent=6, noise=0.3, offset=5.0):
+    """Models that are noisy linear views of one shared latent, with large means (as hidden states have)."""
+    shared = rng.normal(size=(n, latent))
+    out = []
+    for d in dims:
+        mix = rng.normal(size=(latent, d))
+        out.append(shared @ mix + noise * rng.normal(size=(n, d)) + offset * rng.normal(size=d))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ moments
+def test_streamed_moments_match_direct_covariance():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(1000, 7)) * [1, 2, 3, 4, 5, 6, 7] + 1e4  # large means: the naive formula loses digits
+    moments = lmd.Moments(7)
+    for start, stop in ((0, 1), (1, 250), (250, 251), (251, 1000)):
+        moments.update(rows[start:stop])
+    moments.update(rows[:0])
+    assert moments.n == 1000
+    assert relative(moments.mean, rows.mean(0)) < 1e-13
+    assert relative(moments.covariance(), np.cov(rows, rowvar=False, bias=True)) < 1e-10
+
+
+# ---------------------------------------------------------------------------------- ridge and R²
+@pytest.mark.parametrize("alpha", [1e-6, 0.3])
+def test_ridge_matches_sklearn(alpha):
+    rng = np.random.default_rng(1)
+    u, z = latent_models(rng, 3000, [5, 12])
+    train, test = slice(0, 2000), slice(2000, 3000)
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), alpha)
+    # sklearn's alpha multiplies ||w||² next to the *sum* of squares; the card's alpha the *mean* (covariance):
+    # alpha_sklearn = n_train * alpha.
+    reference = Ridge(alpha=alpha * 2000, fit_intercept=True, solver="cholesky").fit(z[train], u[train])
+    assert relative(fit.W, reference.coef_) < 1e-6
+    assert relative(fit.b, reference.intercept_) < 1e-6
+    r2_test = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]))[0]
+    pred = reference.predict(z[test])
+    sk_r2 = 1 - ((u[test] - pred) ** 2).sum() / ((u[test] - u[test].mean(0)) ** 2).sum()
+    assert abs(r2_test - sk_r2) / abs(sk_r2) < 1e-6
+    assert 0.5 < r2_test < 1.0  # the fixture has a real, imperfect linear relation
+    r2_train = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[train], z[train]))[0]
+    sk_train = 1 - ((u[train] - reference.predict(z[train])) ** 2).sum() / ((u[train] - u[train].mean(0)) ** 2).sum()
+    assert abs(r2_train - sk_train) / sk_train < 1e-6
+
+
+def test_authors_code_mode_is_uncentred_and_differs_from_paper():
+    rng = np.random.default_rng(2)
+    u, z = latent_models(rng, 2000, [4, 9], offset=3.0)
+    train, test = slice(0, 1500), slice(1500, 2000)
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6, "authors_code")
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]), "authors_code")[0]
+    expected, W, b = direct_r2(u[train], z[train], u[test], z[test], 1e-6, "authors_code")
+    assert relative(fit.W, W) < 1e-8 and np.all(fit.b == 0)
+    assert abs(r2 - expected) < 1e-9
+    paper = lmd.r_squared(lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6),
+                          lmd.SplitStats.from_rows(u[test], z[test]))[0]
+    assert r2 > paper + 0.01  # the uncentred SST inflates R² when means are large
+
+
+def test_r2_matches_analytic_value_within_sampling_error():
+    # u = A z + e with z ~ N(0, I_p), e ~ N(0, s² I_d): population R² = tr(A A^T) / (tr(A A^T) + d s²).
+    rng = np.random.default_rng(3)
+    p, d, s = 10, 6, 1.5
+    A = rng.normal(size=(d, p)) * 0.5
+    expected = np.trace(A @ A.T) / (np.trace(A @ A.T) + d * s * s)
+    z = rng.normal(size=(40000, p))
+    u = z @ A.T + s * rng.normal(size=(40000, d)) + 2.0
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:20000], z[:20000]), 1e-6)
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[20000:], z[20000:]))[0]
+    assert 0.3 < expected < 0.8
+    assert abs(r2 - expected) < 0.01  # standard error of R² here is ~0.003
+
+
+def test_exact_copy_in_basis_gives_r2_one_and_noise_gives_zero():
+    rng = np.random.default_rng(4)
+    u, other = latent_models(rng, 4000, [8, 8])
+    z = np.hstack([other, u])  # the basis contains an exact copy of the target
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:3000], z[:3000]), 1e-6)
+    assert lmd.r_squared(fit, lmd.SplitStats.from_rows(u[3000:], z[3000:]))[0] > 1 - 1e-6
+    noise = rng.normal(size=(4000, 16))
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:3000], noise[:3000]), 1e-6)
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[3000:], noise[3000:]))[0]
+    assert -0.02 < r2 < 0.005  # ≈ 0 or below: nothing to explain with noise
+
+
+def test_ill_conditioned_basis_falls_back_and_logs(caplog):
+    rng = np.random.default_rng(5)
+    u, z = latent_models(rng, 600, [3, 4])
+    z = np.hstack([z, z[:, :2], z[:, :1] * 2.0])  # collinear columns: a singular covariance
+    stats = lmd.SplitStats.from_rows(u[:400], z[:400])
+    with caplog.at_level(logging.WARNING, logger="workflow"):
+        fit = lmd.fit_ridge(stats, 0.0, what="target 'x'")
+    assert fit.solver == "eigh_fallback"
+    assert "ill-conditioned" in caplog.text and "target 'x'" in caplog.text
+    # the fallback is the minimum-norm least-squares solution
+    zc = z[:400] - z[:400].mean(0)
+    reference = np.linalg.lstsq(zc, u[:400] - u[:400].mean(0), rcond=None)[0].T
+    assert relative(fit.W, reference) < 1e-6
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[400:], z[400:]))[0]
+    assert np.isfinite(r2) and 0.5 < r2 < 1
+
+
+# ----------------------------------------------------------------------------- streams and alignment
+def test_align_streams_joins_sorted_chunks_and_counts_drops():
+    def stream(keys, sizes):
+        keys = np.asarray(keys, np.int64)
+        out, start = [], 0
+        for size in sizes:
+            part = keys[start:start + size]
+            out.append((part, (part % 2).astype(np.int8), part[:, None].astype(float) * [1.0, -1.0]))
+            start += size
+        return out
+
+    a = stream([0, 1, 2, 4, 5, 7, 8, 9, 12], [2, 0, 4, 3])
+    b = stream([1, 2, 3, 4, 7, 9, 10, 12, 13], [1, 1, 5, 2])
+    counts = lmd.AlignmentCounts()
+    blocks = list(lmd.align_streams(a, b, counts))
+    joined_a = np.vstack([va for _, va, _ in blocks])
+    joined_b = np.vstack([vb for _, _, vb in blocks])
+    assert joined_a[:, 0].tolist() == [1, 2, 4, 7, 9, 12]
+    assert np.array_equal(joined_a, joined_b)
+    assert np.concatenate([c for c, _, _ in blocks]).tolist() == [1, 0, 0, 1, 1, 0]
+    assert (counts.matched, counts.only_a, counts.only_b) == (6, 3, 3)
+
+
+def test_pair_files_reproduce_direct_group_and_pairwise_fits(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 900
+    dims = {"m1": 5, "m2": 7, "m3": 4}
+    values = dict(zip(dims, latent_models(rng, n, list(dims.values()))))
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.3, "test", "train")
+    paths = {}
+    for index, (model, vecs) in enumerate(values.items()):
+        # different row-group sizes per model: the readers must align by example_id, not by row group
+        paths[model] = write_pooled(tmp_path / model / "pooled.parquet", model, ids, split,
+                                    {0: rng.normal(size=vecs.shape), 2: vecs}, row_group_size=100 + 37 * index)
+    pair_paths = {}
+    for a, b in lmd.model_pairs(list(dims)):
+        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        moments, counts = lmd.compute_pair_moments(va, vb, "example")
+        assert counts.matched == n and counts.only_a == counts.only_b == 0
+        pair_paths[(a, b)] = tmp_path / "moments" / a / f"{b}.npz"
+        lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})
+    group, pairs = lmd.decompose(pair_paths, ["m2", "m1", "m3"], 1e-6)
+    tr, te = split == "train", split == "test"
+    f32 = {m: v.astype(np.float32).astype(np.float64) for m, v in values.items()}  # what the Parquet holds
+    for row in group:
+        basis = [m for m in ["m2", "m1", "m3"] if m != row["model"]]
+        z = np.hstack([f32[m] for m in basis])
+        u = f32[row["model"]]
+        expected = direct_r2(u[tr], z[tr], u[te], z[te], 1e-6)[0]
+        assert abs(row["r2_test"] - expected) < 1e-8
+        assert row["n_train"] == tr.sum() and row["n_test"] == te.sum() and row["layer"] == 2
+        assert row["basis_dims"] == z.shape[1] and row["units_consistent"]
+    assert len(pairs) == 6
+    for row in pairs:
+        u, z = f32[row["model"]], f32[row["basis_model"]]
+        assert abs(row["r2_test"] - direct_r2(u[tr], z[tr], u[te], z[te], 1e-6)[0]) < 1e-8
+    matrix = lmd.pairwise_matrix(pairs, ["m2", "m1", "m3"])
+    assert list(matrix.index) == ["m2", "m1", "m3"] and np.isnan(matrix.loc["m1", "m1"])
+    assert matrix.loc["m1", "m3"] == next(r["r2_test"] for r in pairs if r["model"] == "m1" and r["basis_model"] == "m3")
+
+
+def test_target_and_basis_layers_can_differ(tmp_path):
+    rng = np.random.default_rng(7)
+    n = 500
+    ids = np.arange(n)
+    split = np.where(np.arange(n) % 4 == 0, "test", "train")
+    a1, a3, b1, b3 = latent_models(rng, n, [4, 4, 6, 6])
+    pa_ = write_pooled(tmp_path / "a.parquet", "a", ids, split, {1: a1, 3: a3}, n_layers=4)
+    pb_ = write_pooled(tmp_path / "b.parquet", "b", ids, split, {1: b1, 3: b3}, n_layers=4)
+    va, vb = lmd.make_view("a", pa_, "example", -1, 1), lmd.make_view("b", pb_, "example", -1, 1)
+    assert va.layers == (3, 1)
+    moments, _ = lmd.compute_pair_moments(va, vb, "example")
+    lmd.save_pair_moments(tmp_path / "m.npz", va, vb, moments, {})
+    _, pairs = lmd.decompose({("a", "b"): tmp_path / "m.npz"}, ["a", "b"], 1e-6)
+    f = lambda x: x.astype(np.float32).astype(np.float64)  # noqa: E731
+    tr, te = split == "train", split == "test"
+    row = next(r for r in pairs if r["model"] == "a")  # a at layer 3 from b at layer 1
+    assert (row["layer"], row["basis_layer"]) == (3, 1)
+    assert abs(row["r2_test"] - direct_r2(f(a3)[tr], f(b1)[tr], f(a3)[te], f(b1)[te], 1e-6)[0]) < 1e-8
+
+
+def token_table(words_per_example, tokens_per_word, split_of):
+    """Token rows: [special] word tokens... [special] per example; returns rows and the word index per row."""
+    rows = []
+    for example, n_words in enumerate(words_per_example):
+        position = 0
+        rows.append((example, split_of(example), position, -1, True)); position += 1
+        for word in range(n_words):
+            for _ in range(tokens_per_word(example, word)):
+                rows.append((example, split_of(example), position, word, False)); position += 1
+        rows.append((example, split_of(example), position, -1, True))
+    return pd.DataFrame(rows, columns=["example_id", "split", "position", "word_id", "is_special"])
+
+
+def test_word_and_paper_units_aggregate_tokens_and_align_words(tmp_path):
+    rng = np.random.default_rng(8)
+    words = rng.integers(1, 6, size=40)
+    split_of = lambda e: "test" if e % 3 == 0 else "train"  # noqa: E731
+    rows_a = token_table(words, lambda e, w: 1, split_of)  # one token per word
+    rows_b = token_table(words, lambda e, w: 1 + (e + w) % 3, split_of)  # words split into 1-3 tokens
+    rows_b = rows_b[~((rows_b.example_id == 5) & (rows_b.word_id == 0))]  # a word model b lost (e.g. truncation)
+    va_tok = rng.normal(size=(len(rows_a), 3)).astype(np.float32)
+    vb_tok = rng.normal(size=(len(rows_b), 5)).astype(np.float32)
+    pa_ = write_tokens(tmp_path / "a.parquet", "a", rows_a, {2: va_tok}, n_layers=3, row_group_size=37)
+    pb_ = write_tokens(tmp_path / "b.parquet", "b", rows_b.reset_index(drop=True), {2: vb_tok}, n_layers=3, row_group_size=50)
+    view_a, view_b = lmd.make_view("a", pa_, "word", -1, -1), lmd.make_view("b", pb_, "word", -1, -1)
+    counts = lmd.AlignmentCounts()
+    blocks = list(lmd.align_streams(lmd.iter_units(view_a, "word"), lmd.iter_units(view_b, "word"), counts))
+    got_a = np.vstack([x for _, x, _ in blocks])
+    got_b = np.vstack([y for _, _, y in blocks])
+
+    def word_means(rows, vecs):
+        frame = pd.DataFrame(vecs.astype(np.float64)).assign(e=rows.example_id.to_numpy(), w=rows.word_id.to_numpy())
+        return frame[frame.w >= 0].groupby(["e", "w"]).mean()
+
+    ref_a, ref_b = word_means(rows_a, va_tok), word_means(rows_b.reset_index(drop=True), vb_tok)
+    shared = ref_a.index.intersection(ref_b.index)
+    assert counts.matched == len(shared) == words.sum() - 1 and counts.only_a == 1 and counts.only_b == 0
+    assert np.allclose(got_a, ref_a.loc[shared].to_numpy(), atol=1e-6)
+    assert np.allclose(got_b, ref_b.loc[shared].to_numpy(), atol=1e-6)
+    codes = np.concatenate([c for c, _, _ in blocks])
+    assert codes.tolist() == [int(split_of(e) == "test") for e, _ in shared]
+
+    # paper unit: every token of the example (special included) summed and divided by T
+    units = list(lmd.iter_units(view_b, "paper", chunk_tokens=16))
+    keys = np.concatenate([k for k, _, _ in units])
+    sums = pd.DataFrame(vb_tok.astype(np.float64)).groupby(rows_b.example_id.to_numpy()).sum() / 16
+    assert keys.tolist() == list(range(40))
+    assert np.allclose(np.vstack([v for _, _, v in units]), sums.to_numpy(), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
+    rng = np.random.default_rng(9)
+    ids = np.arange(30)
+    split = np.where(ids < 28, "train", "test")
+    good = write_pooled(tmp_path / "good.parquet", "good", ids, split, {2: rng.normal(size=(30, 3))})
+    with pytest.raises(WorkflowInputError, match="target_layer for model 'good'.*out of range"):
+        lmd.make_view("good", good, "example", 7, -1)
+    with pytest.raises(WorkflowInputError, match="extraction.token_layers"):
+        lmd.make_view("good", good, "word", -1, -1)
+    broken = rng.normal(size=(30, 3))
+    broken[11, 1] = np.nan
+    bad = write_pooled(tmp_path / "bad.parquet", "bad", ids, split, {2: broken})
+    va, vb = lmd.make_view("good", good, "example", -1, -1), lmd.make_view("bad", bad, "example", -1, -1)
+    with pytest.raises(WorkflowInputError, match=r"model 'bad'.*example_id 11.*nonfinite"):
+        lmd.compute_pair_moments(va, vb, "example")
+    other = write_pooled(tmp_path / "other.parquet", "other", ids, split, {2: rng.normal(size=(30, 4))})
+    vo = lmd.make_view("other", other, "example", -1, -1)
+    moments, _ = lmd.compute_pair_moments(va, vo, "example")
+    lmd.save_pair_moments(tmp_path / "p.npz", va, vo, moments, {})
+    with pytest.raises(WorkflowInputError, match="at least two models"):
+        lmd.decompose({}, ["good"], 1e-6)
+    with pytest.raises(WorkflowInputError, match=r"target 'good'.*2 test units.*min_test_units"):
+        lmd.decompose({("good", "other"): tmp_path / "p.npz"}, ["good", "other"], 1e-6, min_test=5)

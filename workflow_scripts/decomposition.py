@@ -1,0 +1,779 @@
+"""Language Model Decomposition (LMD; Zhang, EMNLP 2022, arXiv:2210.10289) from streamed moments.
+
+How much of model u's representation is a linear function of other models' representations?
+For every text unit n, a target vector u_n and a basis vector z_n (the concatenation of the basis models'
+vectors). Ridge fit on the train split, R² on the test split:
+
+    W = Cov(u, z) (Cov(z, z) + alpha I)^-1,   b = E[u] - W E[z]                 (mode "paper", the card)
+    R² = 1 - sum_n ||u_n - W z_n - b||² / sum_n ||u_n - mean_test(u)||²
+
+Every quantity is a function of per-split sufficient statistics (count, mean, co-moment matrix), so the
+hidden states are read once, row group by row group, and memory grows with the hidden sizes only.
+
+The statistics are cached per *pair* of models: one file per (dataset, unit, layers, model_a, model_b) holds the
+train and test moments of the concatenation [a, b] (self blocks included). A group fit (target = one model,
+basis = all others) is assembled from the blocks of all pairs; adding a model only adds the pairs that involve it.
+
+Two fit modes (see docs/decomposition.md):
+- ``paper``: the card's formulas above (population covariances, intercept, SST about the test mean);
+- ``authors_code``: what the authors' released code computes (raw second moments E[zz^T], E[uz^T], no
+  intercept, SST = sum ||u_n||^2 uncentred), which the published reference numbers come from.
+
+Three text units:
+- ``example``: the pooled per-example vector of pooled.parquet (`mean` over non-special tokens, or `first`);
+- ``word``: the mean of a word's tokens from tokens.parquet, keyed by (example_id, word_id) so that models with
+  different tokenizers are aligned word by word (only words present in both models of a pair are kept);
+- ``paper``: the paper's unit on a ``chunks`` dataset: sum over every token of the example (special tokens
+  included) divided by the chunk length T, as the authors' code does (their mean over a padded length T).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import scipy.linalg
+
+from workflow_scripts import storage
+from workflow_scripts.storage import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
+
+SPLITS = ("train", "test")
+UNITS = ("example", "word", "paper")
+MODES = ("paper", "authors_code")
+WORD_BITS = 24  # word keys: example_id << WORD_BITS | word_id
+MOMENTS_FORMAT = 1
+
+
+# ============================================================================================ moments
+@dataclass
+class Moments:
+    """Streaming count, mean and co-moment matrix sum_n (x_n - mean)(x_n - mean)^T of d-dimensional rows.
+
+    Chunks are merged with the pairwise update of Chan, Golub & LeVeque, which is exact and avoids the
+    cancellation of E[xx^T] - mean mean^T when the means are large compared with the spread.
+    """
+
+    dim: int
+    n: int = 0
+    mean: np.ndarray = field(default=None)
+    comoment: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean = np.zeros(self.dim)
+        if self.comoment is None:
+            self.comoment = np.zeros((self.dim, self.dim))
+
+    def update(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        m = rows.shape[0]
+        if m == 0:
+            return
+        if rows.shape[1] != self.dim:
+            raise ValueError(f"rows have {rows.shape[1]} columns, the moments {self.dim}")
+        chunk_mean = rows.mean(axis=0)
+        centred = rows - chunk_mean
+        chunk_comoment = _gram(centred)
+        self.merge(Moments(self.dim, m, chunk_mean, chunk_comoment))
+
+    def merge(self, other: "Moments") -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.comoment = other.n, other.mean.copy(), other.comoment.copy()
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.comoment += other.comoment + np.outer(delta, delta) * (self.n * other.n / total)
+        self.mean = self.mean + delta * (other.n / total)
+        self.n = total
+
+    def covariance(self) -> np.ndarray:
+        """Population covariance (divides by n, as the card's Cov)."""
+        return self.comoment / self.n if self.n else np.full((self.dim, self.dim), np.nan)
+
+
+def _gram(centred: np.ndarray) -> np.ndarray:
+    """X^T X with a symmetric rank-k update (half the flops of a general product)."""
+    if centred.shape[0] == 0:
+        return np.zeros((centred.shape[1], centred.shape[1]))
+    a = np.asfortranarray(centred.T)  # (d, m) column-major: a view when `centred` is C-contiguous
+    upper = scipy.linalg.blas.dsyrk(1.0, a, trans=0, lower=0)
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+# ============================================================================================ solving
+@dataclass
+class SplitStats:
+    """Per-split statistics of a target u and a basis z, as population covariances and means."""
+
+    n: int
+    mean_u: np.ndarray
+    mean_z: np.ndarray
+    cov_uu_trace: float
+    cov_uz: np.ndarray  # (d_u, d_z)
+    cov_zz: np.ndarray  # (d_z, d_z)
+
+    @classmethod
+    def from_rows(cls, u: np.ndarray, z: np.ndarray) -> "SplitStats":
+        """Direct (unstreamed) statistics of materialised rows; used by tests and the benchmark."""
+        u = np.asarray(u, dtype=np.float64)
+        z = np.asarray(z, dtype=np.float64)
+        n = u.shape[0]
+        mu, mz = u.mean(axis=0), z.mean(axis=0)
+        uc, zc = u - mu, z - mz
+        return cls(n, mu, mz, float((uc * uc).sum() / n), uc.T @ zc / n, zc.T @ zc / n)
+
+
+@dataclass
+class Fit:
+    W: np.ndarray
+    b: np.ndarray
+    solver: str
+    condition: float
+
+
+def solve_spd(matrix: np.ndarray, rhs: np.ndarray, what: str = "basis") -> tuple[np.ndarray, str, float]:
+    """Solve matrix X = rhs for a symmetric positive semi-definite matrix (ridge normal equations).
+
+    Cholesky first; when the matrix is not numerically positive definite or is ill-conditioned (scipy's
+    LinAlgWarning), fall back to an eigendecomposition with a pseudo-inverse on the numerical null space.
+    Returns the solution, the solver used and (for the fallback) the condition number of the kept part.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+            solution = scipy.linalg.solve(matrix, rhs, assume_a="pos", check_finite=False)
+        if np.all(np.isfinite(solution)):
+            return solution, "cholesky", float("nan")
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
+        pass
+    values, vectors = scipy.linalg.eigh(matrix, check_finite=False)
+    top = float(values.max()) if values.size else 0.0
+    tolerance = max(top, 0.0) * matrix.shape[0] * np.finfo(float).eps
+    keep = values > tolerance
+    inverse = np.zeros_like(values)
+    inverse[keep] = 1.0 / values[keep]
+    solution = vectors @ (inverse[:, None] * (vectors.T @ rhs))
+    smallest = float(values[keep].min()) if keep.any() else float("nan")
+    condition = top / smallest if keep.any() else float("inf")
+    LOG.warning(
+        "%s: the ridge system (%d x %d) is ill-conditioned (condition ~%.3g, %d of %d eigenvalues at or below "
+        "%.3g treated as zero): solved by eigendecomposition (pseudo-inverse on the null space) instead of Cholesky",
+        what, matrix.shape[0], matrix.shape[1], condition, int((~keep).sum()), values.size, tolerance,
+    )
+    return solution, "eigh_fallback", condition
+
+
+def fit_ridge(train: SplitStats, alpha: float, mode: str = "paper", what: str = "basis") -> Fit:
+    """Ridge from train statistics. paper: centred, with intercept; authors_code: raw moments, no intercept."""
+    if mode == "paper":
+        lhs = train.cov_zz
+        rhs = train.cov_uz
+    elif mode == "authors_code":
+        lhs = train.cov_zz + np.outer(train.mean_z, train.mean_z)
+        rhs = train.cov_uz + np.outer(train.mean_u, train.mean_z)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+    lhs = lhs + alpha * np.eye(lhs.shape[0])
+    solution, solver, condition = solve_spd(lhs, rhs.T, what)
+    W = solution.T
+    b = train.mean_u - W @ train.mean_z if mode == "paper" else np.zeros(W.shape[0])
+    return Fit(W, b, solver, condition)
+
+
+def r_squared(fit: Fit, stats: SplitStats, mode: str = "paper") -> tuple[float, float, float]:
+    """R², mean squared error and mean total sum of squares on a split, from its moments.
+
+    MSE = tr Σuu - 2 tr(W Σzu) + tr(W Σzz W^T) + ||mean_u - W mean_z - b||²  (exact for any W, b).
+    SST about the split's mean (paper) or about zero (authors_code).
+    """
+    W = fit.W
+    offset = stats.mean_u - W @ stats.mean_z - fit.b
+    mse = (stats.cov_uu_trace - 2.0 * float(np.sum(W * stats.cov_uz)) + float(np.sum((W @ stats.cov_zz) * W))
+           + float(offset @ offset))
+    sst = stats.cov_uu_trace if mode == "paper" else stats.cov_uu_trace + float(stats.mean_u @ stats.mean_u)
+    mse = max(mse, 0.0)  # rounding can push an exact fit a hair below zero
+    r2 = 1.0 - mse / sst if sst > 0 else float("nan")
+    return r2, mse, sst
+
+
+# ====================================================================================== reading units
+@dataclass(frozen=True)
+class ViewSpec:
+    """What one model contributes to a pair file: its unit vectors at one or two layers."""
+
+    model: str
+    path: str
+    layers: tuple  # resolved layer indices, one per view (target view, then basis view when they differ)
+    hidden_size: int
+
+
+def _check_finite(array: np.ndarray, keys: np.ndarray, model: str, path: str, unit: str) -> None:
+    if not np.all(np.isfinite(array)):
+        bad = int(np.where(~np.all(np.isfinite(array), axis=1))[0][0])
+        key = int(keys[bad])
+        where = f"example_id {key}" if unit != "word" else f"example_id {key >> WORD_BITS}, word {key & ((1 << WORD_BITS) - 1)}"
+        raise WorkflowInputError(
+            f"{path} (model {model!r}): non-finite hidden state at {where}. Re-extract the model (in float32: "
+            f"extraction.store_dtype / compute_dtype) or set extraction.nonfinite: drop."
+        )
+
+
+def _split_codes(column) -> np.ndarray:
+    values = np.asarray(column.to_pylist() if hasattr(column, "to_pylist") else column, dtype=object)
+    codes = np.full(len(values), -1, dtype=np.int8)
+    codes[values == "train"] = 0
+    codes[values == "test"] = 1
+    if (codes < 0).any():
+        bad = values[codes < 0][0]
+        raise WorkflowInputError(f"split value {bad!r} is neither 'train' nor 'test'; re-run prepare_dataset.")
+    return codes
+
+
+def _ensure_sorted(keys: np.ndarray, last: int | None, path: str) -> None:
+    if keys.size and ((last is not None and keys[0] <= last) or np.any(np.diff(keys) <= 0)):
+        raise WorkflowInputError(
+            f"{path}: units are not in increasing example order (or are duplicated); the hidden-state file does "
+            f"not follow the contract. Delete it and re-run the extraction."
+        )
+
+
+def iter_example_units(view: ViewSpec, pooling: str = "mean") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(keys=example_id, split codes, vectors (n, d*views)) per row group of pooled.parquet."""
+    columns = [storage.pooled_column(layer, pooling) for layer in view.layers]
+    last = None
+    for table in storage.iter_row_groups(view.path, ["example_id", "split", *columns]):
+        keys = table.column("example_id").to_numpy().astype(np.int64)
+        _ensure_sorted(keys, last, view.path)
+        last = int(keys[-1]) if keys.size else last
+        vecs = np.hstack([storage.vectors(table, c, np.float64) for c in columns]) if keys.size else np.zeros((0, view.hidden_size * len(columns)))
+        _check_finite(vecs, keys, view.model, view.path, "example")
+        yield keys, _split_codes(table.column("split")), vecs
+
+
+def iter_token_units(view: ViewSpec, unit: str, chunk_tokens: int | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Units aggregated from tokens.parquet, one chunk per row group.
+
+    word: mean of the tokens of each (example_id, word_id), word_id >= 0;
+    paper: sum over every token of the example (special tokens included) / chunk_tokens.
+    An example cut across row groups is carried over to the next one.
+    """
+    columns = [storage.token_column(layer) for layer in view.layers]
+    width = view.hidden_size * len(columns)
+    carry = None  # (example_id, word_id, split, vectors) of the last example of the previous row group
+    last_key = None
+    wanted = ["example_id", "split", "word_id", *columns]
+
+    def aggregate(example_id, word_id, split, vecs):
+        if unit == "word":
+            keep = word_id >= 0
+            example_id, word_id, split, vecs = example_id[keep], word_id[keep], split[keep], vecs[keep]
+            if np.any(word_id >= (1 << WORD_BITS)):
+                raise WorkflowInputError(f"{view.path}: a word id exceeds 2^{WORD_BITS}; examples are too long for word units.")
+            keys = (example_id << WORD_BITS) | word_id
+        else:
+            keys = example_id
+        if keys.size == 0:
+            return keys, split, np.zeros((0, width))
+        if not np.all(np.isfinite(vecs)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(vecs), axis=1))[0])
+            _check_finite(vecs[bad:bad + 1].astype(np.float64), keys[bad:bad + 1], view.model, view.path, unit)
+        order = np.argsort(keys, kind="stable")
+        keys, split, vecs = keys[order], split[order], vecs[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        sums = np.add.reduceat(vecs, starts, axis=0, dtype=np.float64)
+        counts = np.diff(np.r_[starts, keys.size])
+        denominators = counts[:, None] if unit == "word" else float(chunk_tokens)
+        return keys[starts], split[starts], sums / denominators
+
+    for table in storage.iter_row_groups(view.path, wanted):
+        example_id = table.column("example_id").to_numpy().astype(np.int64)
+        word_id = table.column("word_id").to_numpy().astype(np.int64)
+        split = _split_codes(table.column("split"))
+        # float32 rows (a token row group can be large); the per-unit sums accumulate in float64
+        vecs = np.hstack([storage.vectors(table, c) for c in columns]) if example_id.size else np.zeros((0, width), np.float32)
+        if carry is not None:
+            example_id = np.r_[carry[0], example_id]
+            word_id = np.r_[carry[1], word_id]
+            split = np.r_[carry[2], split]
+            vecs = np.vstack([carry[3], vecs])
+            carry = None
+        if example_id.size == 0:
+            continue
+        tail = example_id == example_id[-1]
+        carry = (example_id[tail], word_id[tail], split[tail], vecs[tail])
+        body = ~tail
+        keys, codes, units = aggregate(example_id[body], word_id[body], split[body], vecs[body])
+        _check_finite(units, keys, view.model, view.path, unit)
+        _ensure_sorted(keys, last_key, view.path)
+        last_key = int(keys[-1]) if keys.size else last_key
+        yield keys, codes, units
+    if carry is not None:
+        keys, codes, units = aggregate(*carry)
+        _check_finite(units, keys, view.model, view.path, unit)
+        _ensure_sorted(keys, last_key, view.path)
+        yield keys, codes, units
+
+
+def iter_units(view: ViewSpec, unit: str, pooling: str = "mean", chunk_tokens: int | None = None):
+    if unit == "example":
+        return iter_example_units(view, pooling)
+    if unit in ("word", "paper"):
+        if unit == "paper" and not chunk_tokens:
+            raise WorkflowInputError("unit 'paper' needs the chunk length T (chunk_tokens) of a chunks dataset.")
+        return iter_token_units(view, unit, chunk_tokens)
+    raise WorkflowInputError(f"unknown decomposition unit {unit!r}; use one of {UNITS} in decomposition.units.")
+
+
+@dataclass
+class AlignmentCounts:
+    matched: int = 0
+    only_a: int = 0
+    only_b: int = 0
+
+
+def align_streams(stream_a: Iterable, stream_b: Iterable, counts: AlignmentCounts | None = None,
+                  names: tuple[str, str] = ("a", "b")) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Join two key-sorted unit streams in lockstep: yields (split codes, vectors of a, vectors of b) per
+    matched block. Keys present in only one stream are dropped (and counted)."""
+    counts = counts if counts is not None else AlignmentCounts()
+    iters = [iter(stream_a), iter(stream_b)]
+    buffers = [None, None]
+    done = [False, False]
+
+    def pull(side):
+        try:
+            keys, codes, vecs = next(iters[side])
+        except StopIteration:
+            done[side] = True
+            return
+        if buffers[side] is None:
+            buffers[side] = (keys, codes, vecs)
+        else:
+            old = buffers[side]
+            buffers[side] = (np.r_[old[0], keys], np.r_[old[1], codes], np.vstack([old[2], vecs]))
+
+    empty_keys = np.zeros(0, np.int64)
+    everything = np.iinfo(np.int64).max
+    while True:
+        for side in (0, 1):
+            while not done[side] and (buffers[side] is None or buffers[side][0].size == 0):
+                pull(side)
+        if all(done) and all(b is None or b[0].size == 0 for b in buffers):
+            break
+        # A finished stream holds every key it will ever have; an open one only up to its last buffered key.
+        limit = min(everything if done[s] else int(buffers[s][0][-1]) for s in (0, 1))
+        parts = []
+        for side in (0, 1):
+            if buffers[side] is None:
+                parts.append((empty_keys, np.zeros(0, np.int8), None))
+                continue
+            keys, codes, vecs = buffers[side]
+            cut = int(np.searchsorted(keys, limit, side="right"))
+            parts.append((keys[:cut], codes[:cut], vecs[:cut]))
+            buffers[side] = (keys[cut:], codes[cut:], vecs[cut:])
+        (ka, ca, va), (kb, cb, vb) = parts
+        common, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+        counts.matched += common.size
+        counts.only_a += ka.size - common.size
+        counts.only_b += kb.size - common.size
+        if common.size:
+            if np.any(ca[ia] != cb[ib]):
+                bad = int(common[np.flatnonzero(ca[ia] != cb[ib])[0]])
+                raise WorkflowInputError(
+                    f"models {names[0]!r} and {names[1]!r} disagree on the split of unit key {bad}: their hidden "
+                    f"states come from different versions of the dataset. Re-run their extraction."
+                )
+            yield ca[ia], va[ia], vb[ib]
+
+
+# ================================================================================== pair moment files
+def canonical_pair(model_a: str, model_b: str) -> tuple[str, str]:
+    """The canonical order of an unordered model pair (by name)."""
+    if model_a == model_b:
+        raise ValueError("a pair needs two different models")
+    return (model_a, model_b) if model_a < model_b else (model_b, model_a)
+
+
+def model_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
+    return [canonical_pair(a, b) for a, b in itertools.combinations(sorted(set(models)), 2)]
+
+
+def layers_tag(target_layer: int, basis_layer: int) -> str:
+    return f"t{target_layer}_b{basis_layer}"
+
+
+def view_layers(target_layer: int, basis_layer: int, n_layers: int, model: str) -> tuple:
+    """Resolved layers of a model's views: (target,) when target and basis layers coincide, else (target, basis)."""
+    target = storage.resolve_layer(target_layer, n_layers, f"decomposition.target_layer for model {model!r}:")
+    basis = storage.resolve_layer(basis_layer, n_layers, f"decomposition.basis_layer for model {model!r}:")
+    return (target,) if target == basis else (target, basis)
+
+
+def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: int) -> ViewSpec:
+    meta = storage.read_hidden_metadata(path)
+    if meta.get("model") not in (None, model):
+        raise WorkflowInputError(f"{path} holds model {meta.get('model')!r}, not {model!r}; delete it and re-run the extraction.")
+    n_layers = int(meta["n_layers"])
+    layers = view_layers(target_layer, basis_layer, n_layers, model)
+    if unit in ("word", "paper"):
+        stored = sorted({storage.resolve_layer(int(l), n_layers) for l in meta.get("token_layers", [])})
+        missing = [l for l in layers if l not in stored]
+        if missing:
+            raise WorkflowInputError(
+                f"{path} (model {model!r}) stores per-token vectors for layers {stored} only, but the {unit!r} unit "
+                f"needs layer(s) {missing}. Add them to extraction.token_layers (e.g. [{', '.join(str(l) for l in missing)}]) "
+                f"or change decomposition.target_layer / basis_layer."
+            )
+    return ViewSpec(model, str(path), layers, int(meta["hidden_size"]))
+
+
+def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling: str = "mean",
+                         chunk_tokens: int | None = None) -> tuple[dict, AlignmentCounts]:
+    """One streamed pass over both models' files: per-split moments of the concatenation [a views, b views]."""
+    dim = view_a.hidden_size * len(view_a.layers) + view_b.hidden_size * len(view_b.layers)
+    moments = {split: Moments(dim) for split in SPLITS}
+    counts = AlignmentCounts()
+    stream = align_streams(iter_units(view_a, unit, pooling, chunk_tokens), iter_units(view_b, unit, pooling, chunk_tokens),
+                           counts, (view_a.model, view_b.model))
+    for codes, va, vb in stream:
+        rows = np.hstack([va, vb])
+        for code, split in enumerate(SPLITS):
+            mask = codes == code
+            if mask.any():
+                moments[split].update(rows[mask])
+    return moments, counts
+
+
+def save_pair_moments(path, view_a: ViewSpec, view_b: ViewSpec, moments: dict, info: dict) -> None:
+    arrays = {
+        "format": np.array(MOMENTS_FORMAT),
+        "models": np.array([view_a.model, view_b.model]),
+        "dims": np.array([view_a.hidden_size, view_b.hidden_size]),
+        "layers_a": np.array(view_a.layers), "layers_b": np.array(view_b.layers),
+        "info": np.array(repr(info)),
+    }
+    for split, mom in moments.items():
+        arrays[f"n_{split}"] = np.array(mom.n)
+        arrays[f"mean_{split}"] = mom.mean
+        arrays[f"comoment_{split}"] = mom.comoment
+    with storage.atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+@dataclass
+class PairMoments:
+    models: tuple
+    dims: tuple
+    layers: tuple  # per model: tuple of resolved layers (one per view)
+    n: dict
+    mean: dict
+    comoment: dict
+
+    @classmethod
+    def load(cls, path) -> "PairMoments":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
+        with data:
+            if int(data["format"]) != MOMENTS_FORMAT:
+                raise WorkflowInputError(f"{path} was written by another version of this stage; delete it and re-run.")
+            return cls(
+                tuple(str(m) for m in data["models"]), tuple(int(d) for d in data["dims"]),
+                (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
+                {s: int(data[f"n_{s}"]) for s in SPLITS},
+                {s: data[f"mean_{s}"] for s in SPLITS},
+                {s: data[f"comoment_{s}"] for s in SPLITS},
+            )
+
+    def slices(self, model: str) -> list[slice]:
+        """Column slices of a model's views (target view first) inside this pair's concatenation."""
+        index = self.models.index(model)
+        start = 0 if index == 0 else self.dims[0] * len(self.layers[0])
+        d = self.dims[index]
+        return [slice(start + k * d, start + (k + 1) * d) for k in range(len(self.layers[index]))]
+
+    def view_slice(self, model: str, role: str) -> slice:
+        views = self.slices(model)
+        return views[0] if role == "target" or len(views) == 1 else views[1]
+
+
+# ======================================================================================== fitting
+def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str) -> SplitStats:
+    """Exact statistics of target u (target view) and basis z (basis view) from one pair file."""
+    n = pair.n[split]
+    su, sz = pair.view_slice(target, "target"), pair.view_slice(basis, "basis")
+    cov = pair.comoment[split] / n
+    return SplitStats(n, pair.mean[split][su], pair.mean[split][sz], float(np.trace(cov[su, su])),
+                      cov[su, sz], cov[sz, sz])
+
+
+class JointMoments:
+    """Block covariances of all models (per split), assembled from the pair files.
+
+    Off-diagonal blocks (m, m') come from the pair (m, m'); a model's own block and mean come from the first
+    pair (in canonical order) that holds it. When every pair aligned the same units (always for `example` and
+    `paper` units; for `word` units when no word is missing from any model), this is exactly the joint
+    covariance; otherwise it is the pairwise-complete estimate, and `consistent` says so.
+    """
+
+    def __init__(self, pair_paths: dict, models: Sequence[str]):
+        self.models = list(models)
+        self.pairs = {}
+        for (a, b), path in pair_paths.items():
+            pair = PairMoments.load(path)
+            if set(pair.models) != {a, b}:
+                raise WorkflowInputError(f"{path} holds the pair {pair.models}, not ({a}, {b}); delete it and re-run.")
+            self.pairs[canonical_pair(a, b)] = pair
+        missing = [p for p in model_pairs(self.models) if p not in self.pairs]
+        if missing:
+            raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
+        self.dims = {}
+        self.layers = {}
+        for (a, b), pair in self.pairs.items():
+            for model, dim, layers in zip(pair.models, pair.dims, pair.layers):
+                if self.dims.setdefault(model, dim) != dim or self.layers.setdefault(model, layers) != layers:
+                    raise WorkflowInputError(
+                        f"model {model!r} has different hidden sizes or layers in different pair moment files; "
+                        f"delete results/analysis/decomposition/.../moments and re-run."
+                    )
+        self.n = {split: {p: pair.n[split] for p, pair in self.pairs.items()} for split in SPLITS}
+        self.consistent = all(len(set(self.n[s].values())) <= 1 for s in SPLITS)
+
+    def home(self, model: str) -> tuple:
+        return next(p for p in model_pairs(self.models) if model in p)
+
+    def group_stats(self, target: str, basis: Sequence[str], split: str) -> SplitStats:
+        home_u = self.pairs[self.home(target)]
+        su = home_u.view_slice(target, "target")
+        n_u = home_u.n[split]
+        mean_u = home_u.mean[split][su]
+        trace_uu = float(np.trace(home_u.comoment[split][su, su])) / n_u
+        offsets = np.cumsum([0] + [self.dims[m] for m in basis])
+        d_z = int(offsets[-1])
+        mean_z = np.zeros(d_z)
+        cov_uz = np.zeros((self.dims[target], d_z))
+        cov_zz = np.zeros((d_z, d_z))
+        for i, mi in enumerate(basis):
+            bi = slice(offsets[i], offsets[i + 1])
+            home = self.pairs[self.home(mi)]
+            s = home.view_slice(mi, "basis")
+            mean_z[bi] = home.mean[split][s]
+            cov_zz[bi, bi] = home.comoment[split][s, s] / home.n[split]
+            pair = self.pairs[canonical_pair(target, mi)]
+            cov_uz[:, bi] = pair.comoment[split][pair.view_slice(target, "target"), pair.view_slice(mi, "basis")] / pair.n[split]
+            for j in range(i + 1, len(basis)):
+                mj = basis[j]
+                bj = slice(offsets[j], offsets[j + 1])
+                pair = self.pairs[canonical_pair(mi, mj)]
+                block = pair.comoment[split][pair.view_slice(mi, "basis"), pair.view_slice(mj, "basis")] / pair.n[split]
+                cov_zz[bi, bj] = block
+                cov_zz[bj, bi] = block.T
+        n_values = [self.pairs[p].n[split] for p in model_pairs([target, *basis])]
+        return SplitStats(min(n_values), mean_u, mean_z, trace_uu, cov_uz, cov_zz)
+
+
+def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: int) -> None:
+    if n_train < min_train or n_test < min_test:
+        raise WorkflowInputError(
+            f"{what}: {n_train} train and {n_test} test units, fewer than the {min_train} train / {min_test} test "
+            f"units needed (decomposition.min_train_units / min_test_units). Use a larger dataset (max_examples), "
+            f"another unit, or lower the minimum."
+        )
+
+
+def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str = "paper",
+              min_train: int = 2, min_test: int = 2):
+    """Group and pairwise R² of every model as target. Returns (group rows, pairwise rows) as lists of dicts."""
+    if len(models) < 2:
+        raise WorkflowInputError(
+            f"decomposition needs at least two models, got {list(models)}; list two or more in decomposition.models "
+            f"(empty = every configured model)."
+        )
+    joint = JointMoments(pair_paths, models)
+    if not joint.consistent:
+        LOG.warning(
+            "model pairs aligned different numbers of units (train %s, test %s): group fits use the pairwise-complete "
+            "estimate of the joint covariance (see docs/decomposition.md)",
+            sorted(set(joint.n["train"].values())), sorted(set(joint.n["test"].values())),
+        )
+    group_rows, pair_rows = [], []
+    for target in models:
+        basis = [m for m in models if m != target]
+        started = time.perf_counter()
+        train = joint.group_stats(target, basis, "train")
+        test = joint.group_stats(target, basis, "test")
+        check_units(train.n, test.n, f"target {target!r} on basis {basis}", min_train, min_test)
+        fit = fit_ridge(train, alpha, mode, what=f"target {target!r}, basis {basis}")
+        r2_train = r_squared(fit, train, mode)[0]
+        r2_test, mse, sst = r_squared(fit, test, mode)
+        group_rows.append({
+            "model": target, "layer": joint.layers[target][0],
+            "basis_models": ";".join(basis),
+            "basis_layers": ";".join(str(joint.layers[m][-1]) for m in basis),
+            "n_train": train.n, "n_test": test.n, "dims": joint.dims[target], "basis_dims": int(train.cov_zz.shape[0]),
+            "alpha": alpha, "mode": mode, "r2_train": r2_train, "r2_test": r2_test,
+            "mse_test": mse, "sst_test": sst, "solver": fit.solver, "units_consistent": joint.consistent,
+        })
+        LOG.info("group   %-20s <- %d models (%d dims): R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
+                 target, len(basis), train.cov_zz.shape[0], r2_train, r2_test, train.n, test.n, fit.solver,
+                 time.perf_counter() - started)
+        for other in basis:
+            pair = joint.pairs[canonical_pair(target, other)]
+            train = split_stats_from_pair(pair, target, other, "train")
+            test = split_stats_from_pair(pair, target, other, "test")
+            check_units(train.n, test.n, f"target {target!r} on basis {other!r}", min_train, min_test)
+            fit = fit_ridge(train, alpha, mode, what=f"target {target!r}, basis {other!r}")
+            r2_train = r_squared(fit, train, mode)[0]
+            r2_test, mse, sst = r_squared(fit, test, mode)
+            pair_rows.append({
+                "model": target, "basis_model": other, "layer": joint.layers[target][0],
+                "basis_layer": joint.layers[other][-1], "n_train": train.n, "n_test": test.n,
+                "dims": joint.dims[target], "basis_dims": joint.dims[other], "alpha": alpha, "mode": mode,
+                "r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver,
+            })
+    return group_rows, pair_rows
+
+
+def pairwise_matrix(pair_rows: list, models: Sequence[str], column: str = "r2_test"):
+    """Rows: target model; columns: basis model; diagonal empty."""
+    import pandas as pd
+
+    frame = pd.DataFrame(pair_rows)
+    matrix = frame.pivot(index="model", columns="basis_model", values=column).reindex(index=list(models), columns=list(models))
+    matrix.index.name = "model"
+    matrix.columns.name = None
+    return matrix
+
+
+# ========================================================================================= figures
+def plot_pairwise(matrix, title: str, paths: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(matrix.index)
+    values = matrix.to_numpy(dtype=float)
+    size = max(4.0, 0.7 * len(models) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=min(0.0, np.nanmin(values)) if np.isfinite(values).any() else 0.0, vmax=1.0)
+    for i in range(len(models)):
+        for j in range(len(models)):
+            if np.isfinite(values[i, j]):
+                shade = image.norm(values[i, j])
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if shade > 0.55 else "white")
+    ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    ax.set_xlabel("basis model (z)")
+    ax.set_ylabel("target model (u)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="test R² (fraction of variance explained)")
+    storage.save_figure(fig, paths)
+
+
+def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(group_frame["model"])
+    x = np.arange(len(models))
+    colours = plt.get_cmap("tab10").colors
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(models) + 2.5), 4.5))
+    for offset, column, label, colour in ((-0.2, "r2_train", "train", colours[0]), (0.2, "r2_test", "test", colours[1])):
+        bars = ax.bar(x + offset, group_frame[column], width=0.4, label=label, color=colour)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    mean_test = float(group_frame["r2_test"].mean())
+    ax.axhline(mean_test, color="0.3", linestyle="--", linewidth=1, label=f"mean test R² = {mean_test:.3f}")
+    ax.set_xticks(x, models, rotation=30, ha="right")
+    ax.set_ylabel("group R² (fraction of variance explained)")
+    ax.set_xlabel("target model (basis: all other models)")
+    low = min(0.0, float(np.nanmin(group_frame[["r2_train", "r2_test"]].to_numpy()))) if len(group_frame) else 0.0
+    ax.set_ylim(low, 1.08)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    storage.save_figure(fig, paths)
+
+
+# ====================================================================================== entry points
+def run_moments(smk) -> None:
+    p = smk.params
+    wc = smk.wildcards
+    view_a = make_view(wc.model_a, smk.input.a, wc.unit, p.target_layer, p.basis_layer)
+    view_b = make_view(wc.model_b, smk.input.b, wc.unit, p.target_layer, p.basis_layer)
+    LOG.info("moments of (%s layers %s, %s layers %s), unit %s, dataset %s", view_a.model, view_a.layers,
+             view_b.model, view_b.layers, wc.unit, wc.dataset)
+    started = time.perf_counter()
+    moments, counts = compute_pair_moments(view_a, view_b, wc.unit, p.pooling, p.chunk_tokens)
+    LOG.info("units: %d aligned (train %d, test %d); dropped %d only in %s, %d only in %s; %.1f s",
+             counts.matched, moments["train"].n, moments["test"].n, counts.only_a, view_a.model, counts.only_b,
+             view_b.model, time.perf_counter() - started)
+    if counts.matched == 0:
+        raise WorkflowInputError(
+            f"models {view_a.model!r} and {view_b.model!r} share no {wc.unit!r} unit on dataset {wc.dataset!r}: "
+            f"check that both were extracted from the same dataset version."
+        )
+    if counts.only_a or counts.only_b:
+        LOG.warning("%d + %d units are missing from one of the two models (truncation or untokenised words)",
+                    counts.only_a, counts.only_b)
+    info = {"dataset": wc.dataset, "unit": wc.unit, "pooling": p.pooling, "chunk_tokens": p.chunk_tokens,
+            "only_a": counts.only_a, "only_b": counts.only_b, "code_version": storage.CODE_VERSION}
+    save_pair_moments(smk.output.moments, view_a, view_b, moments, info)
+
+
+def run_fit(smk) -> None:
+    import pandas as pd
+
+    p = smk.params
+    models = list(p.models)
+    pair_paths = {canonical_pair(a, b): path for (a, b), path in zip(p.pairs, smk.input.moments)}
+    group_rows, pair_rows = decompose(pair_paths, models, p.alpha, smk.wildcards.mode, p.min_train_units, p.min_test_units)
+    extra = {"dataset": smk.wildcards.dataset, "unit": smk.wildcards.unit}
+    group = pd.DataFrame([{**extra, **row} for row in group_rows])
+    pairs = pd.DataFrame([{**extra, **row} for row in pair_rows])
+    storage.write_table(group, smk.output.group)
+    storage.write_table(pairs, smk.output.pairwise)
+    storage.write_table(pairwise_matrix(pair_rows, models).reset_index(), smk.output.matrix)
+    LOG.info("mean group R2 (test) over %d models: %.4f", len(models), group["r2_test"].mean())
+
+
+def run_figures(smk) -> None:
+    import pandas as pd
+
+    wc = smk.wildcards
+    group = pd.read_csv(smk.input.group)
+    matrix = pd.read_csv(smk.input.matrix).set_index("model")
+    where = f"{wc.dataset}, unit {wc.unit}, layers {wc.layers}, mode {wc.mode}"
+    plot_pairwise(matrix, f"Pairwise LMD: test R² of target from basis\n({where})", [smk.output.heatmap_png, smk.output.heatmap_svg])
+    plot_group(group, f"Group LMD: each model from all the others\n({where})", [smk.output.group_png, smk.output.group_svg])
+
+
+def main(smk) -> None:
+    with storage.job_logging(smk):
+        step = smk.params.step
+        if step == "moments":
+            run_moments(smk)
+        elif step == "fit":
+            run_fit(smk)
+        elif step == "figures":
+            run_figures(smk)
+        else:
+            raise ValueError(f"unknown step {step!r}")
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
