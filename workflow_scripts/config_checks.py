@@ -1,5 +1,4 @@
 """Checks of the configuration that a JSON schema cannot express; each error names the key and the fix."""
-from __future__ import annotations
 
 from workflow_scripts.storage import WorkflowInputError
 

@@ -2,7 +2,6 @@
 
 Used by extraction and by every rule that derives a model (perturbation, fine-tuning).
 """
-from __future__ import annotations
 
 import hashlib
 import logging

@@ -6,7 +6,6 @@ Protocol (fixed, seeded, train split only for every choice):
 - the inverse regularisation C chosen from `C_GRID` by stratified k-fold cross-validation on the train split;
 - refit on the whole train split with that C; accuracy on the test split with a Wilson 95% interval.
 """
-from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass

@@ -3,7 +3,6 @@
 Every stage reads and writes through this module so that the on-disk contracts (see docs/ARCHITECTURE.md)
 live in one place.
 """
-from __future__ import annotations
 
 import contextlib
 import json
@@ -190,6 +189,11 @@ def write_table(frame, path) -> None:
 def write_json(obj, path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def json_bytes(obj) -> bytes:
+    """Compact, key-sorted JSON for Parquet schema metadata."""
+    return json.dumps(obj, sort_keys=True, default=str).encode()
 
 
 def read_json(path) -> dict:

@@ -1,0 +1,46 @@
+# Extract every layer's hidden states per (dataset, model): a GPU rule that runs on the CPU when there is none.
+
+
+def extraction_mem_mb(wildcards, attempt):
+    """Model weights (x3 for activations and copies) plus one sort window of token vectors, grown per retry."""
+    section = config["extraction"]
+    window_mb = section["sort_window"] * section["max_length"] * 1024 * 4 * (len(section["token_layers"]) + 2) / 1e6
+    return int((3000 + 3 * model_weights_mb(wildcards.model) + window_mb) * attempt)
+
+
+def extraction_runtime(wildcards, attempt):
+    """Minutes: generous for CPU runs, scaled with the dataset's example cap and the model size."""
+    entry = DATASETS[wildcards.dataset]
+    examples = entry.get("max_examples") or 100_000
+    return int(max(30, examples * model_weights_mb(wildcards.model) / 20_000) * attempt)
+
+
+rule extract_hidden_states:
+    input:
+        model="results/models/{model}",
+        dataset="results/data/{dataset}.parquet",
+    output:
+        pooled="results/hidden/{dataset}/{model}/pooled.parquet",
+        tokens="results/hidden/{dataset}/{model}/tokens.parquet",
+    params:
+        extraction=config["extraction"],
+    log:
+        "results/logs/extract_hidden_states/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/extract_hidden_states/{dataset}/{model}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=extraction_mem_mb,
+        runtime=extraction_runtime,
+        **gpu_resources(),
+    script:
+        "../workflow_scripts/extract_hidden_states.py"
+
+
+ALL_TARGETS.extend(
+    expand(
+        "results/hidden/{dataset}/{model}/pooled.parquet",
+        dataset=[d for d in DATASET_NAMES if config["extraction"]["datasets"] is None or d in config["extraction"]["datasets"]],
+        model=MODEL_NAMES,
+    )
+)

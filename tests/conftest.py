@@ -1,0 +1,178 @@
+"""Shared fixtures: tiny models with real tokenizers built on the spot, a tiny labelled corpus, and a helper
+that runs the workflow on a config in a temporary folder.
+
+- `tiny_models`: {"bert": WordPiece BERT (hidden 32, 2 layers), "roberta": byte-level BPE RoBERTa (hidden 48,
+  3 layers), "gpt2": byte-level BPE GPT-2 (hidden 40, 2 layers)} as folders that load offline.
+- `tiny_corpus`: a labelled CSV (two classes with class-specific words, a few hard cases) and its texts.
+- `run_workflow(workdir, config, *targets, extra=[...])`: runs Snakemake with that config in `workdir`.
+"""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+POSITIVE = "great wonderful excellent delicious lovely fresh tasty perfect happy superb".split()
+NEGATIVE = "awful terrible stale bland broken sad horrible rotten poor soggy".split()
+NEUTRAL = ("the a this product coffee tea box price it was and but i my we bought ordered arrived "
+           "taste flavor package shipping amazon store week".split())
+
+
+def make_corpus_texts(n: int = 80, seed: int = 0):
+    """Texts and labels: each text mixes neutral words with words of its class (a learnable, noisy task)."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for index in range(n):
+        label = "great" if index % 2 == 0 else "other"
+        own = POSITIVE if label == "great" else NEGATIVE
+        other = NEGATIVE if label == "great" else POSITIVE
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(5, 14))]
+        for _ in range(rng.randint(1, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(own))
+        if rng.random() < 0.15:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(other))
+        text = " ".join(words)
+        if index % 7 == 0:
+            text = text.capitalize() + "! It's great-ish, isn't it?"
+        texts.append(text)
+        labels.append(label)
+    return texts, labels
+
+
+def _wordpiece_tokenizer(texts):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=200, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _bytelevel_tokenizer(texts, roberta_style: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if roberta_style else ["<|endoftext|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if roberta_style:
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")), trim_offsets=True)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                       pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
+def build_tiny_models(root: Path, texts) -> dict:
+    """Save three tiny, randomly initialised (seeded) models with their tokenizers under root."""
+    import torch
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
+
+    folders = {}
+    torch.manual_seed(0)
+    bert_tok = _wordpiece_tokenizer(texts)
+    bert = BertModel(BertConfig(vocab_size=len(bert_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=37, max_position_embeddings=64, pad_token_id=bert_tok.pad_token_id))
+    folders["bert"] = root / "tiny-bert"
+    bert.save_pretrained(folders["bert"])
+    bert_tok.save_pretrained(folders["bert"])
+
+    torch.manual_seed(1)
+    rob_tok = _bytelevel_tokenizer(texts, roberta_style=True)
+    roberta = RobertaModel(RobertaConfig(vocab_size=len(rob_tok), hidden_size=48, num_hidden_layers=3,
+                                         num_attention_heads=4, intermediate_size=61, max_position_embeddings=66,
+                                         pad_token_id=rob_tok.pad_token_id, bos_token_id=rob_tok.bos_token_id,
+                                         eos_token_id=rob_tok.eos_token_id, type_vocab_size=1))
+    folders["roberta"] = root / "tiny-roberta"
+    roberta.save_pretrained(folders["roberta"])
+    rob_tok.save_pretrained(folders["roberta"])
+
+    torch.manual_seed(2)
+    gpt_tok = _bytelevel_tokenizer(texts, roberta_style=False)
+    gpt2 = GPT2Model(GPT2Config(vocab_size=len(gpt_tok), n_embd=40, n_layer=2, n_head=2, n_positions=64,
+                                bos_token_id=gpt_tok.bos_token_id, eos_token_id=gpt_tok.eos_token_id))
+    folders["gpt2"] = root / "tiny-gpt2"
+    gpt2.save_pretrained(folders["gpt2"])
+    gpt_tok.save_pretrained(folders["gpt2"])
+    return folders
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """(csv path, texts, labels): 80 labelled texts, some punctuation-heavy."""
+    import pandas as pd
+
+    texts, labels = make_corpus_texts()
+    path = tmp_path_factory.mktemp("corpus") / "reviews.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    return path, texts, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_corpus):
+    _, texts, _ = tiny_corpus
+    return build_tiny_models(tmp_path_factory.mktemp("models"), texts)
+
+
+def tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **sections) -> dict:
+    """A workflow config over tiny models (local sources) and the tiny corpus; extra sections merged in."""
+    config = {
+        "models": [{"name": f"tiny-{name}", "source": "local", "path": str(tiny_models[name])} for name in models],
+        "datasets": [{"name": "toy", "source": "file", "path": str(tiny_corpus[0]), "text_column": "text",
+                      "label_column": "label", "test_fraction": 0.25, "seed": 0}],
+        "extraction": {"max_length": 32, "batch_tokens": 256, "sort_window": 32, "token_layers": [-1]},
+        "resources": {"threads": 1},
+    }
+    for key, value in sections.items():
+        config[key] = value
+    return config
+
+
+def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, timeout=900):
+    """Run Snakemake on the project's Snakefile in `workdir` with `config` (written to workdir/config.yaml)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *extra, *targets]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def pending_jobs(workdir, *targets) -> list[tuple[str, str]]:
+    """(rule, output) of every job a run would execute now, from `snakemake --summary` (nothing is run)."""
+    result = run_workflow(workdir, None, *targets, extra=["--summary", "--quiet"])
+    jobs = []
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) >= 6 and fields[5].strip() in ("update pending", "missing"):
+            jobs.append((fields[2], fields[0]))
+    return jobs
+
+
+@pytest.fixture
+def workflow_runner():
+    return run_workflow
