@@ -1,0 +1,167 @@
+"""Perturbed models, a model source (`source: perturb` in config `models`): the family of graded quality of
+Marbut et al. (arXiv:2406.12159, card 4): every encoder weight W <- (1 - a) W + a N(0, 1), seeded.
+
+Which tensors ("every encoder weight", the authors' model_perturb.py): the parameters of the base model's
+`encoder` sub-module whose name ends in `weight`: the attention and feed-forward matrices and the LayerNorm
+gains of every layer (for BERT exactly `encoder.*weight`, as in the authors' code). Biases, embeddings
+(word, position, token type and their LayerNorm) and the pooler are left as they are. A model without an
+`encoder` sub-module (GPT-2, DistilBERT, ...) uses its stack of transformer layers (the largest ModuleList of
+the base model) as the encoder. `tensors: encoder_parameters` (geometry.perturb_tensors) also perturbs the
+encoder's biases, a named extension.
+
+Noise: one torch.Generator seeded with `seed`, drawn in the model's parameter order, in float32; a = 0 leaves
+every value unchanged (1·W + 0·N = W exactly), a = 1 replaces the weights by pure N(0, 1) noise.
+The folder is written into a temporary sibling and renamed, so results/models/{model} is always complete.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from workflow_scripts import model_loading, storage
+from workflow_scripts.storage import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
+
+TENSOR_MODES = ("encoder_weights", "encoder_parameters")
+SKIPPED_FILES = {model_loading.PROVENANCE_FILE}
+
+
+def encoder_module(model):
+    """(dotted prefix, module) of the encoder of a transformers model: base_model.encoder, else the largest
+    ModuleList (the layer stack) of the base model."""
+    import torch
+
+    base = model.base_model
+    prefix = model.base_model_prefix if base is not model else ""
+    encoder = getattr(base, "encoder", None)
+    if isinstance(encoder, torch.nn.Module) and any(True for _ in encoder.parameters()):
+        return _join(prefix, "encoder"), encoder
+    best, best_size = None, 0
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList):
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (_join(prefix, name), module), size
+    if best is None:
+        raise WorkflowInputError(
+            f"{type(model).__name__} has no 'encoder' sub-module and no layer stack (ModuleList): perturbation "
+            f"does not know which tensors are its encoder weights. Perturb a transformer encoder model."
+        )
+    return best
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def perturbed_parameter_names(model, tensors: str = "encoder_weights") -> list[str]:
+    """Full parameter names (as in model.named_parameters()) that the perturbation replaces, in model order."""
+    if tensors not in TENSOR_MODES:
+        raise WorkflowInputError(f"geometry.perturb_tensors must be one of {TENSOR_MODES}, got {tensors!r}.")
+    prefix, module = encoder_module(model)
+    inside = {_join(prefix, name) for name, _ in module.named_parameters()}
+    names = []
+    for name, _ in model.named_parameters():
+        if name not in inside:
+            continue
+        if tensors == "encoder_weights" and not name.endswith("weight"):
+            continue
+        names.append(name)
+    return names
+
+
+def perturb_(model, alpha: float, seed: int, tensors: str = "encoder_weights") -> list[str]:
+    """In place: W <- (1 - alpha) W + alpha N(0, 1) on the chosen encoder tensors. Returns their names."""
+    import torch
+
+    if not 0.0 <= alpha <= 1.0:
+        raise WorkflowInputError(f"perturbation alpha must be in [0, 1], got {alpha}.")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    names = perturbed_parameter_names(model, tensors)
+    chosen = set(names)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name not in chosen:
+                continue
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            mixed = (1.0 - alpha) * param.detach().float().cpu() + alpha * noise
+            param.copy_(mixed.to(param.dtype))
+    return names
+
+
+def copy_support_files(base_dir, target_dir) -> list[str]:
+    """Copy the base folder's top-level non-weight files (config, tokenizer, ...) into the new folder."""
+    copied = []
+    for path in sorted(Path(base_dir).iterdir()):
+        if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in model_loading.WEIGHT_SUFFIXES:
+            continue
+        if path.name.endswith(".index.json"):  # sharded-weight index of the base: save_pretrained writes its own
+            continue
+        shutil.copy2(path, Path(target_dir) / path.name)
+        copied.append(path.name)
+    return copied
+
+
+def perturb_model_folder(base_dir, out_dir, *, alpha: float, seed: int, base_name: str, tensors: str = "encoder_weights",
+                         trust_remote_code: bool = False) -> dict:
+    """Write results/models/{model}: base weights perturbed, tokenizer and config copied, provenance.json."""
+    import torch
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if not (Path(base_dir) / "config.json").exists():
+        raise WorkflowInputError(
+            f"base model folder {base_dir} of perturbed model {out_dir.name!r} has no config.json: materialise the "
+            f"base model {base_name!r} first (it must be a configured model)."
+        )
+    model = model_loading.load_model(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base_sha = model_loading.read_provenance(base_dir).get("weights_sha256") if (
+        Path(base_dir) / model_loading.PROVENANCE_FILE).exists() else model_loading.weights_sha256(base_dir)
+    names = perturb_(model, alpha, seed, tensors)
+    n_values = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+    n_total = sum(p.numel() for p in model.parameters())
+    LOG.info("perturbed %d tensors (%d of %d parameters, %.1f%%) of %s with alpha=%g seed=%d (%s)",
+             len(names), n_values, n_total, 100.0 * n_values / n_total, base_name, alpha, seed, tensors)
+    with storage.atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        copied = copy_support_files(base_dir, tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        record = model_loading.write_provenance(tmp, {
+            "source": "perturb",
+            "revision": None,
+            "base": base_name,
+            "base_weights_sha256": base_sha,
+            "alpha": float(alpha),
+            "seed": int(seed),
+            "formula": "W <- (1 - alpha) * W + alpha * N(0, 1)",
+            "tensors": tensors,
+            "perturbed_tensors": names,
+            "n_perturbed_values": int(n_values),
+            "n_parameters": int(n_total),
+            "copied_files": copied,
+            "environment": model_loading.environment_summary(),
+        })
+    LOG.info("wrote %s (weights sha256 %s) in %.1f s", out_dir, record["weights_sha256"][:12],
+             time.perf_counter() - started)
+    return record
+
+
+def main(smk) -> None:
+    with storage.job_logging(smk):
+        torch_threads(smk.threads)
+        p = smk.params
+        perturb_model_folder(smk.input.base, smk.output.model, alpha=p.alpha, seed=p.seed, base_name=p.base,
+                             tensors=p.tensors, trust_remote_code=p.trust_remote_code)
+
+
+def torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
