@@ -1,0 +1,195 @@
+"""The workflow spine end to end on tiny models: sources, datasets, extraction, caching, bad input."""
+import shutil
+import tarfile
+import zipfile
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import pending_jobs, run_workflow, tiny_config
+from workflow_scripts import storage
+from workflow_scripts.materialise_model import materialise
+from workflow_scripts.model_loading import read_provenance, weights_sha256
+from workflow_scripts.prepare_dataset import build_dataset, clean_text, prepare, word_offsets
+from workflow_scripts.storage import WorkflowInputError
+
+
+@pytest.fixture(scope="module")
+def spine_run(tmp_path_factory, tiny_models, tiny_corpus):
+    """Two tiny models with different tokenizers and hidden sizes through the whole spine."""
+    workdir = tmp_path_factory.mktemp("spine")
+    config = tiny_config(tiny_models, tiny_corpus)
+    result = run_workflow(workdir, config)
+    return workdir, config, result
+
+
+def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus):
+    workdir, config, _ = spine_run
+    dataset = pd.read_parquet(workdir / storage.dataset_path("toy"))
+    assert len(dataset) == len(tiny_corpus[1])
+    assert set(dataset["split"]) == {"train", "test"}
+    for name, hidden in (("tiny-bert", 32), ("tiny-roberta", 48)):
+        provenance = read_provenance(workdir / storage.model_dir(name))
+        assert provenance["source"] == "local" and len(provenance["weights_sha256"]) == 64
+        pooled = workdir / storage.pooled_path("toy", name)
+        meta = storage.read_hidden_metadata(pooled)
+        assert meta["model"] == name and meta["hidden_size"] == hidden
+        assert meta["weights_sha256"] == provenance["weights_sha256"]
+        # row counts reconcile from dataset to hidden states
+        assert pq.read_metadata(pooled).num_rows == len(dataset)
+        tokens = pq.read_table(workdir / storage.tokens_path("toy", name), columns=["example_id"])
+        counts = pq.read_table(pooled, columns=["n_tokens"]).column("n_tokens").to_numpy()
+        assert tokens.num_rows == counts.sum()
+        log = (workdir / f"results/logs/extract_hidden_states/toy/{name}.log").read_text()
+        assert "extracted 80 of 80 examples" in log and "done in" in log
+
+
+def test_rerun_with_nothing_changed_schedules_nothing(spine_run):
+    workdir, _, _ = spine_run
+    assert pending_jobs(workdir) == []
+
+
+def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny_corpus, tmp_path):
+    workdir, config, _ = spine_run
+    grown = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2"))
+    scratch = tmp_path / "grown"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    (scratch / "config.yaml").unlink()
+    run_workflow(scratch, grown, extra=["-n"])  # writes the config
+    jobs = pending_jobs(scratch)
+    outputs = sorted(output for _, output in jobs)
+    assert outputs == sorted([storage.model_dir("tiny-gpt2"), storage.pooled_path("toy", "tiny-gpt2"),
+                              storage.tokens_path("toy", "tiny-gpt2")]), jobs
+
+
+def test_materialise_from_split_zip_and_tar(tiny_models, tmp_path):
+    source = tiny_models["bert"]
+    archive = tmp_path / "bert.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in source.iterdir():
+            bundle.write(path, f"wrapped/tiny-bert/{path.name}")
+    data = archive.read_bytes()
+    for index, start in enumerate(range(0, len(data), len(data) // 3 + 1)):
+        (tmp_path / f"bert.zip.{index + 1:03d}").write_bytes(data[start:start + len(data) // 3 + 1])
+    record = materialise({"name": "zipped", "source": "archive", "path": "bert.zip.*", "root": str(tmp_path)},
+                         tmp_path / "out-zip")
+    assert record["weights_sha256"] == weights_sha256(source)
+    assert len(record["archive_parts"]) == 3
+    with tarfile.open(tmp_path / "bert.tar.gz", "w:gz") as bundle:
+        bundle.add(source, arcname="tiny-bert")
+    record = materialise({"name": "tarred", "source": "archive", "path": str(tmp_path / "bert.tar.gz")},
+                         tmp_path / "out-tar")
+    assert record["weights_sha256"] == weights_sha256(source)
+
+
+def test_materialise_from_an_installed_package(tmp_path, tiny_models, monkeypatch):
+    package = tmp_path / "site" / "tiny_model_pkg"
+    shutil.copytree(tiny_models["roberta"], package / "weights")
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    record = materialise({"name": "pkg", "source": "package", "package": "tiny_model_pkg", "subdir": ""},
+                         tmp_path / "out")
+    assert record["path"].endswith("weights") and (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"source": "package", "package": "no_such_package_xyz"}, "not installed"),
+    ({"source": "local", "path": "/nonexistent/folder"}, "does not exist"),
+    ({"source": "archive", "path": "nothing-*.zip", "root": "/tmp"}, "no file matches"),
+])
+def test_missing_model_sources_fail_with_a_message_and_leave_nothing(entry, message, tmp_path):
+    with pytest.raises(WorkflowInputError, match=message):
+        materialise({"name": "m", "subdir": "", **entry}, tmp_path / "m")
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_hub_model_fails_with_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WorkflowInputError, match="cannot download bert-base-uncased"):
+        materialise({"name": "bert", "source": "hub", "repo_id": "bert-base-uncased", "revision": "main"},
+                    tmp_path / "bert")
+    assert not (tmp_path / "bert").exists()
+
+
+def test_model_folder_without_weights_is_refused(tiny_models, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["bert"], broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(WorkflowInputError, match="no weight file"):
+        materialise({"name": "broken", "source": "local", "path": str(broken), "subdir": ""}, tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def test_word_offsets_cover_words_and_punctuation():
+    text = "It's 3.5 stars,  ok?"
+    starts, ends = word_offsets(text)
+    assert [text[s:e] for s, e in zip(starts, ends)] == ["It", "'", "s", "3", ".", "5", "stars", ",", "ok", "?"]
+
+
+def test_untrusted_text_is_handled_counted_and_reconciled(tmp_path):
+    raw = b"text,label\nplain text,a\n\"bell\x07 and tab\tok\",b\n,a\n\"bad \xff\xfe bytes\",b\n" + \
+        b"\"" + b"very long " * 400 + b"\",a\n"
+    path = tmp_path / "messy.csv"
+    path.write_bytes(raw)
+    entry = {"name": "messy", "source": "file", "path": str(path), "text_column": "text", "label_column": "label",
+             "split_column": None, "test_fraction": 0.5, "seed": 0, "max_examples": None}
+    counts = prepare(entry, tmp_path / "messy.parquet")
+    frame = pd.read_parquet(tmp_path / "messy.parquet")
+    assert counts["rows_in"] == 5 and counts["empty_texts_dropped"] == 1 and counts["rows_out"] == 4
+    assert counts["control_characters_replaced"] == 1 and counts["replacement_characters"] == 2
+    assert frame["example_id"].tolist() == [0, 1, 2, 3]
+    assert "\x07" not in frame["text"][1] and "\t" in frame["text"][1]
+    assert clean_text("a\x00b") == ("a b", 1)
+
+
+def test_split_is_deterministic_and_subsample_keeps_proportions():
+    raw = pd.DataFrame({"text": [f"text number {i}" for i in range(1000)], "label": ["a", "b"] * 500})
+    entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.2, "seed": 3,
+             "max_examples": 100}
+    first, _ = build_dataset(raw, entry)
+    second, _ = build_dataset(raw, entry)
+    pd.testing.assert_frame_equal(first, second)
+    assert len(first) == 100 and 12 <= (first["split"] == "test").sum() <= 28
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"text_column": "body"}, "no column 'body'"),
+    ({"label_column": "stars"}, "no column 'stars'"),
+])
+def test_dataset_without_the_named_column_fails(entry, message, tiny_corpus, tmp_path):
+    base = {"name": "toy", "source": "file", "path": str(tiny_corpus[0]), "text_column": "text",
+            "label_column": "label", "test_fraction": 0.2, "seed": 0, "split_column": None}
+    with pytest.raises(WorkflowInputError, match=message):
+        prepare({**base, **entry}, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_empty_dataset_fails(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("text,label\n")
+    entry = {"name": "empty", "source": "file", "path": str(path), "text_column": "text", "label_column": "label",
+             "test_fraction": 0.2, "seed": 0}
+    with pytest.raises(WorkflowInputError, match="no rows"):
+        prepare(entry, tmp_path / "out.parquet")
+
+
+# ------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["models"][0].update(source="ftp"), "'ftp' is not one of"),
+    (lambda c: c.update(modles=[]), "'modles' was unexpected"),
+    (lambda c: c["models"].append(dict(c["models"][0])), "used twice"),
+    (lambda c: c["models"][0].update(name="../escape"), "does not match"),
+    (lambda c: c["models"][0].pop("path"), "needs the key\\(s\\) path"),
+    (lambda c: c["extraction"].update(max_length="long"), "'long' is not of type 'integer'"),
+    (lambda c: c["models"].append({"name": "p", "source": "perturb", "base": "nope", "alpha": 0.1}),
+     "base 'nope' is not a configured model"),
+])
+def test_bad_config_stops_before_any_job_naming_the_key(mutate, message, tiny_models, tiny_corpus, tmp_path):
+    config = tiny_config(tiny_models, tiny_corpus)
+    mutate(config)
+    result = run_workflow(tmp_path, config, extra=["-n"], check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert __import__("re").search(message, output), output[-3000:]
+    assert not (tmp_path / "results").exists()
