@@ -4,6 +4,7 @@ Sources: hub (id pinned to a revision), local folder, folder inside an installed
 or ordered parts of one). Derived models (perturb, finetune) have rules of their own.
 """
 
+import glob
 import importlib.metadata
 import importlib.util
 import logging
@@ -91,7 +92,8 @@ def archive_parts(entry: dict) -> list[Path]:
     roots = [Path(entry["root"])] if entry.get("root") and entry["root"] != "site-packages" else (
         site_packages_dirs() if entry.get("root") == "site-packages" else [Path(".")])
     for root in roots:
-        parts = sorted((p for p in root.glob(entry["path"]) if p.is_file()), key=natural_key)
+        matches = glob.glob(os.path.join(str(root), os.path.expanduser(entry["path"])))
+        parts = sorted((Path(p) for p in matches if os.path.isfile(p)), key=natural_key)
         if parts:
             return parts
     where = "the site-packages folders" if entry.get("root") == "site-packages" else str(roots[0])
