@@ -1,2 +1,159 @@
-# The compression stage: its rules are added by the issue that builds it.
+# [CLS] compression (card 2, Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
 validate(config["compression"], "../schemas/compression.schema.yaml")
+
+from workflow_scripts.compression import resolve_pairs, view_name
+
+COMPRESSION = config["compression"]
+FINETUNED_MODELS = models_of_source("finetune")
+
+
+# ------------------------------------------------------------------------------ fine-tuning source
+def finetune_mem_mb(wildcards, attempt):
+    """Weights, gradients and two AdamW moments (x4), activations of a batch, grown per retry."""
+    return int((3000 + 6 * model_weights_mb(MODELS[wildcards.model]["base"])) * attempt)
+
+
+def finetune_runtime(wildcards, attempt):
+    """Minutes: generous for CPU runs; scaled with epochs, the dataset's example cap and the model size."""
+    entry = MODELS[wildcards.model]
+    examples = DATASETS[entry["dataset"]].get("max_examples") or 100_000
+    weights = model_weights_mb(entry["base"])
+    return int(max(30, entry.get("epochs", 1) * examples * weights / 2_000) * attempt)
+
+
+rule finetune_model:
+    input:
+        base=lambda wc: storage.model_dir(MODELS[wc.model]["base"]),
+        dataset=lambda wc: storage.dataset_path(MODELS[wc.model]["dataset"]),
+    output:
+        model=directory("results/models/{model}"),
+    wildcard_constraints:
+        model=name_regex(FINETUNED_MODELS),
+    params:
+        entry=lambda wc: MODELS[wc.model],
+        device=config["extraction"]["device"],
+    log:
+        "results/logs/finetune_model/{model}.log",
+    benchmark:
+        "results/benchmarks/finetune_model/{model}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=finetune_mem_mb,
+        runtime=finetune_runtime,
+        **gpu_resources(),
+    script:
+        "../workflow_scripts/finetune_model.py"
+
+
+# ------------------------------------------------------------------------------------- selection
+def _compression_models():
+    unknown = [m for m in COMPRESSION["models"] if m not in MODELS]
+    if unknown:
+        raise storage.WorkflowInputError(
+            f"config: compression.models lists {unknown}, which are not configured model names; "
+            f"use names from 'models' (or leave the list empty for all models)."
+        )
+    return list(COMPRESSION["models"]) or MODEL_NAMES
+
+
+def _compression_datasets():
+    chosen = list(COMPRESSION["datasets"]) or labelled_datasets()
+    for name in chosen:
+        if name not in DATASETS:
+            raise storage.WorkflowInputError(
+                f"config: compression.datasets lists {name!r}, which is not a configured dataset name."
+            )
+        if not DATASETS[name].get("label_column"):
+            raise storage.WorkflowInputError(
+                f"config: compression.datasets lists {name!r}, which has no label_column: the probes need labels. "
+                f"Set its label_column or remove it from compression.datasets."
+            )
+    return chosen
+
+
+COMPRESSION_MODELS = _compression_models()
+COMPRESSION_DATASETS = _compression_datasets()
+COMPRESSION_VIEWS = [view_name(p, l) for p in COMPRESSION["poolings"] for l in COMPRESSION["layers"]]
+COMPRESSION_PAIRS = resolve_pairs(COMPRESSION["pairs"], config["models"], COMPRESSION_MODELS,
+                                  COMPRESSION["derive_pairs"])
+COMPRESSION_MODEL_DIR = "results/analysis/compression/{dataset}/{view}/{model}"
+
+
+def compression_model_outputs(kind):
+    return [f"{COMPRESSION_MODEL_DIR}/{kind}.csv".format(dataset="{dataset}", view="{view}", model=model)
+            for model in COMPRESSION_MODELS]
+
+
+# ----------------------------------------------------------------------------------- per model
+rule compression_model:
+    input:
+        pooled="results/hidden/{dataset}/{model}/pooled.parquet",
+    output:
+        curve=f"{COMPRESSION_MODEL_DIR}/pca_curve.csv",
+        dims=f"{COMPRESSION_MODEL_DIR}/single_dims.csv",
+        best=f"{COMPRESSION_MODEL_DIR}/best_dims.csv",
+        summary=f"{COMPRESSION_MODEL_DIR}/summary.csv",
+    wildcard_constraints:
+        view=r"(first|mean)_layer-?[0-9]+",
+    params:
+        k_values=COMPRESSION["k_values"],
+        tolerance=COMPRESSION["tolerance"],
+        single_dim_c=COMPRESSION["single_dim_c"],
+        n_best=COMPRESSION["n_best"],
+        seed=COMPRESSION["seed"],
+        folds=COMPRESSION["folds"],
+    log:
+        "results/logs/compression_model/{dataset}/{view}/{model}.log",
+    benchmark:
+        "results/benchmarks/compression_model/{dataset}/{view}/{model}.tsv"
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/compression.py"
+
+
+# ------------------------------------------------------------------------- per dataset and view
+rule compression_dataset:
+    input:
+        summaries=compression_model_outputs("summary"),
+        curves=compression_model_outputs("pca_curve"),
+        dims=compression_model_outputs("single_dims"),
+        finetuned=[storage.model_dir(b) for _, b in COMPRESSION_PAIRS if b in FINETUNED_MODELS],
+    output:
+        summary="results/analysis/compression/{dataset}/{view}/summary.csv",
+        pairs="results/analysis/compression/{dataset}/{view}/pairs.csv",
+        curve_figure=[
+            "results/figures/compression/{dataset}/{view}/accuracy_vs_k.png",
+            "results/figures/compression/{dataset}/{view}/accuracy_vs_k.svg",
+        ],
+        dims_figure=[
+            "results/figures/compression/{dataset}/{view}/single_dims.png",
+            "results/figures/compression/{dataset}/{view}/single_dims.svg",
+        ],
+    wildcard_constraints:
+        view=r"(first|mean)_layer-?[0-9]+",
+    params:
+        pairs=COMPRESSION_PAIRS,
+    log:
+        "results/logs/compression_dataset/{dataset}/{view}.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/compression.py"
+
+
+if COMPRESSION["enabled"]:
+    ALL_TARGETS.extend(
+        expand(
+            [
+                "results/analysis/compression/{dataset}/{view}/summary.csv",
+                "results/analysis/compression/{dataset}/{view}/pairs.csv",
+                "results/figures/compression/{dataset}/{view}/accuracy_vs_k.png",
+                "results/figures/compression/{dataset}/{view}/single_dims.png",
+            ],
+            dataset=COMPRESSION_DATASETS,
+            view=COMPRESSION_VIEWS,
+        )
+    )

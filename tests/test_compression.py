@@ -271,3 +271,163 @@ def test_view_names_round_trip():
     assert compression.parse_view(compression.view_name("first", -3)) == ("first", -3)
     with pytest.raises(WorkflowInputError):
         compression.parse_view("max_layer2")
+
+
+# ------------------------------------------------------------------------------------- fine-tuning
+FILLER = ("the a movie film plot actor scene story music camera light city night day house road car window "
+          "table chair river tree stone paper book letter phone").split()
+
+
+def diluted_task(n, seed, length=30):
+    """One label word ('good' / 'bad') hidden among `length` random filler words: a random tiny model's [CLS]
+    vector carries it only weakly, a fine-tuned one learns to attend to it."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        words = list(rng.choice(FILLER, size=length))
+        label = int(rng.integers(0, 2))
+        words.insert(int(rng.integers(0, length + 1)), "good" if label else "bad")
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def diluted_bert(tmp_path_factory):
+    """A tiny random BERT (hidden 16, 2 layers) whose WordPiece vocabulary holds the diluted task's words."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from tests.conftest import _wordpiece_tokenizer
+
+    folder = tmp_path_factory.mktemp("diluted") / "bert"
+    tokenizer = _wordpiece_tokenizer([" ".join(FILLER + ["good", "bad"])] * 5)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=64,
+                                 pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def cls_vectors(folder, texts):
+    import torch
+
+    from workflow_scripts.model_loading import load_model, load_tokenizer
+
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        return model(**batch).last_hidden_state[:, 0].numpy()
+
+
+def test_finetuning_raises_the_cls_probe_accuracy(diluted_bert, tmp_path):
+    import torch
+
+    from workflow_scripts import finetune_model
+
+    torch.set_num_threads(1)
+    train_texts, train_y = diluted_task(160, 1)
+    test_texts, test_y = diluted_task(80, 2)
+    before = linear_probe(cls_vectors(diluted_bert, train_texts), train_y, cls_vectors(diluted_bert, test_texts), test_y)
+    model, tokenizer, record = finetune_model.finetune(diluted_bert, train_texts, train_y, ["bad", "good"], epochs=15,
+                                                       learning_rate=3e-3, batch_size=16, max_length=64, seed=0)
+    assert record["steps"] == 150
+    assert record["final_loss_mean_last_epoch"] < 0.2 < record["first_loss"]
+    model.save_pretrained(tmp_path / "ft")
+    tokenizer.save_pretrained(tmp_path / "ft")
+    after = linear_probe(cls_vectors(tmp_path / "ft", train_texts), train_y, cls_vectors(tmp_path / "ft", test_texts),
+                         test_y)
+    assert before.accuracy < 0.85
+    assert after.accuracy >= 0.95
+    assert after.accuracy - before.accuracy >= 0.1
+
+
+def test_finetuning_is_seeded(diluted_bert):
+    import torch
+
+    from workflow_scripts import finetune_model
+
+    torch.set_num_threads(1)
+    texts, y = diluted_task(32, 3, length=8)
+    states = [finetune_model.finetune(diluted_bert, texts, y, ["bad", "good"], epochs=1, learning_rate=1e-3,
+                                      batch_size=8, max_length=32, seed=seed)[0].state_dict() for seed in (0, 0, 1)]
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert not torch.equal(states[0]["classifier.weight"], states[2]["classifier.weight"])
+
+
+def test_finetuning_rejects_unusable_datasets(tmp_path):
+    from workflow_scripts import finetune_model
+
+    frame = pd.DataFrame({"example_id": [0, 1, 2, 3], "text": ["a", "b", "c", "d"], "split": ["train"] * 3 + ["test"],
+                          "label": [None] * 4})
+    frame.to_parquet(tmp_path / "unlabelled.parquet")
+    with pytest.raises(WorkflowInputError, match="'corpus' has no labels"):
+        finetune_model.training_examples(tmp_path / "unlabelled.parquet", "corpus")
+    frame.assign(label=["x", "x", "x", "y"]).to_parquet(tmp_path / "one.parquet")
+    with pytest.raises(WorkflowInputError, match="train split holds 1 class"):
+        finetune_model.training_examples(tmp_path / "one.parquet", "corpus")
+
+
+# ---------------------------------------------------------------------------------- the workflow
+def compression_workflow_config(tiny_models, tiny_corpus, **compression_overrides):
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
+    config["models"].append({"name": "tiny-bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
+                             "epochs": 8, "learning_rate": 3e-3, "batch_size": 16, "max_length": 32, "seed": 0})
+    config["compression"] = {"enabled": True, "n_best": 3, **compression_overrides}
+    return config
+
+
+def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_path):
+    from tests.conftest import pending_jobs, run_workflow
+    from workflow_scripts.model_loading import load_model, load_tokenizer, read_provenance
+
+    config = compression_workflow_config(tiny_models, tiny_corpus)
+    run_workflow(tmp_path, config)
+    # the fine-tuned folder is a model like any other: loads offline with AutoModel, carries provenance
+    folder = tmp_path / "results/models/tiny-bert-ft"
+    model = load_model(folder)
+    assert type(model).__name__ == "BertModel"
+    assert load_tokenizer(folder).is_fast
+    record = read_provenance(folder)
+    assert (record["source"], record["base"], record["dataset"], record["seed"]) == ("finetune", "tiny-bert", "toy", 0)
+    assert record["epochs"] == 8 and record["learning_rate"] == 3e-3
+    assert record["train_accuracy"] >= 0.75 and 0 <= record["test_accuracy"] <= 1  # chance: 0.5
+    assert record["n_train"] + record["n_test"] == 80
+    meta = storage.read_hidden_metadata(tmp_path / "results/hidden/toy/tiny-bert-ft/pooled.parquet")
+    assert meta["model"] == "tiny-bert-ft" and meta["hidden_size"] == 32
+    # compression outputs, pairs derived from the finetune entry
+    for view in ("first_layer-1",):
+        base = tmp_path / "results/analysis/compression/toy" / view
+        summary = pd.read_csv(base / "summary.csv")
+        assert sorted(summary["model"]) == ["tiny-bert", "tiny-bert-ft"]
+        assert (summary["layer"] == 2).all() and (summary["dims"] == 32).all()
+        assert summary["n"].eq(80).all()
+        pairs = pd.read_csv(base / "pairs.csv")
+        assert list(zip(pairs["pretrained"], pairs["finetuned"])) == [("tiny-bert", "tiny-bert-ft")]
+        assert pairs["finetune_train_accuracy"].iloc[0] == pytest.approx(record["train_accuracy"])
+        curve = pd.read_csv(base / "tiny-bert-ft" / "pca_curve.csv")
+        assert list(curve["k"]) == [1, 2, 4, 8, 16, 32, 32]
+        dims = pd.read_csv(base / "tiny-bert-ft" / "single_dims.csv")
+        assert len(dims) == 32 and sorted(dims["rank"]) == list(range(1, 33))
+        for name in ("accuracy_vs_k", "single_dims"):
+            for suffix in ("png", "svg"):
+                assert (tmp_path / f"results/figures/compression/toy/{view}/{name}.{suffix}").stat().st_size > 1000
+    # the classification head fits its own train split: the fine-tuned [CLS] probe is at least as good as the base's
+    first = pd.read_csv(tmp_path / "results/analysis/compression/toy/first_layer-1/summary.csv").set_index("model")
+    assert first.loc["tiny-bert-ft", "full_accuracy"] >= first.loc["tiny-bert", "full_accuracy"] - 0.05
+    assert (tmp_path / "results/logs/finetune_model/tiny-bert-ft.log").read_text().count("step ") >= 1
+    assert pending_jobs(tmp_path) == []
+
+
+def test_workflow_rejects_an_unlabelled_dataset(tiny_models, tiny_corpus, tmp_path):
+    from tests.conftest import run_workflow
+
+    config = compression_workflow_config(tiny_models, tiny_corpus, datasets=["plain"])
+    config["datasets"].append({"name": "plain", "source": "file", "path": str(tiny_corpus[0]), "text_column": "text"})
+    result = run_workflow(tmp_path / "a", config, extra=["-n"], check=False)
+    assert result.returncode != 0
+    assert "compression.datasets lists 'plain', which has no label_column" in result.stdout + result.stderr

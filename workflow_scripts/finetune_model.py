@@ -12,7 +12,6 @@ split shuffled each epoch by a numpy generator seeded with `seed`; batches of `b
 with truncation at `max_length`. `epochs` may be fractional (steps = ceil(epochs x batches per epoch)).
 These are the defaults of the Hugging Face Trainer.
 """
-from __future__ import annotations
 
 import logging
 import math
