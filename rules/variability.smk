@@ -1,2 +1,106 @@
-# The variability stage: its rules are added by the issue that builds it.
+# The variability stage (issue 4, card 3): hidden-state variability ν per layer (Xie et al. 2022), the layer it
+# recommends, a linear probe per layer to check the claim, ν on subsamples for robustness. docs/variability.md
 validate(config["variability"], "../schemas/variability.schema.yaml")
+
+VAR = config["variability"]
+VAR_DIR = "results/analysis/variability"
+
+
+def _variability_names(key, known, what):
+    chosen = VAR[key]
+    if chosen is None:
+        return list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise storage.WorkflowInputError(
+            f"variability.{key} names {unknown}, which are not {what} ({list(known)}); fix config.yaml."
+        )
+    return list(chosen)
+
+
+VAR_DATASETS = _variability_names("datasets", labelled_datasets(), "labelled datasets (with a label_column)")
+VAR_MODELS = _variability_names("models", MODEL_NAMES, "configured models")
+
+
+wildcard_constraints:
+    pooling="mean|first",
+
+
+rule variability_nu:
+    input:
+        pooled="results/hidden/{dataset}/{model}/pooled.parquet",
+    output:
+        nu=f"{VAR_DIR}/{{dataset}}/{{pooling}}/{{model}}/nu.csv",
+    params:
+        split=VAR["split"],
+        small_classes=VAR["small_classes"],
+        min_class_examples=VAR["min_class_examples"],
+        pinv_rtol=VAR["pinv_rtol"],
+        robustness=VAR["robustness"],
+        memory_mb=VAR["memory_mb"],
+    log:
+        "results/logs/variability/nu/{dataset}/{pooling}/{model}.log",
+    benchmark:
+        "results/benchmarks/variability/nu/{dataset}/{pooling}/{model}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=VAR["memory_mb"] + RES["mem_mb_base"],
+        runtime=VAR["runtime_minutes"],
+    script:
+        "../workflow_scripts/variability.py"
+
+
+rule variability_probe:
+    input:
+        pooled="results/hidden/{dataset}/{model}/pooled.parquet",
+    output:
+        probe=f"{VAR_DIR}/{{dataset}}/{{pooling}}/{{model}}/probe.csv",
+    params:
+        max_train=VAR["probe"]["max_train_examples"],
+        max_test=VAR["probe"]["max_test_examples"],
+        seed=VAR["probe"]["seed"],
+    log:
+        "results/logs/variability/probe/{dataset}/{pooling}/{model}.log",
+    benchmark:
+        "results/benchmarks/variability/probe/{dataset}/{pooling}/{model}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=VAR["memory_mb"] + RES["mem_mb_base"],
+        runtime=VAR["runtime_minutes"],
+    script:
+        "../workflow_scripts/variability.py"
+
+
+rule variability_summary:
+    input:
+        nu=expand(f"{VAR_DIR}/{{{{dataset}}}}/{{{{pooling}}}}/{{model}}/nu.csv", model=VAR_MODELS),
+        probe=expand(f"{VAR_DIR}/{{{{dataset}}}}/{{{{pooling}}}}/{{model}}/probe.csv", model=VAR_MODELS),
+    output:
+        layers=f"{VAR_DIR}/{{dataset}}/{{pooling}}/layers.csv",
+        selection=f"{VAR_DIR}/{{dataset}}/{{pooling}}/selection.csv",
+        robustness=f"{VAR_DIR}/{{dataset}}/{{pooling}}/robustness.csv",
+        png="results/figures/variability/{dataset}_{pooling}.png",
+        svg="results/figures/variability/{dataset}_{pooling}.svg",
+    params:
+        tolerance=VAR["tolerance"],
+    log:
+        "results/logs/variability/summary/{dataset}/{pooling}.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/variability.py"
+
+
+if VAR["enabled"]:
+    ALL_TARGETS.extend(
+        expand(
+            [
+                f"{VAR_DIR}/{{dataset}}/{{pooling}}/{name}.csv"
+                for name in ("layers", "selection", "robustness")
+            ]
+            + ["results/figures/variability/{dataset}_{pooling}.png", "results/figures/variability/{dataset}_{pooling}.svg"],
+            dataset=VAR_DATASETS,
+            pooling=VAR["poolings"],
+        )
+    )

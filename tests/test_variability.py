@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import spearmanr
 
 from workflow_scripts import storage
 from workflow_scripts import variability as var
@@ -345,3 +346,129 @@ def test_stratified_subsample():
     keep = var.stratified_subsample(codes, 100, seed=0)
     assert np.bincount(codes[keep]).tolist() == [90, 10]
     assert np.array_equal(var.stratified_subsample(codes, None, seed=0), np.arange(1000))
+
+
+# ------------------------------------------------------------------------------------- the workflow
+from types import SimpleNamespace  # noqa: E402
+
+from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+from workflow_scripts.probe import linear_probe  # noqa: E402
+
+VARIABILITY_SECTION = {
+    "enabled": True, "poolings": ["mean"], "datasets": ["toy"], "tolerance": 0.05,
+    "robustness": {"imbalanced_keep": 0.3, "subsample_fraction": 0.25, "seed": 0},
+    "probe": {"max_train_examples": None, "seed": 0},
+}
+NU_PARAMS = dict(split="train", small_classes="fail", min_class_examples=2, pinv_rtol=None,
+                 robustness=VARIABILITY_SECTION["robustness"], memory_mb=100)
+
+
+@pytest.fixture(scope="module")
+def variability_run(tmp_path_factory, tiny_models, tiny_corpus):
+    """The stage through Snakemake on two tiny models with different tokenizers and hidden sizes."""
+    workdir = tmp_path_factory.mktemp("variability")
+    config = tiny_config(tiny_models, tiny_corpus, variability=dict(VARIABILITY_SECTION))
+    result = run_workflow(workdir, config)
+    return workdir, config, result
+
+
+def train_labels(pooled):
+    train = pooled.filter(pa.compute.equal(pooled.column("split"), "train"))
+    return train, np.unique(train.column("label").to_numpy(zero_copy_only=False), return_inverse=True)[1]
+
+
+def test_workflow_nu_equals_direct_formula_on_the_extracted_vectors(variability_run, tmp_path):
+    workdir, _, _ = variability_run
+    for model in ("tiny-bert", "tiny-roberta"):
+        path = workdir / storage.pooled_path("toy", model)
+        train, y = train_labels(pq.read_table(path))
+        meta = storage.read_hidden_metadata(path)
+        table = pd.read_csv(workdir / f"results/analysis/variability/toy/mean/{model}/nu.csv")
+        assert set(table["subset"]) == set(var.SUBSETS)
+        full = table[table["subset"] == "full"].set_index("layer")
+        assert list(full.index) == list(range(meta["n_layers"]))
+        assert (full["n"] == train.num_rows).all() and (full["dims"] == meta["hidden_size"]).all()
+        for layer in full.index:
+            x = storage.vectors(train, storage.pooled_column(layer, "mean"), dtype=np.float64)
+            assert full.loc[layer, "nu"] == pytest.approx(nu_direct(x, y), rel=1e-8)
+        # first-token pooling: at the embedding layer that vector is the same for every example, ν is undefined
+        var.run_nu(path, tmp_path / f"{model}.csv", dataset="toy", model=model, pooling="first", **NU_PARAMS)
+        first = pd.read_csv(tmp_path / f"{model}.csv")
+        first = first[first["subset"] == "full"].set_index("layer")
+        assert first.loc[0, "degenerate"] and np.isnan(first.loc[0, "nu"])
+        x = storage.vectors(train, storage.pooled_column(1, "first"), dtype=np.float64)
+        assert first.loc[1, "nu"] == pytest.approx(nu_direct(x, y), rel=1e-8)
+
+
+def test_workflow_selection_probe_robustness_and_figures(variability_run):
+    workdir, _, _ = variability_run
+    root = workdir / "results/analysis/variability/toy/mean"
+    layers = pd.read_csv(root / "layers.csv")
+    selection = pd.read_csv(root / "selection.csv").set_index("model")
+    robustness = pd.read_csv(root / "robustness.csv")
+    assert set(selection.index) == {"tiny-bert", "tiny-roberta"}
+    for model, group in layers.groupby("model"):
+        group = group.sort_values("layer")
+        argmin, recommended = var.select_layers(group["layer"], group["nu"], 0.05)
+        assert (selection.loc[model, "argmin_layer"], selection.loc[model, "recommended_layer"]) == (argmin, recommended)
+        assert group.loc[group["is_recommended"], "layer"].tolist() == [recommended]
+        ok = group["nu"].notna()
+        undefined = ok.sum() < 3 or group["accuracy"][ok].nunique() < 2  # Spearman reported as NaN
+        rho = np.nan if undefined else spearmanr(group["nu"][ok], group["accuracy"][ok]).statistic
+        np.testing.assert_allclose(selection.loc[model, "spearman_rho"], rho, equal_nan=True)
+        assert group["accuracy"].between(0, 1).all() and (group["ci_low"] <= group["accuracy"]).all()
+        assert selection.loc[model, "accuracy_best"] == pytest.approx(group["accuracy"].max())
+    assert len(robustness) == 6
+    full = robustness[robustness["subset"] == "full"]
+    assert (full["recommended_shift"] == 0).all() and (full["spearman_vs_full"] == 1).all()
+    assert (robustness.loc[robustness["subset"] == "subsample", "n"] < full["n"].min()).all()
+    png = workdir / "results/figures/variability/toy_mean.png"
+    svg = (workdir / "results/figures/variability/toy_mean.svg").read_text()
+    assert png.stat().st_size > 10_000 and "tiny-roberta" in svg and "tiny-bert" in svg
+    # the probe column is the shared protocol on the same split
+    path = workdir / storage.pooled_path("toy", "tiny-bert")
+    frame = var.read_labels(path)
+    split = frame["split"].to_numpy()
+    y = np.unique(frame["label"], return_inverse=True)[1]
+    x = storage.vectors(pq.read_table(path), storage.pooled_column(2, "mean"))
+    direct = linear_probe(x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"], seed=0)
+    probe = pd.read_csv(root / "tiny-bert" / "probe.csv").set_index("layer")
+    assert probe.loc[2, "accuracy"] == pytest.approx(direct.accuracy) and probe.loc[2, "C"] == direct.C
+    log = (workdir / "results/logs/variability/nu/toy/mean/tiny-bert.log").read_text()
+    assert "2 classes" in log and "rows streamed" in log and "done in" in log
+
+
+def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path):
+    rng = np.random.default_rng(10)
+    path = write_pooled(tmp_path / "pooled.parquet", [rng.standard_normal((12, 4)).astype(np.float32)],
+                        ["same"] * 12, ["train"] * 9 + ["test"] * 3)
+    class Named(list):  # what Snakemake hands a script: a list whose items are also attributes
+        def __init__(self, **items):
+            super().__init__(items.values())
+            self.__dict__.update(items)
+
+        def items(self):
+            return dict(self.__dict__).items()
+
+    job = SimpleNamespace(
+        rule="variability_nu", input=Named(pooled=str(path)), output=Named(nu=str(tmp_path / "nu.csv")),
+        log=[str(tmp_path / "nu.log")], params=SimpleNamespace(**NU_PARAMS),
+        wildcards=Named(dataset="oneclass", model="m", pooling="mean"),
+    )
+    with pytest.raises(WorkflowInputError):
+        var.main(job)
+    log = (tmp_path / "nu.log").read_text()
+    assert "dataset 'oneclass' has 1 class(es)" in log and not (tmp_path / "nu.csv").exists()
+
+
+def test_workflow_caching_and_bad_config(variability_run, tmp_path):
+    workdir, config, _ = variability_run
+    assert pending_jobs(workdir) == []
+    # an unknown or unlabelled dataset named in the section: refused when the workflow is read
+    bad = {**config, "variability": {**config["variability"], "datasets": ["nosuch"]}}
+    result = run_workflow(tmp_path, bad, extra=["-n"], check=False)
+    assert result.returncode != 0 and "variability.datasets names ['nosuch']" in result.stdout + result.stderr
+    # a changed tolerance reruns only the light summary, never the streaming or the probes (last: edits config)
+    changed = {**config, "variability": {**config["variability"], "tolerance": 0.5}}
+    run_workflow(workdir, changed, extra=["-n"])
+    assert {rule for rule, _ in pending_jobs(workdir)} == {"variability_summary"}

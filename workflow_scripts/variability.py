@@ -11,7 +11,6 @@ Everything is computed from moments streamed row group by row group in one pass 
 memory grows with the hidden size (one d x d matrix per layer and subset), never with the corpus.
 See docs/variability.md for the variant, the numerics and every output column.
 """
-from __future__ import annotations
 
 import logging
 import math
@@ -469,6 +468,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     full = nu_frame[nu_frame["subset"] == "full"]
     models = list(dict.fromkeys(full["model"]))
@@ -479,16 +479,25 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
         curve = full[full["model"] == model].sort_values("layer")
         probes = probe_frame[probe_frame["model"] == model].sort_values("layer")
         pick = selection[selection["model"] == model].iloc[0]
-        label = f"{model} (Spearman ρ = {pick['spearman_rho']:.2f})"
-        top.plot(curve["layer"], curve["nu"], marker="o", ms=3, color=colour, label=label)
+        label = f"{model} (Spearman ρ(ν, accuracy) = {pick['spearman_rho']:.2f})"
         bottom.plot(probes["layer"], probes["accuracy"], marker="o", ms=3, color=colour, label=model)
         bottom.fill_between(probes["layer"], probes["ci_low"], probes["ci_high"], color=colour, alpha=0.15, lw=0)
+        undefined = curve[~np.isfinite(curve["nu"].to_numpy(dtype=np.float64))]["layer"].tolist()
+        if undefined:
+            label += f"; ν undefined at layer {', '.join(map(str, undefined))}"
+        top.plot(curve["layer"], curve["nu"], marker="o", ms=3, color=colour, label=label)
         rec = int(pick["recommended_layer"])
         if rec >= 0:
             top.plot([rec], [pick["nu_recommended"]], marker="*", ms=14, color=colour, mec="black", ls="none")
             acc = probes.set_index("layer")["accuracy"].get(rec, np.nan)
             bottom.plot([rec], [acc], marker="*", ms=14, color=colour, mec="black", ls="none")
     top.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    top.yaxis.set_major_formatter(plain)
+    low, high = top.get_ylim()
+    # label the minor ticks only when the curves span less than a decade (otherwise they crowd)
+    top.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
+    top.tick_params(axis="y", which="minor", labelsize=7)
     top.set_ylabel("variability ν (log scale, lower = more specialised)")
     top.set_title(f"Hidden-state variability and probe accuracy by layer\n{dataset}, {pooling} pooling; "
                   f"★ = recommended layer (tolerance {float(selection['tolerance'].iloc[0]):g})")
