@@ -22,9 +22,9 @@ rule perturb_model:
         tensors=GEOMETRY["perturb_tensors"],
         trust_remote_code=lambda wc: bool(MODELS[MODELS[wc.model]["base"]].get("trust_remote_code", False)),
     log:
-        "results/logs/models/perturb_{model}.log",
+        "results/logs/perturb_model/{model}.log",
     benchmark:
-        "results/benchmarks/models/perturb_{model}.tsv"
+        "results/benchmarks/perturb_model/{model}.tsv"
     threads: RES["threads"]
     resources:
         mem_mb=lambda wc: int(RES["mem_mb_base"] + 4 * model_weights_mb(MODELS[wc.model]["base"])),

@@ -420,3 +420,117 @@ def test_perturb_model_folder_loads_offline_with_provenance(tmp_path):
     with torch.no_grad():
         assert not torch.allclose(model_loading.load_model(out1)(**batch).last_hidden_state,
                                   base(**batch).last_hidden_state)
+
+
+# ------------------------------------------------------------------------------------ workflow, end to end
+GEOMETRY_TEST_SECTION = {
+    "enabled": True,
+    "max_points": None,
+    "quantizer": {"M": 4, "nbits": 8, "small_cloud": "shrink", "lsq_train_iters": 3},
+    "regression": {"top_k": 2},
+}
+
+
+def geometry_config(tiny_models, tiny_corpus, **geometry):
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), geometry={**GEOMETRY_TEST_SECTION, **geometry})
+    config["models"] += [
+        {"name": "tiny-bert-a0", "source": "perturb", "base": "tiny-bert", "alpha": 0.0, "seed": 1},
+        {"name": "tiny-bert-a1", "source": "perturb", "base": "tiny-bert", "alpha": 1.0, "seed": 1},
+    ]
+    return config
+
+
+@pytest.fixture(scope="module")
+def geometry_run(tmp_path_factory, tiny_models, tiny_corpus):
+    from tests.conftest import run_workflow
+
+    workdir = tmp_path_factory.mktemp("geometry")
+    config = geometry_config(tiny_models, tiny_corpus)
+    run_workflow(workdir, config)
+    return workdir, config
+
+
+def test_workflow_perturbed_models_are_models(geometry_run):
+    from workflow_scripts.model_loading import read_provenance
+
+    workdir, _ = geometry_run
+    provenance = read_provenance(workdir / storage.model_dir("tiny-bert-a1"))
+    assert provenance["source"] == "perturb" and provenance["base"] == "tiny-bert" and provenance["alpha"] == 1.0
+    assert provenance["perturbed_tensors"] and all(n.startswith("encoder.") for n in provenance["perturbed_tensors"])
+    base = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert"))
+    same = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert-a0"))
+    noisy = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert-a1"))
+    column = storage.token_column(2)
+    np.testing.assert_array_equal(storage.vectors(same, column), storage.vectors(base, column))  # a = 0: exact
+    assert not np.allclose(storage.vectors(noisy, column), storage.vectors(base, column))
+    log = (workdir / "results/logs/perturb_model/tiny-bert-a1.log").read_text()
+    assert "perturbed 16 tensors" in log and "done in" in log
+
+
+def test_workflow_measures_scores_regression_and_figures(geometry_run):
+    workdir, config = geometry_run
+    out = workdir / "results/analysis/geometry/toy"
+    measures = pd.read_csv(out / "measures.csv")
+    models = [m["name"] for m in config["models"]]
+    assert sorted(measures["model"].unique()) == sorted(models)
+    assert len(measures) == len(models) * (2 * len(g.QUANTIZER_MEASURES) + len(g.SPREAD_MEASURES))
+    assert measures.groupby("model")["measure"].nunique().eq(17).all()
+    tokens = pq.read_metadata(workdir / storage.tokens_path("toy", "tiny-bert")).num_rows
+    bert = measures[measures["model"] == "tiny-bert"]
+    assert (bert["n"] == tokens).all() and (bert["dims"] == 32).all() and (bert["layer"] == 2).all()
+    quantized = measures[measures["quantizer"] != "none"]
+    assert (quantized["nbits"] < 8).all()  # shrunk: ~1,200 tokens cannot train 256 centroids
+    assert "training smaller codebooks" in (workdir / "results/logs/geometry/measures/toy/tiny-bert.log").read_text()
+    # the measures of a = 0 equal the base model's (same cloud, same seeds)
+    wide = measures.pivot_table(index="measure", columns="model", values="value")
+    np.testing.assert_allclose(wide["tiny-bert-a0"], wide["tiny-bert"], rtol=1e-6)
+    scores = pd.read_csv(out / "scores.csv")
+    assert sorted(scores["model"]) == sorted(models) and scores["score"].between(0, 1).all()
+    assert scores.set_index("model").loc["tiny-bert-a0", "score"] == scores.set_index("model").loc["tiny-bert", "score"]
+    regression = pd.read_csv(out / "regression.csv")
+    assert len(regression) == 17 and (regression["n"] == 3).all()
+    r2 = regression["r2"].dropna().to_numpy()
+    assert len(r2) > 0 and np.all(np.diff(r2) <= 0)
+    figures = workdir / "results/figures/geometry/toy"
+    for name in ("r2_by_measure", "scatter_top1", "scatter_top2"):
+        assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.svg").exists()
+
+
+def test_workflow_fewer_than_three_models_says_so(geometry_run, tiny_models, tiny_corpus, tmp_path):
+    import shutil
+
+    from tests.conftest import run_workflow
+
+    workdir, config = geometry_run
+    scratch = tmp_path / "two"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    small = dict(config, models=config["models"][:2])
+    score_table = tmp_path / "glue.csv"
+    pd.DataFrame({"model": ["tiny-bert", "tiny-bert-a0"], "score": [0.8, 0.7]}).to_csv(score_table, index=False)
+    small["geometry"] = {**config["geometry"], "score": {"source": "table", "table": str(score_table),
+                                                         "name": "GLUE average"}}
+    result = run_workflow(scratch, small)
+    assert "rule geometry_measures" not in result.stdout + result.stderr  # cached per (dataset, model)
+    regression = pd.read_csv(scratch / "results/analysis/geometry/toy/regression.csv")
+    assert regression["r2"].isna().all() and (regression["n"] == 2).all()
+    assert regression["note"].str.contains("fewer than 3 models").all()
+    assert (regression["score_name"] == "GLUE average").all()
+
+
+def test_workflow_bad_quantizer_input_names_the_minimum(geometry_run, tmp_path):
+    import shutil
+
+    from tests.conftest import run_workflow
+
+    workdir, config = geometry_run
+    scratch = tmp_path / "fail"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    strict = dict(config, models=config["models"][:1])
+    strict["geometry"] = {**config["geometry"], "quantizer": {**config["geometry"]["quantizer"], "small_cloud": "fail"}}
+    result = run_workflow(scratch, strict, check=False)
+    assert result.returncode != 0
+    log = (scratch / "results/logs/geometry/measures/toy/tiny-bert.log").read_text()
+    assert "need at least 9984" in log and "small_cloud: shrink" in log
+    assert not (scratch / "results/analysis/geometry/toy/measures/tiny-bert.csv").exists()

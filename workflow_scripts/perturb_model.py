@@ -13,7 +13,6 @@ Noise: one torch.Generator seeded with `seed`, drawn in the model's parameter or
 every value unchanged (1·W + 0·N = W exactly), a = 1 replaces the weights by pure N(0, 1) noise.
 The folder is written into a temporary sibling and renamed, so results/models/{model} is always complete.
 """
-from __future__ import annotations
 
 import logging
 import shutil
