@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CI_SLURM = REPO / ".ci" / "slurm"
@@ -29,8 +30,8 @@ SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo", "srun", "munged")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# Each job: submission, then status checks 2 s after submission and every ~10 s after.
-FAST_STATUS = ["--slurm-init-seconds-before-status-checks", "2"]
+# Status checks 5 s after submission, then the plugin adds 10 s per check (5, 20, 45 s...) until a job ends.
+FAST_STATUS = ["--slurm-init-seconds-before-status-checks", "5"]
 SNAKEMAKE_TIMEOUT_S = 300
 
 
@@ -155,11 +156,12 @@ def slurm_job(job_id: str, env: dict) -> dict:
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 
-def jobs_of_run(run_id: str, env: dict) -> list[str]:
-    """Comments (rule_<rule>[_wildcards_<values>]) of every SLURM job that a Snakemake run submitted."""
-    out = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%k"], env=env,
+def jobs_of_run(run_id: str, env: dict) -> list[tuple[str, str]]:
+    """(comment, state) of every SLURM job that a Snakemake run submitted (comment: rule_<rule>_wildcards_<..>)."""
+    assert run_id, "no SLURM run ID in the snakemake output"
+    out = subprocess.run(["squeue", "--states=all", "--noheader", "--name", run_id, "--format=%k|%T"], env=env,
                          capture_output=True, text=True, timeout=30, check=True).stdout
-    return sorted(line.strip() for line in out.splitlines() if line.strip())
+    return sorted(tuple(line.strip().split("|")) for line in out.splitlines() if line.strip())
 
 
 def mem_mb(value: str) -> int:
@@ -198,26 +200,11 @@ def check_submissions(run: Run, env: dict, *, gpu_rules: set[str], gpu_model: st
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Profiles: static checks that need no cluster
-
-
-def test_profiles_parse_and_map_resources(tmp_path):
-    """Both profiles are valid Snakemake profiles; a dry run shows what each rule would be given."""
-    (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
-    local = run_snakemake(["--workflow-profile", str(LOCAL_PROFILE), "--dry-run"], workdir=tmp_path, timeout=120)
-    assert local.returncode == 0, local.output
-    assert "Using workflow specific profile" in local.output
-    assert {job["rule"] for job in local.jobs.values()} == {"gpu_step", "cpu_step", "all"}
-    gpu_job = next(job for job in local.jobs.values() if job["rule"] == "gpu_step")
-    assert gpu_job["resources"]["gpu"] == "1"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# A toy workflow: one GPU rule, one CPU rule
+# Profiles on a toy workflow: no cluster needed
 
 
 TOY_SNAKEFILE = """
-N = config.get("n", ["a"])
+N = ["a", "b"]
 
 rule all:
     input: expand("out/cpu_{n}.txt", n=N)
@@ -226,7 +213,7 @@ rule gpu_step:
     output: "out/gpu_{n}.txt"
     threads: 1
     resources: mem_mb=300, runtime=7, gpu=1
-    shell: "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
+    shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"
 
 rule cpu_step:
     input: "out/gpu_{n}.txt"
@@ -237,20 +224,143 @@ rule cpu_step:
 """
 
 
-def test_toy_workflow_on_slurm(slurm_cluster, tmp_path):
+def test_slurm_profile_parses_and_keeps_rule_resources(tmp_path):
+    """The SLURM profile loads (executor slurm) and leaves each rule's declared resources as they are."""
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
-    run = run_snakemake(["--workflow-profile", str(SLURM_PROFILE), *FAST_STATUS], workdir=tmp_path,
-                        env=slurm_cluster)
-    assert check_submissions(run, slurm_cluster, gpu_rules={"gpu_step"}) == ["cpu_step", "gpu_step"]
-    assert jobs_of_run(run.run_id, slurm_cluster) == ["rule_cpu_step_wildcards_a", "rule_gpu_step_wildcards_a"]
-    # The GPU job saw the GRES device SLURM gave it.
-    assert (tmp_path / "out" / "cpu_a.txt").read_text() == "CUDA_VISIBLE_DEVICES=0\n"
+    run = run_snakemake(["--workflow-profile", str(SLURM_PROFILE), "--dry-run"], workdir=tmp_path, timeout=120)
+    assert run.returncode == 0, run.output
+    assert f"workflow specific profile {SLURM_PROFILE}" in run.output
+    by_rule = {job["rule"]: job["resources"] for job in run.jobs.values()}
+    assert by_rule["gpu_step"]["gpu"] == "1" and by_rule["gpu_step"]["mem_mb"] == "300"
+    assert by_rule["gpu_step"]["runtime"] == "7"
+    assert "gpu" not in by_rule["cpu_step"] and by_rule["cpu_step"]["mem_mb"] == "250"
 
-    # Too many GPUs: SLURM refuses at submission and its message reaches the user.
-    over = run_snakemake(["--workflow-profile", str(SLURM_PROFILE), *FAST_STATUS, "--set-resources",
-                          "gpu_step:gpu=2", "--", "out/gpu_b.txt"],
-                         workdir=tmp_path, env=slurm_cluster)
+
+def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):
+    """With profiles/local two GPU jobs never overlap although two cores would let them."""
+    (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
+    run = run_snakemake(["--workflow-profile", str(LOCAL_PROFILE), "--cores", "2"], workdir=tmp_path, timeout=120)
+    assert run.returncode == 0, run.output
+    (a_start, a_end), (b_start, b_end) = (
+        [float(x) for x in (tmp_path / "out" / f"gpu_{n}.txt").read_text().split()] for n in "ab")
+    assert a_end <= b_start or b_end <= a_start, "two gpu=1 jobs ran at once under profiles/local"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The project's workflow on tiny models: locally and on SLURM
+
+
+GPU_RULES = {"extract_hidden_states"}  # the model-running rules that this workflow config schedules
+
+
+def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int = SNAKEMAKE_TIMEOUT_S) -> Run:
+    """The project's Snakefile through the SLURM workflow profile, with `config` as workdir/config.yaml."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return run_snakemake(["-s", str(REPO / "Snakefile"), "--configfile", str(workdir / "config.yaml"),
+                          "--workflow-profile", str(SLURM_PROFILE), *FAST_STATUS, *args],
+                         workdir=workdir, env=dict(env, PYTHONHASHSEED="0"), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
+    """The same two-model workflow run locally (profiles/local) and on SLURM, the second model added later."""
+    from tests.conftest import run_workflow, tiny_config
+
+    base = tmp_path_factory.mktemp("cluster")
+    one = tiny_config(tiny_models, tiny_corpus, models=("bert",))
+    two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"))
+    local = run_workflow(base / "local", two, extra=["--workflow-profile", str(LOCAL_PROFILE)], timeout=600)
+    first = run_project(base / "slurm", one, slurm_cluster)
+    # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
+    two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
+    second = run_project(base / "slurm", two_typed, slurm_cluster)
+    again = run_project(base / "slurm", two_typed, slurm_cluster)
+    return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
+
+
+def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs, slurm_cluster):
+    first = cluster_runs["first"]
+    rules = check_submissions(first, slurm_cluster, gpu_rules=GPU_RULES)
+    assert rules == ["extract_hidden_states", "materialise_model", "prepare_dataset"]
+    assert jobs_of_run(first.run_id, slurm_cluster) == [
+        ("rule_extract_hidden_states_wildcards_toy_tiny-bert", "COMPLETED"),
+        ("rule_materialise_model_wildcards_tiny-bert", "COMPLETED"),
+        ("rule_prepare_dataset_wildcards_toy", "COMPLETED"),
+    ]
+    # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
+    check_submissions(cluster_runs["second"], slurm_cluster, gpu_rules=GPU_RULES, gpu_model="fake")
+
+
+def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs, slurm_cluster):
+    second, again = cluster_runs["second"], cluster_runs["again"]
+    assert second.returncode == 0, second.output[-6000:]
+    assert jobs_of_run(second.run_id, slurm_cluster) == [
+        ("rule_extract_hidden_states_wildcards_toy_tiny-roberta", "COMPLETED"),
+        ("rule_materialise_model_wildcards_tiny-roberta", "COMPLETED"),
+    ]
+    # Nothing changed: nothing is submitted.
+    assert again.returncode == 0, again.output[-6000:]
+    assert "Nothing to be done" in again.output
+    assert not [job for job in again.jobs.values() if "slurm_id" in job]
+
+
+def result_tables(root: Path) -> dict:
+    """Every Parquet and CSV table under results/ (logs and benchmarks aside), by path relative to root."""
+    found = {}
+    for path in sorted((root / "results").rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[1] in ("logs", "benchmarks") or path.suffix not in (".parquet", ".csv"):
+            continue
+        found[str(rel)] = path
+    return found
+
+
+def test_results_on_slurm_equal_the_local_run(cluster_runs):
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from workflow_scripts import storage
+    from workflow_scripts.model_loading import read_provenance
+
+    local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
+    local, slurm = result_tables(local_root), result_tables(slurm_root)
+    assert sorted(local) == sorted(slurm)
+    assert {"results/data/toy.parquet", "results/hidden/toy/tiny-bert/pooled.parquet",
+            "results/hidden/toy/tiny-roberta/tokens.parquet"} <= set(local)
+    for rel, path in local.items():
+        read = pq.read_table if path.suffix == ".parquet" else pcsv.read_csv
+        mine, theirs = read(path), read(slurm[rel])
+        assert mine.num_rows > 0, rel
+        assert mine.schema.remove_metadata() == theirs.schema.remove_metadata(), rel
+        assert mine.equals(theirs), f"{rel} differs between the local and the SLURM run"
+    stable = ("model", "dataset", "architecture", "n_layers", "hidden_size", "token_layers", "store_dtype",
+              "compute_dtype", "device", "weights_sha256")
+    for model in ("tiny-bert", "tiny-roberta"):
+        ours = storage.read_hidden_metadata(local_root / storage.pooled_path("toy", model))
+        theirs = storage.read_hidden_metadata(slurm_root / storage.pooled_path("toy", model))
+        assert {k: ours.get(k) for k in stable} == {k: theirs.get(k) for k in stable}
+        assert ours["model"] == model and ours["device"] == "cpu"  # the fake GPU job fell back to the CPU
+        assert (read_provenance(local_root / storage.model_dir(model))["weights_sha256"]
+                == read_provenance(slurm_root / storage.model_dir(model))["weights_sha256"])
+
+
+def test_more_gpus_than_the_cluster_has_fails_at_submission(cluster_runs, slurm_cluster, tmp_path):
+    # On a copy: a forced job's outputs are removed before it is submitted.
+    workdir = tmp_path / "over"
+    shutil.copytree(cluster_runs["base"] / "slurm", workdir, symlinks=True)
+    over = run_project(workdir, cluster_runs["config"], slurm_cluster, "--set-resources",
+                       "extract_hidden_states:gpu=2", "--forcerun", "extract_hidden_states", "--retries", "0",
+                       "--", storage_pooled("tiny-bert"))
     assert over.returncode != 0
-    assert "Requested node configuration is not available" in over.output
-    assert "--gpus=2" in over.output
-    assert not (tmp_path / "out" / "gpu_b.txt").exists()
+    assert "SLURM sbatch failed" in over.output
+    assert "Requested node configuration is not available" in over.output  # SLURM's own words
+    assert "--gpus=fake:2" in over.output  # the sbatch call is shown
+    # SLURM refused it: the job never ran.
+    assert [state for _, state in jobs_of_run(over.run_id, slurm_cluster)] in ([], ["FAILED"])
+
+
+def storage_pooled(model: str) -> str:
+    from workflow_scripts import storage
+
+    return str(storage.pooled_path("toy", model))

@@ -46,6 +46,7 @@ done
 # Leftovers of an earlier run under the same folder (crashed, half-started): stop by pid files.
 "$HERE/stop.sh" --quiet || true
 
+rm -rf "$MUNGE_DIR"   # a fresh key, socket and seed every start (stop.sh has stopped munged above)
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONF_DIR" "$CI_SLURM_DIR/state" "$CI_SLURM_DIR/spool" "$CI_SLURM_DIR/dev" "$MUNGE_DIR"
 chmod 755 "$CI_SLURM_DIR"
 
