@@ -247,6 +247,76 @@ def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Every rule of the project declares what it needs (no cluster needed)
+
+# Rules that run a model and so declare gpu=1 (issue 9: extraction, fine-tuning, two-tower training; the two-tower
+# measure runs the trained model). A new model-running rule is added here on purpose, not by accident.
+MODEL_RUNNING_RULES = {"extract_hidden_states", "finetune_model", "twotower_train", "twotower_measure"}
+MUST_USE_GPU = {"extract_hidden_states", "finetune_model", "twotower_train"}
+
+_DECLARED_RESOURCES = """
+import json, os, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+for configfile in sys.argv[2:]:
+    os.chdir(Path(configfile).parent)
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(snakefile=Path(sys.argv[1]), workdir=Path.cwd(),
+                          config_settings=ConfigSettings(configfiles=[Path(configfile)]),
+                          resource_settings=ResourceSettings(), storage_settings=StorageSettings())
+        rules = {rule.name: sorted(rule.resources) for rule in wf._workflow.rules}
+    print("DECLARED=" + json.dumps(rules), flush=True)
+"""
+
+
+def declared_resources(workdir: Path, *configs: dict) -> list[dict]:
+    """Resource names each rule of the project's Snakefile declares, per config (the workflow is read, not run)."""
+    import json
+
+    paths = []
+    for index, config in enumerate(configs):
+        (workdir / str(index)).mkdir(parents=True, exist_ok=True)
+        paths.append(workdir / str(index) / "config.yaml")
+        paths[-1].write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-c", _DECLARED_RESOURCES, str(REPO / "Snakefile"), *map(str, paths)],
+                          cwd=workdir, capture_output=True, text=True, timeout=180)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("DECLARED=")]
+    assert proc.returncode == 0 and len(lines) == len(configs), proc.stdout[-4000:] + proc.stderr[-4000:]
+    return [json.loads(line[len("DECLARED="):]) for line in lines]
+
+
+STAGES = ("decomposition", "variability", "compression", "geometry", "twotower", "figures")
+
+
+def test_every_rule_declares_memory_runtime_and_gpu_only_where_a_model_runs(tiny_models, tiny_corpus, tmp_path):
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tiny_models, tiny_corpus, **{stage: {"enabled": True} for stage in STAGES})
+    typed = dict(config, resources=dict(config["resources"], gpu_model="a100"))
+    off = dict(config, resources=dict(config["resources"], gpu_rules_use_gpu=False))
+    rules, rules_typed, rules_off = declared_resources(tmp_path, config, typed, off)
+    assert MUST_USE_GPU | {"materialise_model", "prepare_dataset"} <= set(rules)
+    for rule, names in rules.items():
+        if rule == "all":
+            continue
+        assert {"mem_mb", "runtime"} <= set(names), f"rule {rule} declares no mem_mb/runtime: {names}"
+        assert "gres" not in names and "slurm_extra" not in names, f"rule {rule}: GPUs go through gpu=1 only"
+        if rule in MUST_USE_GPU:
+            assert "gpu" in names, f"rule {rule} runs a model but declares no gpu"
+        if "gpu" in names:
+            assert rule in MODEL_RUNNING_RULES, f"rule {rule} declares a gpu but is not a model-running rule"
+        assert "gpu_model" not in names, f"rule {rule}: gpu_model without config resources.gpu_model"
+
+    # One place to change it: config `resources` (gpu_model -> --gpus=<model>:1; gpu_rules_use_gpu: false -> none).
+    assert set(rules_typed) == set(rules) == set(rules_off)
+    for rule, names in rules_typed.items():
+        assert ("gpu_model" in names) == ("gpu" in rules[rule]), rule
+    assert not [rule for rule, names in rules_off.items() if "gpu" in names]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The project's workflow on tiny models: locally and on SLURM
 
 
