@@ -43,7 +43,8 @@ def random_spd(rng, d, scale=1.0):
     return scale * (a @ a.T / d + 0.1 * np.eye(d))
 
 
-def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.float32(), extra_meta=None):
+def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.float32(), extra_meta=None,
+                 n_content=None):
     """A pooled.parquet as the extraction writes it (contract in docs/ARCHITECTURE.md), from (n, d) arrays."""
     n = len(labels)
     d = layers[0].shape[1]
@@ -52,7 +53,7 @@ def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.flo
         "split": pa.array(list(splits), pa.string()),
         "label": pa.array([None if l is None else str(l) for l in labels], pa.string()),
         "n_tokens": pa.array(np.full(n, 5), pa.int32()),
-        "n_content_tokens": pa.array(np.full(n, 3), pa.int32()),
+        "n_content_tokens": pa.array(np.full(n, 3) if n_content is None else n_content, pa.int32()),
         "truncated": pa.array(np.zeros(n, bool)),
     }
     for layer, x in enumerate(layers):
@@ -203,6 +204,32 @@ def test_singular_between_and_degenerate_layers():
     assert acc.result().degenerate
 
 
+def test_between_noise_fraction():
+    rng = np.random.default_rng(12)
+    d, sizes = 7, [20, 35, 50]
+    x, y = gaussian_classes(rng, sizes, d, separation=1.0)
+    acc = var.MomentAccumulator(np.array([sizes]), d)
+    acc.update(x, y, np.ones((1, len(y)), bool))
+    traces = [np.var(x[y == c], axis=0, ddof=1).sum() for c in range(3)]
+    means = np.array([x[y == c].mean(axis=0) for c in range(3)])
+    between = ((means - means.mean(axis=0)) ** 2).sum() / 3
+    expected = (2 / 9) * sum(t / n for t, n in zip(traces, sizes)) / between
+    assert acc.result().between_noise_fraction == pytest.approx(expected, rel=1e-9)
+    # identical true means: the between-class scatter is all noise (fraction ~1 on average); far apart: ~0
+    fractions = []
+    for _ in range(30):
+        x = rng.standard_normal((300, 40)) * rng.uniform(0.5, 2.0, 40)
+        y = np.repeat([0, 1, 2], [50, 100, 150])
+        acc = var.MomentAccumulator(np.array([[50, 100, 150]]), 40)
+        acc.update(x, y, np.ones((1, 300), bool))
+        fractions.append(acc.result().between_noise_fraction)
+    assert np.mean(fractions) == pytest.approx(1.0, abs=0.08)
+    x, y = gaussian_classes(rng, [100, 100], 40, separation=10.0)
+    acc = var.MomentAccumulator(np.array([[100, 100]]), 40)
+    acc.update(x, y, np.ones((1, 200), bool))
+    assert acc.result().between_noise_fraction < 0.01
+
+
 # -------------------------------------------------------------------------------- labels and subsets
 def labels_frame(labels, splits):
     return pd.DataFrame({"example_id": np.arange(len(labels)), "split": splits, "label": labels})
@@ -271,12 +298,13 @@ def test_select_layers():
 
 def test_spearman_and_selection_table():
     nu = pd.DataFrame({"model": "m", "subset": "full", "layer": range(5), "n": 100, "dims": 8,
-                       "nu": [5.0, 3.0, 1.0, 1.02, 2.0]})
+                       "nu": [5.0, 3.0, 1.0, 1.02, 2.0], "between_noise_fraction": [0.9, 0.5, 0.1, 0.2, 0.3]})
     probe = pd.DataFrame({"model": "m", "layer": range(5), "accuracy": [0.5, 0.6, 0.8, 0.85, 0.7]})
     table = var.selection_table(nu, probe, tolerance=0.05)
     row = table.iloc[0]
     assert (row["argmin_layer"], row["recommended_layer"], row["best_probe_layer"]) == (2, 2, 3)
     assert row["accuracy_recommended"] == 0.8 and row["accuracy_last"] == 0.7
+    assert row["between_noise_fraction_recommended"] == 0.1
     # ranks of ν: 5 4 1 2 3; of accuracy: 1 2 4 5 3; d = (4, 2, -3, -3, 0), Σd² = 38,
     # rho = 1 - 6 Σd² / (n (n² - 1)) = 1 - 6·38/120 = -0.9
     assert row["spearman_rho"] == pytest.approx(-0.9)
@@ -321,6 +349,23 @@ def test_non_finite_vector_is_named(tmp_path):
     with pytest.raises(WorkflowInputError, match="example_id 13"):
         var.stream_variability(path, codes=codes, masks={"full": codes >= 0},
                                example_ids=frame["example_id"].to_numpy())
+
+
+def test_examples_without_content_tokens_are_left_out_of_mean_pooling(tmp_path):
+    rng = np.random.default_rng(11)
+    x, y = gaussian_classes(rng, [15, 15], 4, separation=1.0)
+    n_content = np.full(30, 4)
+    n_content[[3, 20]] = 0
+    x[[3, 20]] = 0.0  # what the extraction stores for them
+    path = write_pooled(tmp_path / "pooled.parquet", [x.astype(np.float32)], np.array(["a", "b"])[y],
+                        ["train"] * 30, n_content=n_content)
+    frame = var.read_labels(path, "mean")
+    codes, _, _ = var.class_codes(frame, dataset="synthetic", split="train")
+    assert (codes[[3, 20]] == -1).all() and (codes >= 0).sum() == 28
+    row = var.stream_variability(path, codes=codes, masks={"full": codes >= 0})[0]
+    keep = n_content > 0
+    assert row["nu"] == pytest.approx(nu_direct(x[keep].astype(np.float32).astype(np.float64), y[keep]), rel=1e-8)
+    assert var.read_labels(path, "first")["label"].notna().all()
 
 
 def test_probe_layers_and_missing_test_split(tmp_path):

@@ -33,7 +33,7 @@ DEGENERATE_RELATIVE = 1e-12
 POOLINGS = ("mean", "first")
 SPLITS = ("train", "test", "all")
 SUBSETS = ("full", "imbalanced", "subsample")
-LABEL_COLUMNS = ("example_id", "split", "label")
+LABEL_COLUMNS = ("example_id", "split", "label", "n_content_tokens")
 
 
 # ============================================================================================ the metric
@@ -47,6 +47,7 @@ class Variability:
     rank_between: int
     n_classes: int
     degenerate: bool
+    between_noise_fraction: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,12 +75,14 @@ def between_class_eigen(class_means: np.ndarray, rtol: float | None = None):
 
 
 def variability_from_statistics(within: np.ndarray, class_means: np.ndarray, *, rtol: float | None = None,
-                                scale: float | None = None) -> Variability:
+                                scale: float | None = None, noise_between: float | None = None) -> Variability:
     """ν = (1/C) tr(Σ_w pinv(Σ_b)) from Σ_w (d, d) and the C class means (C, d).
 
     tr(Σ_w pinv(Σ_b)) = Σ_k u_kᵀ Σ_w u_k / λ_k over the kept eigenpairs (λ_k, u_k) of Σ_b.
     `scale` is the data's mean squared norm (defaults to tr Σ_w + tr Σ_b + |mean of the means|²): when tr Σ_b is
     below DEGENERATE_RELATIVE of it the class means coincide up to rounding and ν is NaN (flagged `degenerate`).
+    `noise_between`, the expected tr Σ_b from sampling noise of the class means alone, is reported as a fraction
+    of tr Σ_b (see `expected_noise_between`).
     """
     within = np.asarray(within, dtype=np.float64)
     means = np.asarray(class_means, dtype=np.float64)
@@ -96,9 +99,23 @@ def variability_from_statistics(within: np.ndarray, class_means: np.ndarray, *, 
     else:
         projected = np.einsum("kd,de,ke->k", vectors, within, vectors)
         nu = float((projected / eigen).sum() / n_classes)
+    noise_fraction = float("nan")
+    if noise_between is not None and trace_between > 0:
+        noise_fraction = float(noise_between / trace_between)
     return Variability(nu=nu, trace_within=trace_within, trace_between=trace_between,
                        rank_between=0 if degenerate else int(eigen.size), n_classes=int(n_classes),
-                       degenerate=bool(degenerate))
+                       degenerate=bool(degenerate), between_noise_fraction=noise_fraction)
+
+
+def expected_noise_between(class_traces: np.ndarray, counts: np.ndarray) -> float:
+    """E[tr Σ̂_b] - tr Σ_b: the between-class scatter that sampling noise in the class means adds on its own.
+
+    With m̂_y = μ_y + e_y, Cov(e_y) = Σ_y / n_y, independent: E[Σ̂_b] = Σ_b + ((C-1)/C²) Σ_y Σ_y / n_y.
+    class_traces are the unbiased (n-1) per-class traces tr Σ_y.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n_classes = len(counts)
+    return float((n_classes - 1) / n_classes**2 * np.sum(np.asarray(class_traces) / counts))
 
 
 class MomentAccumulator:
@@ -161,20 +178,33 @@ class MomentAccumulator:
         shift = self.shift if self.shift is not None else np.zeros(self.dim)
         mean_square = self.sum_squares[subset][present] / counts[present]
         scale = float(np.mean(mean_square + 2 * means @ shift + shift @ shift))
-        return variability_from_statistics(within, means, rtol=rtol, scale=scale)
+        n = counts[present].astype(np.float64)
+        class_traces = np.maximum(mean_square - (means**2).sum(axis=1), 0.0) * n / np.maximum(n - 1, 1)
+        return variability_from_statistics(within, means, rtol=rtol, scale=scale,
+                                           noise_between=expected_noise_between(class_traces, n))
 
 
 # ====================================================================================== labels, subsets
-def read_labels(pooled_path) -> "pandas.DataFrame":  # noqa: F821
-    """example_id, split, label of every row of a pooled hidden-state file, in file order."""
+def read_labels(pooled_path, pooling: str = "mean") -> "pandas.DataFrame":  # noqa: F821
+    """example_id, split, label, n_content_tokens of every row of a pooled hidden-state file, in file order.
+
+    With mean pooling, rows without a content token (their mean vector is a placeholder zero) lose their label,
+    so that every analysis leaves them out; their number is logged.
+    """
     try:
-        table = pq.read_table(pooled_path, columns=list(LABEL_COLUMNS))
+        frame = pq.read_table(pooled_path, columns=list(LABEL_COLUMNS)).to_pandas()
     except (OSError, KeyError, ValueError) as err:
         raise WorkflowInputError(
             f"{pooled_path} lacks the columns {list(LABEL_COLUMNS)} or is unreadable ({err}); it was not written by "
             f"this workflow's extraction: delete it and rerun."
         ) from err
-    return table.to_pandas()
+    if pooling == "mean":
+        empty = frame["n_content_tokens"] == 0
+        if empty.any():
+            LOG.warning("%s: %d examples have no content token (mean undefined); left out", pooled_path,
+                        int(empty.sum()))
+            frame["label"] = frame["label"].where(~empty, None)
+    return frame
 
 
 def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail", min_class_examples: int = 2):
@@ -423,6 +453,8 @@ def selection_table(nu_frame, probe_frame, tolerance: float):
             "model": model, "n_layers": int(len(group)), "n": int(group["n"].iloc[0]), "dims": int(group["dims"].iloc[0]),
             "argmin_layer": argmin, "nu_min": float(nu_by_layer.get(argmin, np.nan)),
             "recommended_layer": recommended, "nu_recommended": float(nu_by_layer.get(recommended, np.nan)),
+            "between_noise_fraction_recommended": float(
+                group.set_index("layer")["between_noise_fraction"].get(recommended, np.nan)),
             "tolerance": tolerance,
             "accuracy_recommended": float(probes.get(recommended, np.nan)),
             "accuracy_argmin": float(probes.get(argmin, np.nan)),
@@ -516,7 +548,7 @@ def run_nu(pooled_path, out_path, *, dataset: str, model: str, pooling: str, spl
            min_class_examples: int, pinv_rtol, robustness: dict, memory_mb: float) -> None:
     import pandas as pd
 
-    frame = read_labels(pooled_path)
+    frame = read_labels(pooled_path, pooling)
     codes, classes, dropped = class_codes(frame, dataset=dataset, split=split, small_classes=small_classes,
                                           min_class_examples=min_class_examples)
     if dropped:
@@ -542,7 +574,7 @@ def run_nu(pooled_path, out_path, *, dataset: str, model: str, pooling: str, spl
 def run_probe(pooled_path, out_path, *, dataset: str, model: str, pooling: str, max_train, max_test, seed) -> None:
     import pandas as pd
 
-    frame = read_labels(pooled_path)
+    frame = read_labels(pooled_path, pooling)
     rows = probe_layers(pooled_path, frame, dataset=dataset, pooling=pooling, max_train=max_train,
                         max_test=max_test, seed=seed)
     table = pd.DataFrame(rows)
@@ -565,6 +597,10 @@ def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance:
     rec = selection.set_index("model")
     layers["is_argmin"] = layers["layer"] == layers["model"].map(rec["argmin_layer"])
     layers["is_recommended"] = layers["layer"] == layers["model"].map(rec["recommended_layer"])
+    noisy = selection[selection["between_noise_fraction_recommended"] > 0.5]["model"].tolist()
+    if noisy:
+        LOG.warning("%s: at the recommended layer more than half of the between-class scatter is expected from "
+                    "sampling noise alone; ν is biased low there (docs/variability.md): use more examples", noisy)
     for _, row in selection.iterrows():
         LOG.info("%s: argmin layer %d, recommended %d (acc %.4f; best probe layer %d acc %.4f); Spearman %.3f",
                  row["model"], row["argmin_layer"], row["recommended_layer"], row["accuracy_recommended"],
