@@ -1,2 +1,187 @@
-# The decomposition stage: its rules are added by the issue that builds it.
+# Language Model Decomposition (LMD): group and pairwise ridge R² of every model from the others, from streamed
+# moments cached per model pair. See docs/decomposition.md.
 validate(config["decomposition"], "../schemas/decomposition.schema.yaml")
+
+from workflow_scripts.decomposition import layers_tag, model_pairs, UNITS, MODES
+
+LMD = config["decomposition"]
+LMD_DIR = "results/analysis/decomposition"
+LMD_FIG_DIR = "results/figures/decomposition"
+LMD_LAYERS = layers_tag(LMD["target_layer"], LMD["basis_layer"])
+
+
+def _lmd_selected(key, known, what):
+    names = LMD[key] or list(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise storage.WorkflowInputError(
+            f"config: decomposition.{key} lists {unknown}, which are not configured {what}; "
+            f"use names from '{what}' (configured: {list(known)})."
+        )
+    return names
+
+
+LMD_MODELS = _lmd_selected("models", MODELS, "models")
+LMD_DATASETS = _lmd_selected("datasets", DATASETS, "datasets")
+if LMD["enabled"] and len(LMD_MODELS) < 2:
+    raise storage.WorkflowInputError(
+        f"config: decomposition needs at least two models, got {LMD_MODELS}; configure another model or list two "
+        f"or more in decomposition.models (or set decomposition.enabled: false)."
+    )
+
+
+def lmd_jobs():
+    """(dataset, unit) combinations to run: the 'paper' unit only on chunks datasets."""
+    jobs = []
+    for dataset in LMD_DATASETS:
+        for unit in LMD["units"]:
+            if unit == "paper" and DATASETS[dataset]["source"] != "chunks":
+                continue
+            jobs.append((dataset, unit))
+    if LMD["enabled"] and "paper" in LMD["units"] and not any(unit == "paper" for _, unit in jobs):
+        raise storage.WorkflowInputError(
+            "config: decomposition.units holds 'paper', which runs on chunks datasets, but none is selected: add a "
+            "dataset with source: chunks (base, tokenizer_model, chunk_tokens) or remove 'paper' from the units."
+        )
+    return jobs
+
+
+def lmd_targets():
+    targets = []
+    for dataset, unit in lmd_jobs():
+        for mode in LMD["modes"]:
+            stem = f"{dataset}/{unit}/{LMD_LAYERS}/{mode}"
+            targets += [f"{LMD_DIR}/{stem}/{name}" for name in ("group.csv", "pairwise.csv", "pairwise_matrix.csv")]
+            targets += [f"{LMD_FIG_DIR}/{stem}/{name}.{ext}" for name in ("pairwise_r2", "group_r2") for ext in ("png", "svg")]
+    return targets
+
+
+def _lmd_layers(wildcards):
+    target, basis = wildcards.layers[1:].split("_b")
+    return int(target), int(basis)
+
+
+def _lmd_hidden_file(model):
+    def files(wildcards):
+        if wildcards.unit == "example":
+            return storage.pooled_path(wildcards.dataset, getattr(wildcards, model))
+        return storage.tokens_path(wildcards.dataset, getattr(wildcards, model))
+
+    return files
+
+
+def _lmd_pair_files(wildcards):
+    return [
+        f"{LMD_DIR}/{wildcards.dataset}/{wildcards.unit}/{wildcards.layers}/moments/{a}/{b}.npz"
+        for a, b in model_pairs(LMD_MODELS)
+    ]
+
+
+def _lmd_resources():
+    return {"mem_mb": LMD["mem_mb"], "runtime": LMD["runtime_minutes"]}
+
+
+rule prepare_chunk_dataset:
+    input:
+        base=lambda wc: storage.dataset_path(DATASETS[wc.dataset]["base"]),
+        tokenizer=lambda wc: storage.model_dir(DATASETS[wc.dataset]["tokenizer_model"]),
+    output:
+        dataset="results/data/{dataset}.parquet",
+    wildcard_constraints:
+        dataset=name_regex(datasets_of_source("chunks")),
+    params:
+        entry=lambda wc: DATASETS[wc.dataset],
+        max_length=config["extraction"]["max_length"],
+    log:
+        "results/logs/prepare_chunk_dataset/{dataset}.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/chunk_dataset.py"
+
+
+# One file per unordered model pair (canonical order: by name): adding a model adds only its pairs.
+rule decomposition_moments:
+    input:
+        a=_lmd_hidden_file("model_a"),
+        b=_lmd_hidden_file("model_b"),
+    output:
+        moments=LMD_DIR + "/{dataset}/{unit}/{layers}/moments/{model_a}/{model_b}.npz",
+    wildcard_constraints:
+        model_a=name_regex(MODEL_NAMES),
+        model_b=name_regex(MODEL_NAMES),
+        unit="|".join(UNITS),
+        layers=r"t-?\d+_b-?\d+",
+    params:
+        step="moments",
+        target_layer=lambda wc: _lmd_layers(wc)[0],
+        basis_layer=lambda wc: _lmd_layers(wc)[1],
+        pooling=lambda wc: LMD["example_pooling"] if wc.unit == "example" else None,
+        chunk_tokens=lambda wc: DATASETS[wc.dataset].get("chunk_tokens") if wc.unit == "paper" else None,
+    log:
+        "results/logs/decomposition/moments/{dataset}/{unit}/{layers}/{model_a}/{model_b}.log",
+    benchmark:
+        "results/benchmarks/decomposition/moments/{dataset}/{unit}/{layers}/{model_a}/{model_b}.tsv"
+    threads: RES["threads"]
+    resources:
+        **_lmd_resources(),
+    script:
+        "../workflow_scripts/decomposition.py"
+
+
+rule decomposition_fit:
+    input:
+        moments=_lmd_pair_files,
+    output:
+        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/group.csv",
+        pairwise=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise.csv",
+        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_matrix.csv",
+    wildcard_constraints:
+        unit="|".join(UNITS),
+        layers=r"t-?\d+_b-?\d+",
+        mode="|".join(MODES),
+    params:
+        step="fit",
+        models=LMD_MODELS,
+        pairs=model_pairs(LMD_MODELS),
+        alpha=LMD["alpha"],
+        min_train_units=LMD["min_train_units"],
+        min_test_units=LMD["min_test_units"],
+    log:
+        "results/logs/decomposition/fit/{dataset}/{unit}/{layers}/{mode}.log",
+    benchmark:
+        "results/benchmarks/decomposition/fit/{dataset}/{unit}/{layers}/{mode}.tsv"
+    threads: RES["threads"]
+    resources:
+        **_lmd_resources(),
+    script:
+        "../workflow_scripts/decomposition.py"
+
+
+rule decomposition_figures:
+    input:
+        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/group.csv",
+        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_matrix.csv",
+    output:
+        heatmap_png=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.png",
+        heatmap_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.svg",
+        group_png=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.png",
+        group_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.svg",
+    wildcard_constraints:
+        unit="|".join(UNITS),
+        layers=r"t-?\d+_b-?\d+",
+        mode="|".join(MODES),
+    params:
+        step="figures",
+    log:
+        "results/logs/decomposition/figures/{dataset}/{unit}/{layers}/{mode}.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/decomposition.py"
+
+
+if LMD["enabled"]:
+    ALL_TARGETS.extend(lmd_targets())

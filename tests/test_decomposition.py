@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 
 import numpy as np
@@ -13,6 +14,7 @@ from sklearn.linear_model import Ridge
 
 from workflow_scripts import decomposition as lmd
 from workflow_scripts import storage
+from workflow_scripts.prepare_dataset import word_offsets
 from workflow_scripts.storage import WorkflowInputError
 
 
@@ -334,3 +336,167 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
         lmd.decompose({}, ["good"], 1e-6)
     with pytest.raises(WorkflowInputError, match=r"target 'good'.*2 test units.*min_test_units"):
         lmd.decompose({("good", "other"): tmp_path / "p.npz"}, ["good", "other"], 1e-6, min_test=5)
+
+
+# ------------------------------------------------------------------------- workflow, end to end
+from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+
+LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"],
+               "min_train_units": 5, "min_test_units": 5}
+CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
+LMD_OUT = "results/analysis/decomposition"
+
+
+def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=False, section=None):
+    config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})})
+    if chunks:
+        config["datasets"].append(dict(CHUNKS))
+    return config
+
+
+@pytest.fixture(scope="module")
+def lmd_run(tmp_path_factory, tiny_models, tiny_corpus):
+    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units."""
+    workdir = tmp_path_factory.mktemp("lmd")
+    config = lmd_config(tiny_models, tiny_corpus)
+    run_workflow(workdir, config)
+    return workdir, config
+
+
+def copy_run(workdir, target):
+    import shutil
+
+    shutil.copytree(workdir, target, symlinks=True)
+    (target / "config.yaml").unlink()
+    return target
+
+
+def token_frame(workdir, dataset, model, layer):
+    path = workdir / storage.tokens_path(dataset, model)
+    table = pq.read_table(path)
+    frame = table.select(["example_id", "split", "word_id", "is_special", "char_start", "char_end"]).to_pandas()
+    return frame, storage.vectors(table, storage.token_column(layer)).astype(np.float64)
+
+
+def test_workflow_writes_tables_and_figures(lmd_run):
+    workdir, _ = lmd_run
+    for dataset, unit in (("toy", "example"), ("toy", "word")):
+        for mode in ("paper",):
+            stem = f"{dataset}/{unit}/t-1_b-1/{mode}"
+            group = pd.read_csv(workdir / LMD_OUT / stem / "group.csv")
+            assert group["model"].tolist() == ["tiny-bert", "tiny-roberta"]
+            assert group["dims"].tolist() == [32, 48] and group["basis_dims"].tolist() == [48, 32]
+            assert group["layer"].tolist() == [2, 3]  # last layer of each (embeddings = 0)
+            assert np.isfinite(group[["r2_train", "r2_test"]].to_numpy()).all()
+            assert (group["r2_train"] <= 1).all() and (group["n_test"] >= 5).all()
+            pairs = pd.read_csv(workdir / LMD_OUT / stem / "pairwise.csv")
+            # with two models the group fit is the pairwise fit
+            for row in group.itertuples():
+                assert pairs.loc[pairs["model"] == row.model, "r2_test"].item() == pytest.approx(row.r2_test, rel=1e-9)
+            matrix = pd.read_csv(workdir / LMD_OUT / stem / "pairwise_matrix.csv").set_index("model")
+            assert matrix.loc["tiny-bert", "tiny-roberta"] == pytest.approx(
+                pairs.query("model == 'tiny-bert'")["r2_test"].item())
+            for name in ("pairwise_r2", "group_r2"):
+                for ext in ("png", "svg"):
+                    assert (workdir / "results/figures/decomposition" / stem / f"{name}.{ext}").stat().st_size > 1000
+    log = (workdir / "results/logs/decomposition/moments/toy/word/t-1_b-1/tiny-bert/tiny-roberta.log").read_text()
+    assert "aligned" in log and "done in" in log
+
+
+def test_word_units_align_the_same_words_across_tokenizers(lmd_run):
+    workdir, _ = lmd_run
+    dataset = pd.read_parquet(workdir / storage.dataset_path("toy"))
+    means = {}
+    for model, layer in (("tiny-bert", 2), ("tiny-roberta", 3)):
+        frame, vecs = token_frame(workdir, "toy", model, layer)
+        words = frame[frame["word_id"] >= 0]
+        # every token of word w lies inside the dataset's character span of word w
+        starts = dataset.set_index("example_id")["word_starts"]
+        ends = dataset.set_index("example_id")["word_ends"]
+        for row in words.sample(200, random_state=0).itertuples():
+            text = dataset.loc[row.example_id, "text"]
+            first = row.char_start + len(text[row.char_start:row.char_end]) - len(text[row.char_start:row.char_end].lstrip())
+            assert starts[row.example_id][row.word_id] <= first < ends[row.example_id][row.word_id]
+        means[model] = pd.DataFrame(vecs[words.index]).groupby(
+            [words["example_id"].to_numpy(), words["word_id"].to_numpy()]).mean()
+        means[model + "_split"] = words.groupby(["example_id", "word_id"])["split"].first()
+    shared = means["tiny-bert"].index.intersection(means["tiny-roberta"].index)
+    total_words = sum(len(s) for s in dataset["word_starts"])
+    assert 0.5 * total_words < len(shared) <= total_words
+    rows = np.hstack([means["tiny-bert"].loc[shared].to_numpy(), means["tiny-roberta"].loc[shared].to_numpy()])
+    split = means["tiny-bert_split"].loc[shared].to_numpy()
+    pair = lmd.PairMoments.load(workdir / LMD_OUT / "toy/word/t-1_b-1/moments/tiny-bert/tiny-roberta.npz")
+    assert pair.models == ("tiny-bert", "tiny-roberta") and pair.dims == (32, 48)
+    for name in ("train", "test"):
+        subset = rows[split == name]
+        assert pair.n[name] == len(subset)
+        assert relative(pair.mean[name], subset.mean(0)) < 1e-6
+        assert relative(pair.comoment[name], np.cov(subset, rowvar=False, bias=True) * len(subset)) < 1e-6
+
+
+def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    from workflow_scripts import chunk_dataset
+
+    assert chunk_dataset.cut_chunks([[1, 2, 3], [4], [5, 6, 7, 8, 9]], 4) == ([[1, 2, 3, 4], [5, 6, 7, 8]], 1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    texts = tiny_corpus[1]
+    base = pd.DataFrame({"example_id": np.arange(len(texts)), "text": texts,
+                         "split": np.where(np.arange(len(texts)) % 4 == 0, "test", "train")})
+    entry = {**CHUNKS, "max_examples": None}
+    frame, counts = chunk_dataset.build_chunks(base, tokenizer, 16, entry)
+    for split in ("train", "test"):
+        ids = tokenizer(base.loc[base.split == split, "text"].tolist(), add_special_tokens=False)["input_ids"]
+        total = sum(len(i) for i in ids)
+        assert counts[f"{split}_chunks"] == (frame["split"] == split).sum() == total // 16
+        assert counts[f"{split}_remainder_tokens_dropped"] == total % 16
+        # the first chunk of the split decodes exactly the first 16 reference tokens of its texts
+        flat = [t for i in ids for t in i]
+        assert frame.loc[frame.split == split, "text"].iloc[0] == tokenizer.decode(flat[:16], skip_special_tokens=True)
+    assert frame["example_id"].tolist() == list(range(len(frame))) and frame["label"].isna().all()
+    lengths = np.array([len(i) for i in tokenizer(frame["text"].tolist(), add_special_tokens=False)["input_ids"]])
+    assert np.mean(lengths == 16) > 0.8 and counts["retokenized_not_T"] == int((lengths != 16).sum())
+    for row in frame.head(5).itertuples():
+        assert (list(row.word_starts), list(row.word_ends)) == word_offsets(row.text) and len(row.word_starts) > 3
+    sub, _ = chunk_dataset.build_chunks(base, tokenizer, 16, {**entry, "max_examples": 20})
+    assert len(sub) == 20 and set(sub["text"]) <= set(frame["text"]) and set(sub["split"]) == {"train", "test"}
+    with pytest.raises(WorkflowInputError, match="fewer than one chunk"):
+        chunk_dataset.build_chunks(base.head(2), tokenizer, 10_000, entry)
+
+
+def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_corpus, tmp_path):
+    workdir = copy_run(lmd_run[0], tmp_path / "chunks")
+    run_workflow(workdir, lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]}), extra=["-n"])
+    jobs = pending_jobs(workdir)
+    outputs = {out for _, out in jobs}
+    assert ("prepare_chunk_dataset", storage.dataset_path("chunks16")) in jobs
+    assert storage.tokens_path("chunks16", "tiny-bert") in outputs
+    assert f"{LMD_OUT}/chunks16/paper/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
+    assert f"{LMD_OUT}/chunks16/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
+    assert not any("/toy/paper/" in out for out in outputs)  # the paper unit runs on chunks datasets only
+    assert not any("/toy/example/" in out and "moments" in out for out in outputs)  # already computed
+
+
+def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):
+    scratch = copy_run(lmd_run[0], tmp_path / "grown")
+    run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2")), extra=["-n"])
+    jobs = pending_jobs(scratch)
+    moments = sorted(out for rule, out in jobs if rule == "decomposition_moments")
+    expected = sorted(f"{LMD_OUT}/toy/{unit}/t-1_b-1/moments/{a}/{b}.npz" for unit in ("example", "word")
+                      for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta")))
+    assert moments == expected, jobs
+    assert {rule for rule, _ in jobs} == {"materialise_model", "extract_hidden_states", "decomposition_moments",
+                                          "decomposition_fit", "decomposition_figures"}, jobs
+    assert not any("tiny-bert/tiny-roberta" in out for _, out in jobs)  # existing pair: not recomputed
+    assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2  # 3 tables x 2 units
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"models": ["tiny-bert"]}, "at least two models"),
+    ({"models": ["tiny-bert", "nope"]}, r"decomposition.models lists \['nope'\]"),
+])
+def test_bad_config_stops_before_any_job(section, message, tiny_models, tiny_corpus, tmp_path):
+    result = run_workflow(tmp_path, lmd_config(tiny_models, tiny_corpus, section=section), extra=["-n"], check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr)

@@ -26,7 +26,6 @@ Three text units:
 - ``paper``: the paper's unit on a ``chunks`` dataset: sum over every token of the example (special tokens
   included) divided by the chunk length T, as the authors' code does (their mean over a padded length T).
 """
-from __future__ import annotations
 
 import itertools
 import logging
