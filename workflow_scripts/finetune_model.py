@@ -100,7 +100,7 @@ def finetune(base_dir, train_texts, train_labels, classes, *, epochs=1, learning
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
     rng = np.random.default_rng(seed)
-    labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
+    labels = torch.tensor(np.array(train_labels, dtype=np.int64))
     LOG.info("fine-tuning %s: %d train examples, %d classes, %d steps (%.3g epochs x %d batches of %d), lr %g, "
              "max_length %d, seed %d, device %s", base_dir, n, len(classes), total_steps, epochs, per_epoch,
              batch_size, learning_rate, max_length, seed, device)
