@@ -83,6 +83,7 @@ rule variability_summary:
         svg="results/figures/variability/{dataset}_{pooling}.svg",
     params:
         tolerance=VAR["tolerance"],
+        max_noise_fraction=VAR["selection"]["max_noise_fraction"],
     log:
         "results/logs/variability/summary/{dataset}/{pooling}.log",
     threads: 1

@@ -304,7 +304,13 @@ def test_spearman_and_selection_table():
     row = table.iloc[0]
     assert (row["argmin_layer"], row["recommended_layer"], row["best_probe_layer"]) == (2, 2, 3)
     assert row["accuracy_recommended"] == 0.8 and row["accuracy_last"] == 0.7
-    assert row["between_noise_fraction_recommended"] == 0.1
+    assert row["between_noise_fraction_recommended"] == 0.1 and np.isnan(row["max_noise_fraction"])
+    assert row["eligible_layers"] == 5
+    # the noise_guard option: layers 2 and 3 have too noisy a between-class scatter, layer 4 is picked
+    guarded = var.selection_table(nu.assign(between_noise_fraction=[0.9, 0.1, 0.6, 0.7, 0.3]), probe,
+                                  tolerance=0.05, max_noise_fraction=0.5).iloc[0]
+    assert (guarded["argmin_layer"], guarded["recommended_layer"], guarded["eligible_layers"]) == (4, 4, 2)
+    assert guarded["spearman_rho"] == pytest.approx(-0.9)
     # ranks of ν: 5 4 1 2 3; of accuracy: 1 2 4 5 3; d = (4, 2, -3, -3, 0), Σd² = 38,
     # rho = 1 - 6 Σd² / (n (n² - 1)) = 1 - 6·38/120 = -0.9
     assert row["spearman_rho"] == pytest.approx(-0.9)

@@ -33,6 +33,8 @@ DEGENERATE_RELATIVE = 1e-12
 POOLINGS = ("mean", "first")
 SPLITS = ("train", "test", "all")
 SUBSETS = ("full", "imbalanced", "subsample")
+# A recommended layer whose between-class scatter is more than this fraction sampling noise is logged as unreliable.
+NOISY_FRACTION = 0.5
 LABEL_COLUMNS = ("example_id", "split", "label", "n_content_tokens")
 
 
@@ -435,14 +437,26 @@ def spearman(x, y) -> tuple[float, float, int]:
     return float(result.statistic), float(result.pvalue), n
 
 
-def selection_table(nu_frame, probe_frame, tolerance: float):
-    """One row per model: the layers ν recommends, their probe accuracies, and the claim check."""
+def eligible_nu(frame, max_noise_fraction: float | None):
+    """ν per row, NaN where the layer is not eligible for selection: `paper` selection (max_noise_fraction None)
+    keeps every defined layer; the `noise_guard` option drops layers whose between-class scatter is more than
+    max_noise_fraction expected sampling noise (their ν is biased low, see docs/variability.md)."""
+    nu = frame["nu"].to_numpy(dtype=np.float64).copy()
+    if max_noise_fraction is not None:
+        nu[~(frame["between_noise_fraction"].to_numpy(dtype=np.float64) <= max_noise_fraction)] = np.nan
+    return nu
+
+
+def selection_table(nu_frame, probe_frame, tolerance: float, max_noise_fraction: float | None = None):
+    """One row per model: the layers ν recommends, their probe accuracies, and the claim check.
+
+    The Spearman correlation uses every layer with a defined ν, whatever the selection rule."""
     import pandas as pd
 
     rows = []
     for model, group in nu_frame[nu_frame["subset"] == "full"].groupby("model", sort=False):
         group = group.sort_values("layer")
-        argmin, recommended = select_layers(group["layer"], group["nu"], tolerance)
+        argmin, recommended = select_layers(group["layer"], eligible_nu(group, max_noise_fraction), tolerance)
         probes = probe_frame[probe_frame["model"] == model].set_index("layer")["accuracy"]
         acc = group["layer"].map(probes).to_numpy(dtype=np.float64)
         rho, p_value, n_used = spearman(group["nu"], acc)
@@ -456,6 +470,8 @@ def selection_table(nu_frame, probe_frame, tolerance: float):
             "between_noise_fraction_recommended": float(
                 group.set_index("layer")["between_noise_fraction"].get(recommended, np.nan)),
             "tolerance": tolerance,
+            "max_noise_fraction": np.nan if max_noise_fraction is None else max_noise_fraction,
+            "eligible_layers": int(np.isfinite(eligible_nu(group, max_noise_fraction)).sum()),
             "accuracy_recommended": float(probes.get(recommended, np.nan)),
             "accuracy_argmin": float(probes.get(argmin, np.nan)),
             "best_probe_layer": best_probe, "accuracy_best": float(probes.get(best_probe, np.nan)),
@@ -466,17 +482,17 @@ def selection_table(nu_frame, probe_frame, tolerance: float):
     return pd.DataFrame(rows)
 
 
-def robustness_table(nu_frame, tolerance: float):
+def robustness_table(nu_frame, tolerance: float, max_noise_fraction: float | None = None):
     """Per model and subset: ν on the subset vs on the full data, and how far the selected layers move."""
     import pandas as pd
 
     rows = []
     for model, group in nu_frame.groupby("model", sort=False):
         full = group[group["subset"] == "full"].set_index("layer").sort_index()
-        full_argmin, full_rec = select_layers(full.index, full["nu"], tolerance)
+        full_argmin, full_rec = select_layers(full.index, eligible_nu(full, max_noise_fraction), tolerance)
         for subset, part in group.groupby("subset", sort=False):
             part = part.set_index("layer").sort_index()
-            argmin, rec = select_layers(part.index, part["nu"], tolerance)
+            argmin, rec = select_layers(part.index, eligible_nu(part, max_noise_fraction), tolerance)
             ratio = (part["nu"] / full["nu"].reindex(part.index)).to_numpy(dtype=np.float64)
             log_ratio = np.abs(np.log(ratio[np.isfinite(ratio) & (ratio > 0)]))
             rho, _, _ = spearman(full["nu"].reindex(part.index), part["nu"])
@@ -531,8 +547,12 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     top.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
     top.tick_params(axis="y", which="minor", labelsize=7)
     top.set_ylabel("variability ν (log scale, lower = more specialised)")
+    rule = f"tolerance {float(selection['tolerance'].iloc[0]):g}"
+    guard = float(selection["max_noise_fraction"].iloc[0])
+    if np.isfinite(guard):
+        rule += f", noise guard {guard:g}"
     top.set_title(f"Hidden-state variability and probe accuracy by layer\n{dataset}, {pooling} pooling; "
-                  f"★ = recommended layer (tolerance {float(selection['tolerance'].iloc[0]):g})")
+                  f"★ = recommended layer ({rule})")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     bottom.set_ylabel("linear-probe test accuracy (95% CI)")
@@ -584,20 +604,20 @@ def run_probe(pooled_path, out_path, *, dataset: str, model: str, pooling: str, 
 
 
 def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance: float, layers_out, selection_out,
-                robustness_out, figure_paths) -> None:
+                robustness_out, figure_paths, max_noise_fraction: float | None = None) -> None:
     import pandas as pd
 
     nu_frame = pd.concat([pd.read_csv(p) for p in nu_paths], ignore_index=True)
     probe_frame = pd.concat([pd.read_csv(p) for p in probe_paths], ignore_index=True)
-    selection = selection_table(nu_frame, probe_frame, tolerance)
-    robustness = robustness_table(nu_frame, tolerance)
+    selection = selection_table(nu_frame, probe_frame, tolerance, max_noise_fraction)
+    robustness = robustness_table(nu_frame, tolerance, max_noise_fraction)
     full = nu_frame[nu_frame["subset"] == "full"].drop(columns=["subset"])
     layers = full.merge(probe_frame[["model", "layer", "n_test", "accuracy", "ci_low", "ci_high", "C"]],
                         on=["model", "layer"], how="left")
     rec = selection.set_index("model")
     layers["is_argmin"] = layers["layer"] == layers["model"].map(rec["argmin_layer"])
     layers["is_recommended"] = layers["layer"] == layers["model"].map(rec["recommended_layer"])
-    noisy = selection[selection["between_noise_fraction_recommended"] > 0.5]["model"].tolist()
+    noisy = selection[selection["between_noise_fraction_recommended"] > NOISY_FRACTION]["model"].tolist()
     if noisy:
         LOG.warning("%s: at the recommended layer more than half of the between-class scatter is expected from "
                     "sampling noise alone; ν is biased low there (docs/variability.md): use more examples", noisy)
@@ -624,7 +644,8 @@ def main(snakemake) -> None:
                       pooling=w.pooling, max_train=p.max_train, max_test=p.max_test, seed=p.seed)
         elif snakemake.rule == "variability_summary":
             run_summary(list(snakemake.input.nu), list(snakemake.input.probe), dataset=w.dataset, pooling=w.pooling,
-                        tolerance=p.tolerance, layers_out=snakemake.output.layers,
+                        tolerance=p.tolerance, max_noise_fraction=p.max_noise_fraction,
+                        layers_out=snakemake.output.layers,
                         selection_out=snakemake.output.selection, robustness_out=snakemake.output.robustness,
                         figure_paths=[snakemake.output.png, snakemake.output.svg])
         else:
