@@ -295,3 +295,78 @@ def test_across_checkpoints_and_top_tokens():
     assert list(top[top.tower == "a"]["token_id"]) == [9, 8, 7]
     assert list(top[top.tower == "b"]["token_id"]) == [0, 1, 2]
     assert list(top["rank"]) == [1, 2, 3, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------- workflow
+TINY_STAGE = {"enabled": True, "dataset": "toy", "tokenizer_model": "tiny-bert", "vocabulary": "corpus",
+              "window": 16, "n_layer": 1, "n_embd": 16, "n_head": 2, "seeds": [0, 1], "steps": 40,
+              "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 5, "eval_every": 20, "eval_max_windows": 8,
+              "checkpoint_every": 20, "measure_steps": [], "min_count": 3, "top_k": 5,
+              "control_permutations": 20, "device": "cpu",
+              "head": {"steps": 20, "batch_size": 4, "learning_rate": 3e-3}}
+
+
+TARGETS = [f"results/analysis/twotower/toy/tiny-bert/{name}.csv" for name in ("preference", "consistency",
+                                                                                "top_tokens")] + \
+    [f"results/figures/twotower/toy/tiny-bert/{name}.{ext}" for name in ("loss", "preference_distribution",
+                                                                          "split_half") for ext in ("png", "svg")]
+
+
+def _pending(workdir) -> list[tuple[str, str]]:
+    """(rule, output) of the jobs a run of TARGETS would execute (conftest.pending_jobs puts the targets after
+    --quiet, which swallows them)."""
+    from tests.conftest import run_workflow
+
+    result = run_workflow(workdir, None, extra=[*TARGETS, "--summary", "--quiet"])
+    jobs = []
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) >= 6 and fields[5].strip() in ("update pending", "missing"):
+            jobs.append((fields[2], fields[0]))
+    return jobs
+
+
+def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
+    from tests.conftest import run_workflow, tiny_config
+
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), twotower=TINY_STAGE)
+    run_workflow(tmp_path, config, *TARGETS)
+    base = tmp_path / "results/analysis/twotower/toy/tiny-bert"
+    for seed in (0, 1):
+        assert (base / f"seed{seed}/step40.pt").exists()
+        assert (base / f"seed{seed}/logprobs_step40.parquet").exists()
+        assert not (base / f"seed{seed}/checkpoints").exists()  # cleaned after a finished run
+    train_log = (tmp_path / "results/logs/twotower/train/toy/tiny-bert/seed0.log").read_text()
+    assert "step 40/40" in train_log and "validation loss" in train_log
+    history = pd.read_csv(base / "history.csv")
+    assert sorted(history.seed.unique()) == [0, 1] and list(history[history.seed == 0].step) == [0, 20, 40]
+    assert (history.groupby("seed")["val_loss"].last() < history.groupby("seed")["val_loss"].first()).all()
+    prefs = pd.read_csv(base / "preference.csv", keep_default_na=False)
+    assert {"model", "dataset", "seed", "step", "token_id", "token", "count", "preference", "p_value"} <= set(prefs)
+    assert (prefs["count"] >= 3).all() and set(prefs.step) == {40}
+    np.testing.assert_allclose(prefs["preference"], prefs["mean_logp_a"] - prefs["mean_logp_b"], atol=1e-9)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    assert list(prefs["token"]) == tok.convert_ids_to_tokens(prefs["token_id"].tolist())
+    consistency = pd.read_csv(base / "consistency.csv")
+    assert set(consistency.comparison) == {"split_half", "seed"}  # checkpoints: with measure_steps (unit-tested)
+    tops = pd.read_csv(base / "top_tokens.csv", keep_default_na=False)
+    assert (tops[tops.tower == "a"]["preference"] > 0).all() and (tops[tops.tower == "b"]["preference"] < 0).all()
+    for name in ("loss", "preference_distribution", "split_half"):
+        for ext in ("png", "svg"):
+            assert (tmp_path / f"results/figures/twotower/toy/tiny-bert/{name}.{ext}").stat().st_size > 1000
+    assert _pending(tmp_path) == []
+    # a new seed schedules only that seed's training and measurements, then the joins
+    config["twotower"] = dict(TINY_STAGE, seeds=[0, 1, 2])
+    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(config, sort_keys=False))
+    pending = _pending(tmp_path)
+    per_seed = {output for rule, output in pending if rule in ("twotower_train", "twotower_measure")}
+    assert per_seed == {f"{base.relative_to(tmp_path)}/seed2/{name}"
+                        for name in ("step40.pt", "history.csv", "logprobs_step40.parquet")}, pending
+    rules = {rule for rule, _ in pending}
+    assert rules == {"twotower_train", "twotower_measure", "twotower_preference", "twotower_figures"}, pending
+    # measure_steps beyond the training is refused with a message naming the key
+    config["twotower"] = dict(TINY_STAGE, measure_steps=[80])
+    result = run_workflow(tmp_path, config, *TARGETS, extra=["-n"], check=False)
+    assert result.returncode != 0 and "twotower.measure_steps" in result.stdout + result.stderr

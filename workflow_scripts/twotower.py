@@ -12,7 +12,6 @@ This module holds the maths as plain functions (corpus building, the model, trai
 checkpoints, per-tower heads, held-out log-probabilities) and the thin Snakemake glue of three rules:
 twotower_corpus, twotower_train, twotower_measure.
 """
-from __future__ import annotations
 
 import hashlib
 import json

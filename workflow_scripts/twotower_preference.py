@@ -18,7 +18,6 @@ this keeps everything except a consistent tower identity. Repeated `permutations
 distribution of the split-half agreement (one-sided permutation p-value) and a per-type permutation p-value
 of |preference|.
 """
-from __future__ import annotations
 
 import logging
 
@@ -435,12 +434,13 @@ def main_figures(snakemake) -> None:
                                    seed=section["control_seed"])
         controls[seed] = control["example_preference"]
     label = f"two-tower LM on {dataset} ({model} tokenizer)"
-    storage.save_figure(plot_loss(history, f"{label}: loss"), snakemake.output.loss)
+    out = snakemake.output
+    storage.save_figure(plot_loss(history, f"{label}: loss"), [out.loss_png, out.loss_svg])
     storage.save_figure(plot_distribution(final, controls, f"{label}: per-type preference"),
-                        snakemake.output.distribution)
+                        [out.distribution_png, out.distribution_svg])
     storage.save_figure(plot_split_half(final, consistency[consistency["step"].isin(final["step"].unique())],
                                         f"{label}: split-half agreement of the preference"),
-                        snakemake.output.split_half)
+                        [out.split_half_png, out.split_half_svg])
 
 
 def main(snakemake) -> None:
