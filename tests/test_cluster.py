@@ -224,16 +224,34 @@ rule cpu_step:
 """
 
 
-def test_slurm_profile_parses_and_keeps_rule_resources(tmp_path):
-    """The SLURM profile loads (executor slurm) and leaves each rule's declared resources as they are."""
+SITE_PROFILE = """
+default-resources:
+  slurm_account: myproject
+  slurm_partition: cpu
+set-resources:
+  gpu_step:
+    slurm_partition: gpu
+    gpu_model: a100
+"""
+
+
+def test_slurm_profile_keeps_rule_resources_and_passes_a_site_profile_through(tmp_path):
+    """profiles/slurm loads (executor slurm), leaves each rule's declared resources as they are, and lets a site
+    profile (--profile) set the account, the partitions and a GPU model (docs/cluster.md)."""
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
-    run = run_snakemake(["--workflow-profile", str(SLURM_PROFILE), "--dry-run"], workdir=tmp_path, timeout=120)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "config.yaml").write_text(SITE_PROFILE)
+    run = run_snakemake(["--profile", str(tmp_path / "site"), "--workflow-profile", str(SLURM_PROFILE),
+                         "--dry-run"], workdir=tmp_path, timeout=120)
     assert run.returncode == 0, run.output
     assert f"workflow specific profile {SLURM_PROFILE}" in run.output
     by_rule = {job["rule"]: job["resources"] for job in run.jobs.values()}
-    assert by_rule["gpu_step"]["gpu"] == "1" and by_rule["gpu_step"]["mem_mb"] == "300"
-    assert by_rule["gpu_step"]["runtime"] == "7"
-    assert "gpu" not in by_rule["cpu_step"] and by_rule["cpu_step"]["mem_mb"] == "250"
+    gpu, cpu = by_rule["gpu_step"], by_rule["cpu_step"]
+    assert (gpu["gpu"], gpu["mem_mb"], gpu["runtime"]) == ("1", "300", "7")
+    assert (gpu["slurm_partition"], gpu["gpu_model"], gpu["slurm_account"]) == ("gpu", "a100", "myproject")
+    assert "gpu" not in cpu and (cpu["mem_mb"], cpu["runtime"]) == ("250", "5")
+    assert (cpu["slurm_partition"], cpu["slurm_account"]) == ("cpu", "myproject")
+    assert "gpu_model" not in cpu
 
 
 def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):

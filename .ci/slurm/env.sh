@@ -13,13 +13,17 @@ PID_SLURMCTLD="$RUN_DIR/slurmctld.pid"
 PID_MUNGED="$MUNGE_DIR/munged.pid"
 NODE_NAME="$(hostname -s)"
 
-# pid_alive FILE NAME: the pid in FILE is a live (not zombie) process whose command name is NAME,
-# so a pid reused by another program is never signalled.
-pid_alive() {
-    local file=$1 name=$2 pid state
-    [ -s "$file" ] || return 1
-    pid=$(tr -dc '0-9' <"$file")
+# proc_alive PID NAME: PID is a live (not zombie) process whose command name is NAME, so a pid reused by
+# another program is never signalled.
+proc_alive() {
+    local pid=$1 name=$2 state
     [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] || return 1
     state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
     [ -n "$state" ] && [ "$state" != Z ]
 }
+
+# pid_of FILE: the pid written in FILE (empty when there is none).
+pid_of() { [ -s "$1" ] && tr -dc '0-9' <"$1" 2>/dev/null; true; }
+
+# pid_alive FILE NAME: the pid in FILE is a live process called NAME.
+pid_alive() { proc_alive "$(pid_of "$1")" "$2"; }

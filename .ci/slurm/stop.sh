@@ -9,20 +9,20 @@ QUIET=0
 [ "${1:-}" = --quiet ] && QUIET=1
 say() { [ "$QUIET" = 1 ] || echo "slurm stop: $*"; }
 
-# stop_pid FILE NAME: TERM the process in FILE if it is NAME, wait up to 15 s, then KILL.
+# stop_pid FILE NAME: TERM the process in FILE if it is NAME, wait up to 15 s for it to exit, then KILL.
 stop_pid() {
     local file=$1 name=$2 pid
-    if ! pid_alive "$file" "$name"; then
+    pid=$(pid_of "$file")
+    if ! proc_alive "$pid" "$name"; then
         rm -f "$file"
         return 0
     fi
-    pid=$(tr -dc '0-9' <"$file")
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 150); do
-        pid_alive "$file" "$name" || break
+        proc_alive "$pid" "$name" || break
         sleep 0.1
     done
-    if pid_alive "$file" "$name"; then
+    if proc_alive "$pid" "$name"; then
         say "$name ($pid) ignored TERM for 15 s; sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
