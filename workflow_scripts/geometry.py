@@ -450,9 +450,11 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     colours = plt.get_cmap("tab10")
-    for index, (model, row) in enumerate(merged.iterrows()):
-        ax.scatter(row[measure], row["score"], color=colours(index % 10), s=45, zorder=3)
-        ax.annotate(str(model), (row[measure], row["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    # models at the same point (e.g. a base and its alpha = 0 copy) share one marker and one label
+    groups = merged.reset_index().groupby([measure, "score"], sort=False)["model"].apply(list)
+    for index, ((x, y), models) in enumerate(groups.items()):
+        ax.scatter(x, y, color=colours(index % 10), s=45, zorder=3)
+        ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if np.isfinite(fit.get("slope", np.nan)):
         xs = np.linspace(merged[measure].min(), merged[measure].max(), 50)
         ax.plot(xs, fit["slope"] * xs + fit["intercept"], color="black", lw=1.2, zorder=2,
@@ -462,8 +464,8 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
         ax.text(0.5, 0.5, fit.get("note", "no fit"), transform=ax.transAxes, ha="center", va="center", fontsize=9,
                 wrap=True)
     ax.set_xlabel(f"{measure} ({measure_unit(measure)})")
-    ax.set_ylabel(f"{score_name} (per model)")
-    ax.set_title(f"Geometry vs downstream score, {dataset}: #{rank} by R², {measure}")
+    ax.set_ylabel(score_name)
+    ax.set_title(f"{score_name} vs {measure}\n(dataset {dataset}; #{rank} of the measures by R²)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -485,9 +487,11 @@ def r2_figure(table: pd.DataFrame, *, dataset: str, score_name: str):
     for y, (value, r, n) in enumerate(zip(shown["r2"], shown["pearson_r"], shown["n"])):
         label = f"R²={value:.2f}, r={r:+.2f}, n={n}" if np.isfinite(value) else f"no fit (n={n})"
         ax.text(min(max(value if np.isfinite(value) else 0, 0), 1) + 0.01, y, label, va="center", fontsize=7)
-    ax.set_xlim(0, 1.35)
-    ax.set_xlabel("R² of the linear fit of score on measure (unitless)")
-    ax.set_title(f"Which geometry measure predicts {score_name}? ({dataset}; blue r>0, orange r<0)")
+    ax.set_xlim(0, 1.6)
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_xlabel("R² of the linear fit of score on measure (unitless); blue: r > 0, orange: r < 0")
+    ax.set_title(f"Which geometry measure predicts {score_name}?\n(dataset {dataset}, one point per model)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

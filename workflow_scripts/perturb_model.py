@@ -25,7 +25,7 @@ from workflow_scripts.storage import WorkflowInputError
 LOG = logging.getLogger("workflow")
 
 TENSOR_MODES = ("encoder_weights", "encoder_parameters")
-SKIPPED_FILES = {model_loading.PROVENANCE_FILE}
+SKIPPED_FILES = {model_loading.PROVENANCE_FILE, "README.md", ".gitattributes"}  # the README describes the base
 
 
 def encoder_module(model):
