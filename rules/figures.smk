@@ -1,2 +1,59 @@
-# The figures stage: its rules are added by the issue that builds it.
+# The one-page summary across analyses, the provenance of every model and the effective config, all registered
+# in the report (`snakemake --report results/report.html`). Per-analysis figures are drawn by their own rules.
 validate(config["figures"], "../schemas/figures.schema.yaml")
+
+
+def analysis_tables(prefix, suffix):
+    """Aggregated tables that the enabled analyses put into ALL_TARGETS (so disabled ones add nothing)."""
+    return sorted(t for t in ALL_TARGETS if t.startswith(prefix) and t.endswith(suffix))
+
+
+SUMMARY_PANELS = {
+    "decomposition": analysis_tables("results/analysis/decomposition/", "/group.csv"),
+    "variability_layers": analysis_tables("results/analysis/variability/", "/layers.csv"),
+    "variability_selection": analysis_tables("results/analysis/variability/", "/selection.csv"),
+    "compression": analysis_tables("results/analysis/compression/", "/summary.csv"),
+    "geometry": analysis_tables("results/analysis/geometry/", "/regression.csv"),
+    "twotower": analysis_tables("results/analysis/twotower/", "/consistency.csv"),
+}
+
+
+rule summary_figure:
+    input:
+        models=expand("results/models/{model}", model=MODEL_NAMES),
+        **SUMMARY_PANELS,
+    output:
+        png=report(
+            "results/figures/summary.png",
+            caption="../report/summary.rst",
+            category="0. Summary",
+        ),
+        svg="results/figures/summary.svg",
+        provenance=report(
+            "results/report/models.csv",
+            caption="../report/provenance.rst",
+            category="0. Summary",
+            labels={"table": "model provenance"},
+        ),
+        config=report(
+            "results/report/config_used.yaml",
+            caption="../report/config.rst",
+            category="0. Summary",
+            labels={"file": "effective configuration"},
+        ),
+    params:
+        models=MODEL_NAMES,
+        datasets=DATASET_NAMES,
+        panels=list(SUMMARY_PANELS),
+        config=lambda wc: {k: v for k, v in config.items()},
+    log:
+        "results/logs/summary_figure.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    script:
+        "../workflow_scripts/summary_figure.py"
+
+
+if config["figures"]["enabled"]:
+    ALL_TARGETS.extend(["results/figures/summary.png", "results/report/models.csv"])
