@@ -218,7 +218,7 @@ def test_pair_files_reproduce_direct_group_and_pairwise_fits(tmp_path):
     pair_paths = {}
     for a, b in lmd.model_pairs(list(dims)):
         va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
-        moments, counts = lmd.compute_pair_moments(va, vb, "example")
+        moments, counts = lmd.compute_pair_moments(va, vb, "example", block_rows=128)  # several blocks merged
         assert counts.matched == n and counts.only_a == counts.only_b == 0
         pair_paths[(a, b)] = tmp_path / "moments" / a / f"{b}.npz"
         lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})
@@ -500,3 +500,39 @@ def test_bad_config_stops_before_any_job(section, message, tiny_models, tiny_cor
     result = run_workflow(tmp_path, lmd_config(tiny_models, tiny_corpus, section=section), extra=["-n"], check=False)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr)
+
+
+def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_path, caplog):
+    rng = np.random.default_rng(10)
+    n = 1200
+    ids = np.arange(n)
+    split = np.where(ids % 4 == 0, "test", "train")
+    values = dict(zip(("a", "b", "c"), latent_models(rng, n, [4, 5, 6])))
+    keep_c = np.ones(n, bool)
+    keep_c[[3, 4, 8, 17, 40]] = False  # model c lost five units (e.g. dropped non-finite rows)
+    paths = {m: write_pooled(tmp_path / f"{m}.parquet", m, ids[keep_c] if m == "c" else ids,
+                             split[keep_c] if m == "c" else split, {1: v[keep_c] if m == "c" else v})
+             for m, v in values.items()}
+    pair_paths = {}
+    for a, b in lmd.model_pairs(["a", "b", "c"]):
+        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        moments, counts = lmd.compute_pair_moments(va, vb, "example")
+        assert counts.only_a == (5 if b == "c" else 0)
+        pair_paths[(a, b)] = tmp_path / f"{a}{b}.npz"
+        lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})
+    with caplog.at_level(logging.WARNING, logger="workflow"):
+        group, pairs = lmd.decompose(pair_paths, ["a", "b", "c"], 1e-6)
+    assert "pairwise-complete" in caplog.text
+    assert not any(row["units_consistent"] for row in group)
+    f = {m: v.astype(np.float32).astype(np.float64) for m, v in values.items()}
+    tr, te = (split == "train") & keep_c, (split == "test") & keep_c
+    for row in group:
+        u = f[row["model"]]
+        z = np.hstack([f[m] for m in ("a", "b", "c") if m != row["model"]])
+        exact = direct_r2(u[tr], z[tr], u[te], z[te], 1e-6)[0]
+        assert abs(row["r2_test"] - exact) < 0.01  # five of 1200 units differ between the blocks
+        assert row["n_train"] == tr.sum() and row["n_test"] == te.sum()
+    row = next(r for r in pairs if (r["model"], r["basis_model"]) == ("a", "b"))  # pairwise: exact, all units
+    assert row["n_train"] + row["n_test"] == n
+    full_tr, full_te = split == "train", split == "test"
+    assert abs(row["r2_test"] - direct_r2(f["a"][full_tr], f["b"][full_tr], f["a"][full_te], f["b"][full_te], 1e-6)[0]) < 1e-8

@@ -437,19 +437,34 @@ def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: 
 
 
 def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling: str = "mean",
-                         chunk_tokens: int | None = None) -> tuple[dict, AlignmentCounts]:
+                         chunk_tokens: int | None = None, block_rows: int = 8192) -> tuple[dict, AlignmentCounts]:
     """One streamed pass over both models' files: per-split moments of the concatenation [a views, b views]."""
     dim = view_a.hidden_size * len(view_a.layers) + view_b.hidden_size * len(view_b.layers)
     moments = {split: Moments(dim) for split in SPLITS}
     counts = AlignmentCounts()
     stream = align_streams(iter_units(view_a, unit, pooling, chunk_tokens), iter_units(view_b, unit, pooling, chunk_tokens),
                            counts, (view_a.model, view_b.model))
+    # Small row groups are gathered into blocks of about `block_rows` before the rank-k update (BLAS is
+    # faster on big blocks); memory stays bounded by the block, not by the corpus.
+    pending = {split: [] for split in SPLITS}
+    pending_rows = {split: 0 for split in SPLITS}
+
+    def flush(split):
+        if pending[split]:
+            moments[split].update(np.vstack(pending[split]))
+            pending[split], pending_rows[split] = [], 0
+
     for codes, va, vb in stream:
         rows = np.hstack([va, vb])
         for code, split in enumerate(SPLITS):
             mask = codes == code
             if mask.any():
-                moments[split].update(rows[mask])
+                pending[split].append(rows[mask])
+                pending_rows[split] += int(mask.sum())
+                if pending_rows[split] >= block_rows:
+                    flush(split)
+    for split in SPLITS:
+        flush(split)
     return moments, counts
 
 
@@ -518,69 +533,96 @@ def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str
                       cov[su, sz], cov[sz, sz])
 
 
+def _read_header(path) -> dict:
+    """Models, dims, layers and counts of a pair file without reading its matrices."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["format"]) != MOMENTS_FORMAT:
+                raise WorkflowInputError(f"{path} was written by another version of this stage; delete it and re-run.")
+            return {"models": tuple(str(m) for m in data["models"]), "dims": tuple(int(d) for d in data["dims"]),
+                    "layers": (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
+                    "n": {s: int(data[f"n_{s}"]) for s in SPLITS}}
+    except (OSError, ValueError, KeyError) as err:
+        raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
+
+
 class JointMoments:
-    """Block covariances of all models (per split), assembled from the pair files.
+    """The joint covariance of all models' views (per split), assembled from the pair files.
 
     Off-diagonal blocks (m, m') come from the pair (m, m'); a model's own block and mean come from the first
     pair (in canonical order) that holds it. When every pair aligned the same units (always for `example` and
     `paper` units; for `word` units when no word is missing from any model), this is exactly the joint
     covariance; otherwise it is the pairwise-complete estimate, and `consistent` says so.
+    Pair files are read one at a time: memory is the joint matrix, 2 x (sum of view dims)^2 x 8 bytes.
     """
 
     def __init__(self, pair_paths: dict, models: Sequence[str]):
         self.models = list(models)
-        self.pairs = {}
-        for (a, b), path in pair_paths.items():
-            pair = PairMoments.load(path)
-            if set(pair.models) != {a, b}:
-                raise WorkflowInputError(f"{path} holds the pair {pair.models}, not ({a}, {b}); delete it and re-run.")
-            self.pairs[canonical_pair(a, b)] = pair
-        missing = [p for p in model_pairs(self.models) if p not in self.pairs]
+        self.paths = {canonical_pair(a, b): path for (a, b), path in pair_paths.items()}
+        missing = [p for p in model_pairs(self.models) if p not in self.paths]
         if missing:
             raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
-        self.dims = {}
-        self.layers = {}
-        for (a, b), pair in self.pairs.items():
-            for model, dim, layers in zip(pair.models, pair.dims, pair.layers):
+        self.dims, self.layers, self.n = {}, {}, {split: {} for split in SPLITS}
+        for pair in model_pairs(self.models):
+            header = _read_header(self.paths[pair])
+            if set(header["models"]) != set(pair):
+                raise WorkflowInputError(f"{self.paths[pair]} holds the pair {header['models']}, not {pair}; delete it and re-run.")
+            for model, dim, layers in zip(header["models"], header["dims"], header["layers"]):
                 if self.dims.setdefault(model, dim) != dim or self.layers.setdefault(model, layers) != layers:
                     raise WorkflowInputError(
-                        f"model {model!r} has different hidden sizes or layers in different pair moment files; "
-                        f"delete results/analysis/decomposition/.../moments and re-run."
+                        f"model {model!r} has different hidden sizes or layers in different pair moment files "
+                        f"({self.paths[pair]}); delete results/analysis/decomposition/.../moments and re-run."
                     )
-        self.n = {split: {p: pair.n[split] for p, pair in self.pairs.items()} for split in SPLITS}
+            for split in SPLITS:
+                self.n[split][pair] = header["n"][split]
         self.consistent = all(len(set(self.n[s].values())) <= 1 for s in SPLITS)
+        # column offsets of each model's views in the joint matrix
+        self.offset, total = {}, 0
+        for model in self.models:
+            self.offset[model] = total
+            total += self.dims[model] * len(self.layers[model])
+        self.cov = {split: np.zeros((total, total)) for split in SPLITS}
+        self.mean = {split: np.zeros(total) for split in SPLITS}
+        self.model_n = {split: {} for split in SPLITS}
+        for pair_name in model_pairs(self.models):
+            pair = PairMoments.load(self.paths[pair_name])
+            a, b = pair.models
+            ja, jb = self._span(a), self._span(b)
+            pa_, pb_ = self._pair_span(pair, a), self._pair_span(pair, b)
+            for split in SPLITS:
+                cov = pair.comoment[split] / pair.n[split]
+                self.cov[split][ja, jb] = cov[pa_, pb_]
+                self.cov[split][jb, ja] = cov[pb_, pa_]
+                for model, j, p in ((a, ja, pa_), (b, jb, pb_)):
+                    if model not in self.model_n[split]:
+                        self.cov[split][j, j] = cov[p, p]
+                        self.mean[split][j] = pair.mean[split][p]
+                        self.model_n[split][model] = pair.n[split]
+            del pair
 
-    def home(self, model: str) -> tuple:
-        return next(p for p in model_pairs(self.models) if model in p)
+    def _span(self, model: str) -> slice:
+        start = self.offset[model]
+        return slice(start, start + self.dims[model] * len(self.layers[model]))
+
+    @staticmethod
+    def _pair_span(pair: "PairMoments", model: str) -> slice:
+        views = pair.slices(model)
+        return slice(views[0].start, views[-1].stop)
+
+    def view(self, model: str, role: str) -> np.ndarray:
+        """Joint-matrix indices of a model's target or basis view."""
+        d = self.dims[model]
+        k = 0 if role == "target" or len(self.layers[model]) == 1 else 1
+        start = self.offset[model] + k * d
+        return np.arange(start, start + d)
 
     def group_stats(self, target: str, basis: Sequence[str], split: str) -> SplitStats:
-        home_u = self.pairs[self.home(target)]
-        su = home_u.view_slice(target, "target")
-        n_u = home_u.n[split]
-        mean_u = home_u.mean[split][su]
-        trace_uu = float(np.trace(home_u.comoment[split][su, su])) / n_u
-        offsets = np.cumsum([0] + [self.dims[m] for m in basis])
-        d_z = int(offsets[-1])
-        mean_z = np.zeros(d_z)
-        cov_uz = np.zeros((self.dims[target], d_z))
-        cov_zz = np.zeros((d_z, d_z))
-        for i, mi in enumerate(basis):
-            bi = slice(offsets[i], offsets[i + 1])
-            home = self.pairs[self.home(mi)]
-            s = home.view_slice(mi, "basis")
-            mean_z[bi] = home.mean[split][s]
-            cov_zz[bi, bi] = home.comoment[split][s, s] / home.n[split]
-            pair = self.pairs[canonical_pair(target, mi)]
-            cov_uz[:, bi] = pair.comoment[split][pair.view_slice(target, "target"), pair.view_slice(mi, "basis")] / pair.n[split]
-            for j in range(i + 1, len(basis)):
-                mj = basis[j]
-                bj = slice(offsets[j], offsets[j + 1])
-                pair = self.pairs[canonical_pair(mi, mj)]
-                block = pair.comoment[split][pair.view_slice(mi, "basis"), pair.view_slice(mj, "basis")] / pair.n[split]
-                cov_zz[bi, bj] = block
-                cov_zz[bj, bi] = block.T
-        n_values = [self.pairs[p].n[split] for p in model_pairs([target, *basis])]
-        return SplitStats(min(n_values), mean_u, mean_z, trace_uu, cov_uz, cov_zz)
+        iu = self.view(target, "target")
+        iz = np.concatenate([self.view(m, "basis") for m in basis])
+        cov, mean = self.cov[split], self.mean[split]
+        n_values = [self.n[split][p] for p in model_pairs([target, *basis])]
+        return SplitStats(min(n_values), mean[iu], mean[iz], float(np.trace(cov[np.ix_(iu, iu)])),
+                          cov[np.ix_(iu, iz)], cov[np.ix_(iz, iz)])
 
 
 def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: int) -> None:
@@ -592,12 +634,20 @@ def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: 
         )
 
 
+def _fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str, what: str):
+    fit = fit_ridge(train, alpha, mode, what=what)
+    r2_train = r_squared(fit, train, mode)[0]
+    r2_test, mse, sst = r_squared(fit, test, mode)
+    return fit, {"r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver}
+
+
 def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str = "paper",
               min_train: int = 2, min_test: int = 2):
     """Group and pairwise R² of every model as target. Returns (group rows, pairwise rows) as lists of dicts."""
+    models = list(models)
     if len(models) < 2:
         raise WorkflowInputError(
-            f"decomposition needs at least two models, got {list(models)}; list two or more in decomposition.models "
+            f"decomposition needs at least two models, got {models}; list two or more in decomposition.models "
             f"(empty = every configured model)."
         )
     joint = JointMoments(pair_paths, models)
@@ -607,42 +657,43 @@ def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str =
             "estimate of the joint covariance (see docs/decomposition.md)",
             sorted(set(joint.n["train"].values())), sorted(set(joint.n["test"].values())),
         )
-    group_rows, pair_rows = [], []
+    group_rows = []
     for target in models:
         basis = [m for m in models if m != target]
         started = time.perf_counter()
         train = joint.group_stats(target, basis, "train")
         test = joint.group_stats(target, basis, "test")
         check_units(train.n, test.n, f"target {target!r} on basis {basis}", min_train, min_test)
-        fit = fit_ridge(train, alpha, mode, what=f"target {target!r}, basis {basis}")
-        r2_train = r_squared(fit, train, mode)[0]
-        r2_test, mse, sst = r_squared(fit, test, mode)
+        _, scores = _fit_and_score(train, test, alpha, mode, f"target {target!r}, basis {basis}")
         group_rows.append({
-            "model": target, "layer": joint.layers[target][0],
-            "basis_models": ";".join(basis),
+            "model": target, "layer": joint.layers[target][0], "basis_models": ";".join(basis),
             "basis_layers": ";".join(str(joint.layers[m][-1]) for m in basis),
             "n_train": train.n, "n_test": test.n, "dims": joint.dims[target], "basis_dims": int(train.cov_zz.shape[0]),
-            "alpha": alpha, "mode": mode, "r2_train": r2_train, "r2_test": r2_test,
-            "mse_test": mse, "sst_test": sst, "solver": fit.solver, "units_consistent": joint.consistent,
+            "alpha": alpha, "mode": mode, **scores, "units_consistent": joint.consistent,
         })
-        LOG.info("group   %-20s <- %d models (%d dims): R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
-                 target, len(basis), train.cov_zz.shape[0], r2_train, r2_test, train.n, test.n, fit.solver,
-                 time.perf_counter() - started)
-        for other in basis:
-            pair = joint.pairs[canonical_pair(target, other)]
+        LOG.info("group    %-20s <- %d models (%d dims): R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
+                 target, len(basis), train.cov_zz.shape[0], scores["r2_train"], scores["r2_test"], train.n, test.n,
+                 scores["solver"], time.perf_counter() - started)
+    del joint
+    # Pairwise fits use the exact statistics of their own pair file, read one at a time.
+    pair_rows = {}
+    for pair_name in model_pairs(models):
+        pair = PairMoments.load(pair_paths.get(pair_name) or pair_paths[pair_name[::-1]])
+        for target, other in (pair_name, pair_name[::-1]):
             train = split_stats_from_pair(pair, target, other, "train")
             test = split_stats_from_pair(pair, target, other, "test")
             check_units(train.n, test.n, f"target {target!r} on basis {other!r}", min_train, min_test)
-            fit = fit_ridge(train, alpha, mode, what=f"target {target!r}, basis {other!r}")
-            r2_train = r_squared(fit, train, mode)[0]
-            r2_test, mse, sst = r_squared(fit, test, mode)
-            pair_rows.append({
-                "model": target, "basis_model": other, "layer": joint.layers[target][0],
-                "basis_layer": joint.layers[other][-1], "n_train": train.n, "n_test": test.n,
-                "dims": joint.dims[target], "basis_dims": joint.dims[other], "alpha": alpha, "mode": mode,
-                "r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver,
-            })
-    return group_rows, pair_rows
+            _, scores = _fit_and_score(train, test, alpha, mode, f"target {target!r}, basis {other!r}")
+            pair_rows[(target, other)] = {
+                "model": target, "basis_model": other, "layer": pair.layers[pair.models.index(target)][0],
+                "basis_layer": pair.layers[pair.models.index(other)][-1], "n_train": train.n, "n_test": test.n,
+                "dims": pair.dims[pair.models.index(target)], "basis_dims": pair.dims[pair.models.index(other)],
+                "alpha": alpha, "mode": mode, **scores,
+            }
+            LOG.info("pairwise %-20s <- %-20s: R2 train %.4f test %.4f (n %d/%d, %s)", target, other,
+                     scores["r2_train"], scores["r2_test"], train.n, test.n, scores["solver"])
+    ordered = [pair_rows[(t, o)] for t in models for o in models if o != t]
+    return group_rows, ordered
 
 
 def pairwise_matrix(pair_rows: list, models: Sequence[str], column: str = "r2_test"):
