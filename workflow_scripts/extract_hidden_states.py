@@ -24,6 +24,7 @@ from workflow_scripts.model_loading import (environment_summary, load_model, loa
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
+DATASET_COLUMNS = ["example_id", "text", "label", "split", "word_starts", "word_ends"]
 
 
 @dataclass
@@ -151,8 +152,12 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
     import torch
 
     started = time.perf_counter()
-    dataset = storage.read_dataset(dataset_path)
-    if dataset.empty:
+    try:
+        dataset_file = pq.ParquetFile(dataset_path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise WorkflowInputError(f"{dataset_path} is not a readable dataset ({err}); rerun prepare_dataset.") from err
+    n = dataset_file.metadata.num_rows
+    if n == 0:
         raise WorkflowInputError(f"dataset {dataset_name!r} ({dataset_path}) holds no examples; nothing to extract.")
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.compute_dtype, device)
@@ -193,11 +198,10 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
     }
     LOG.info("model %s (%s, %d layers incl. embeddings, hidden %d, %s on %s, attention %s); dataset %s: %d examples",
              model_name, metadata["architecture"], n_layers, width, metadata["compute_dtype"], device,
-             metadata["attn_implementation"], dataset_name, len(dataset))
+             metadata["attn_implementation"], dataset_name, n)
     LOG.info("environment: %s", environment_summary())
 
     counts = ExtractionCounts()
-    n = len(dataset)
     n_windows = math.ceil(n / settings.sort_window)
     bar = None
     if progress:
@@ -208,8 +212,10 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
     with storage.atomic_path(pooled_out) as pooled_tmp, storage.atomic_path(tokens_out) as tokens_tmp:
         # Row counts go into the metadata at the end, so the writers are opened with the final schema later.
         pooled_writer = tokens_writer = None
-        for window_index in range(n_windows):
-            window = dataset.iloc[window_index * settings.sort_window:(window_index + 1) * settings.sort_window]
+        # the dataset is streamed too: one window of texts in memory at a time
+        windows = dataset_file.iter_batches(batch_size=settings.sort_window, columns=DATASET_COLUMNS)
+        for window_index, record_batch in enumerate(windows):
+            window = record_batch.to_pandas()
             pooled_batch, tokens_batch = extract_window(
                 model, tokenizer, window, settings, counts, pad_id=pad_id, device=device, n_layers=n_layers,
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
