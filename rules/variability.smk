@@ -79,7 +79,12 @@ rule variability_summary:
         layers=f"{VAR_DIR}/{{dataset}}/{{pooling}}/layers.csv",
         selection=f"{VAR_DIR}/{{dataset}}/{{pooling}}/selection.csv",
         robustness=f"{VAR_DIR}/{{dataset}}/{{pooling}}/robustness.csv",
-        png="results/figures/variability/{dataset}_{pooling}.png",
+        png=report(
+            "results/figures/variability/{dataset}_{pooling}.png",
+            caption="../report/variability.rst",
+            category="Variability",
+            subcategory="{dataset}",
+        ),
         svg="results/figures/variability/{dataset}_{pooling}.svg",
     params:
         tolerance=VAR["tolerance"],

@@ -365,6 +365,28 @@ def stratified_subsample(codes: np.ndarray, max_n: int | None, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
+def gather_rows(pooled_path, column: str, rows: np.ndarray) -> np.ndarray:
+    """Vectors of the given (sorted, unique) file rows of one column, streamed: memory grows with len(rows)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = None
+    filled = 0
+    offset = 0
+    for table in storage.iter_row_groups(pooled_path, [column]):
+        n = table.num_rows
+        lo, hi = np.searchsorted(rows, [offset, offset + n])
+        if hi > lo:
+            x = storage.vectors(table.take(rows[lo:hi] - offset), column)
+            if out is None:
+                out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+            out[filled:filled + len(x)] = x
+            filled += len(x)
+        offset += n
+    if filled != len(rows):
+        raise WorkflowInputError(f"{pooled_path}: {len(rows) - filled} requested rows are beyond the file's {offset} "
+                                 f"rows; the file is corrupt: delete it and rerun the extraction.")
+    return out
+
+
 def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", layers: list[int] | None = None,
                  max_train: int | None = None, max_test: int | None = None, seed: int = 0) -> list[dict]:
     """The shared linear probe (probe.py) per layer: train split -> test split accuracy."""
@@ -388,19 +410,23 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
     keep_test = stratified_subsample(test_codes, max_test, seed + 1)
     train, train_codes = train[keep_train], train_codes[keep_train]
     test, test_codes = test[keep_test], test_codes[keep_test]
+    wanted = np.concatenate([train, test])
+    order = np.argsort(wanted)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))  # position of each wanted row in the sorted read
     rows = []
     for layer in layers:
         column = storage.pooled_column(layer, pooling)
         started = time.perf_counter()
-        x = storage.vectors(pq.read_table(pooled_path, columns=[column]), column)
-        for name, idx in (("train", train), ("test", test)):
-            bad = ~np.isfinite(x[idx]).all(axis=1)
-            if bad.any():
-                raise WorkflowInputError(
-                    f"{pooled_path}: non-finite hidden state in {column} ({name} split, {int(bad.sum())} rows); "
-                    f"re-extract with extraction.nonfinite: drop or in float32."
-                )
-        result = linear_probe(x[train], train_codes, x[test], test_codes, seed=seed)
+        x = gather_rows(pooled_path, column, wanted[order])[back]
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise WorkflowInputError(
+                f"{pooled_path}: non-finite hidden state in {column} at example_id "
+                f"{int(frame['example_id'].iloc[wanted[np.flatnonzero(bad)[0]]])} ({int(bad.sum())} rows); "
+                f"re-extract with extraction.nonfinite: drop or in float32."
+            )
+        result = linear_probe(x[:len(train)], train_codes, x[len(train):], test_codes, seed=seed)
         LOG.info("probe layer %d: accuracy %.4f (C=%g) in %.1f s", layer, result.accuracy, result.C,
                  time.perf_counter() - started)
         rows.append({"layer": layer, "n": result.n_train, "n_test": result.n_test, "dims": result.n_features,
