@@ -374,6 +374,18 @@ def test_examples_without_content_tokens_are_left_out_of_mean_pooling(tmp_path):
     assert var.read_labels(path, "first")["label"].notna().all()
 
 
+def test_missing_layer_columns_are_named(tmp_path):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    path = write_pooled(tmp_path / "pooled.parquet", [x], ["a", "b"] * 5, ["train"] * 6 + ["test"] * 4,
+                        extra_meta={"n_layers": 2})  # claims a layer the file does not hold
+    codes = np.tile([0, 1], 5)
+    with pytest.raises(WorkflowInputError, match=r"lacks the columns \['layer_01_mean'\]"):
+        var.stream_variability(path, codes=codes, masks={"full": codes >= 0})
+    with pytest.raises(WorkflowInputError, match="layer_01_first"):
+        var.probe_layers(path, var.read_labels(path), dataset="synthetic", pooling="first")
+
+
 def test_probe_layers_and_missing_test_split(tmp_path):
     rng = np.random.default_rng(9)
     x, y = gaussian_classes(rng, [60, 60], 5, separation=0.0)

@@ -281,6 +281,17 @@ def subset_masks(codes: np.ndarray, *, imbalanced_keep: float, subsample_fractio
 
 
 # ============================================================================================ streaming
+def require_columns(pooled_path, columns) -> None:
+    """Fail with the missing column names when a pooled file lacks the layers asked for."""
+    present = set(pq.read_schema(pooled_path).names)
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise WorkflowInputError(
+            f"{pooled_path} lacks the columns {missing[:5]}{' ...' if len(missing) > 5 else ''}: it was written by an "
+            f"older or different extraction. Delete it and rerun the workflow to re-extract it."
+        )
+
+
 def layers_per_pass(dim: int, n_subsets: int, memory_mb: float) -> int:
     """How many layers' accumulators fit in half of `memory_mb` (the rest is for the row group being read)."""
     per_layer = n_subsets * dim * dim * 8 * 1.2
@@ -300,6 +311,7 @@ def stream_variability(pooled_path, *, codes: np.ndarray, masks: dict[str, np.nd
     meta = storage.read_hidden_metadata(pooled_path)
     n_layers, dim = int(meta["n_layers"]), int(meta["hidden_size"])
     layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
+    require_columns(pooled_path, [storage.pooled_column(l, pooling) for l in layers])
     names = list(masks)
     members = np.stack([masks[name] for name in names])
     n_classes = int(codes.max()) + 1
@@ -393,6 +405,7 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
     meta = storage.read_hidden_metadata(pooled_path)
     n_layers = int(meta["n_layers"])
     layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
+    require_columns(pooled_path, [storage.pooled_column(l, pooling) for l in layers])
     labelled, _ = storage.labelled_examples(frame, dataset)
     positions = frame.index.get_indexer(labelled.index)
     splits = labelled["split"].to_numpy()
