@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from workflow_scripts import storage
+
 REPO = Path(__file__).resolve().parents[1]
 CI_SLURM = REPO / ".ci" / "slurm"
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -101,7 +103,9 @@ class Run:
     returncode: int
     output: str
     run_id: str | None
-    jobs: dict = field(default_factory=dict)  # snakemake jobid -> {"rule", "wildcards", "resources", "slurm_id"}
+    jobs: dict = field(default_factory=dict)  # snakemake jobid -> {"rule", "wildcards", "threads", "resources", "slurm_id"}
+    slurm: dict = field(default_factory=dict)  # SLURM job id -> `scontrol show job` fields, read right after the run
+    slurm_jobs: list = field(default_factory=list)  # (comment, state) of every SLURM job named with the run ID
 
 
 def run_snakemake(args: list[str], *, workdir: Path, env: dict | None = None, timeout: int = SNAKEMAKE_TIMEOUT_S) -> Run:
@@ -119,7 +123,11 @@ def run_snakemake(args: list[str], *, workdir: Path, env: dict | None = None, ti
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
         pytest.fail(f"snakemake timed out after {timeout} s: {' '.join(cmd)}\n{output[-6000:]}")
-    return parse_run(proc.returncode, output)
+    run = parse_run(proc.returncode, output)
+    if run.run_id and env is not None:  # a SLURM run: read what SLURM recorded while it still lists the jobs
+        run.slurm_jobs = jobs_of_run(run.run_id, env)
+        run.slurm = {job["slurm_id"]: slurm_job(job["slurm_id"], env) for job in run.jobs.values() if "slurm_id" in job}
+    return run
 
 
 _RULE_RE = re.compile(r"^(local)?rule (\S+):$")
@@ -135,10 +143,13 @@ def parse_run(returncode: int, output: str) -> Run:
         stripped = line.strip()
         match = _RULE_RE.match(stripped)
         if match:
-            current = {"rule": match.group(2), "local": bool(match.group(1)), "wildcards": {}, "resources": {}}
+            current = {"rule": match.group(2), "local": bool(match.group(1)), "wildcards": {}, "resources": {},
+                       "threads": 1}
             continue
         if current is not None and stripped.startswith("jobid: "):
             run.jobs[int(stripped.split()[1])] = current
+        elif current is not None and stripped.startswith("threads: "):
+            current["threads"] = int(stripped.split()[1])
         elif current is not None and stripped.startswith("wildcards: "):
             current["wildcards"] = dict(item.split("=", 1) for item in stripped[len("wildcards: "):].split(", "))
         elif current is not None and stripped.startswith("resources: "):
@@ -150,7 +161,7 @@ def parse_run(returncode: int, output: str) -> Run:
 
 
 def slurm_job(job_id: str, env: dict) -> dict:
-    """`scontrol show job -o` as a dict (finished jobs stay visible for MinJobAge=300 s)."""
+    """`scontrol show job -o` as a dict (finished jobs stay listed for MinJobAge, 3600 s on the test cluster)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True,
                          timeout=30, check=True).stdout
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
@@ -175,20 +186,21 @@ def minutes(value: str) -> int:
     return (int(days) if days else 0) * 1440 + hours * 60 + mins + (1 if secs else 0)
 
 
-def check_submissions(run: Run, env: dict, *, gpu_rules: set[str], gpu_model: str | None = None) -> list[str]:
+def check_submissions(run: Run, *, gpu_rules: set[str], gpu_model: str | None = None) -> list[str]:
     """Every submitted job asked SLURM for what its rule declared; returns the rules seen."""
     assert run.returncode == 0, run.output[-6000:]
     submitted = [job for job in run.jobs.values() if "slurm_id" in job]
     assert submitted, f"no job was submitted to SLURM:\n{run.output[-6000:]}"
     for job in submitted:
         rule, resources = job["rule"], job["resources"]
-        info = slurm_job(job["slurm_id"], env)
+        info = run.slurm[job["slurm_id"]]
         what = f"rule {rule} {job['wildcards']} (SLURM job {job['slurm_id']}): {info}"
         assert info["JobState"] == "COMPLETED", what
         assert info["Comment"].startswith(f"rule_{rule}"), what
         assert info["Partition"] == "debug", what
         assert mem_mb(info["MinMemoryNode"]) == int(resources["mem_mb"]), what
         assert minutes(info["TimeLimit"]) == int(resources["runtime"]), what
+        assert int(info["NumCPUs"]) == job["threads"], what
         if rule in gpu_rules:
             assert resources.get("gpu") == "1", what
             expected = f"gres:gpu:{gpu_model}:1" if gpu_model else "gres:gpu:1"
@@ -356,8 +368,10 @@ def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
     from tests.conftest import run_workflow, tiny_config
 
     base = tmp_path_factory.mktemp("cluster")
-    one = tiny_config(tiny_models, tiny_corpus, models=("bert",))
-    two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"))
+    # Extraction only (the GPU rule and its inputs): every SLURM round costs 20-60 s of polling.
+    only_extraction = {stage: {"enabled": False} for stage in STAGES}
+    one = tiny_config(tiny_models, tiny_corpus, models=("bert",), **only_extraction)
+    two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **only_extraction)
     local = run_workflow(base / "local", two, extra=["--workflow-profile", str(LOCAL_PROFILE)], timeout=600)
     first = run_project(base / "slurm", one, slurm_cluster)
     # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
@@ -367,23 +381,23 @@ def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
     return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
 
 
-def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs, slurm_cluster):
+def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs):
     first = cluster_runs["first"]
-    rules = check_submissions(first, slurm_cluster, gpu_rules=GPU_RULES)
+    rules = check_submissions(first, gpu_rules=GPU_RULES)
     assert rules == ["extract_hidden_states", "materialise_model", "prepare_dataset"]
-    assert jobs_of_run(first.run_id, slurm_cluster) == [
+    assert first.slurm_jobs == [
         ("rule_extract_hidden_states_wildcards_toy_tiny-bert", "COMPLETED"),
         ("rule_materialise_model_wildcards_tiny-bert", "COMPLETED"),
         ("rule_prepare_dataset_wildcards_toy", "COMPLETED"),
     ]
     # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
-    check_submissions(cluster_runs["second"], slurm_cluster, gpu_rules=GPU_RULES, gpu_model="fake")
+    check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake")
 
 
-def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs, slurm_cluster):
+def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs):
     second, again = cluster_runs["second"], cluster_runs["again"]
     assert second.returncode == 0, second.output[-6000:]
-    assert jobs_of_run(second.run_id, slurm_cluster) == [
+    assert second.slurm_jobs == [
         ("rule_extract_hidden_states_wildcards_toy_tiny-roberta", "COMPLETED"),
         ("rule_materialise_model_wildcards_tiny-roberta", "COMPLETED"),
     ]
@@ -408,7 +422,6 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from workflow_scripts import storage
     from workflow_scripts.model_loading import read_provenance
 
     local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
@@ -439,16 +452,10 @@ def test_more_gpus_than_the_cluster_has_fails_at_submission(cluster_runs, slurm_
     shutil.copytree(cluster_runs["base"] / "slurm", workdir, symlinks=True)
     over = run_project(workdir, cluster_runs["config"], slurm_cluster, "--set-resources",
                        "extract_hidden_states:gpu=2", "--forcerun", "extract_hidden_states", "--retries", "0",
-                       "--", storage_pooled("tiny-bert"))
+                       "--", str(storage.pooled_path("toy", "tiny-bert")))
     assert over.returncode != 0
     assert "SLURM sbatch failed" in over.output
     assert "Requested node configuration is not available" in over.output  # SLURM's own words
     assert "--gpus=fake:2" in over.output  # the sbatch call is shown
     # SLURM refused it: the job never ran.
-    assert [state for _, state in jobs_of_run(over.run_id, slurm_cluster)] in ([], ["FAILED"])
-
-
-def storage_pooled(model: str) -> str:
-    from workflow_scripts import storage
-
-    return str(storage.pooled_path("toy", model))
+    assert {state for _, state in over.slurm_jobs} <= {"FAILED"}
