@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -372,12 +373,16 @@ def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
     only_extraction = {stage: {"enabled": False} for stage in STAGES}
     one = tiny_config(tiny_models, tiny_corpus, models=("bert",), **only_extraction)
     two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **only_extraction)
-    local = run_workflow(base / "local", two, extra=["--workflow-profile", str(LOCAL_PROFILE)], timeout=600)
-    first = run_project(base / "slurm", one, slurm_cluster)
-    # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
-    two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
-    second = run_project(base / "slurm", two_typed, slurm_cluster)
-    again = run_project(base / "slurm", two_typed, slurm_cluster)
+    # The local run goes on beside the SLURM runs, which spend most of their time waiting for status checks.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local = pool.submit(run_workflow, base / "local", two, extra=["--workflow-profile", str(LOCAL_PROFILE)],
+                            timeout=600)
+        first = run_project(base / "slurm", one, slurm_cluster)
+        # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
+        two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
+        second = run_project(base / "slurm", two_typed, slurm_cluster)
+        again = run_project(base / "slurm", two_typed, slurm_cluster)
+        local = local.result()
     return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
 
 
