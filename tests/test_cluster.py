@@ -7,7 +7,7 @@ comment = rule and wildcards, TresPerJob, memory, time limit, CPUs) is checked a
 
 Skipped, with the reason, where no SLURM can be started: not root, or SLURM not installed and not on CI (on CI,
 CI=true, the fixture installs the packages through .ci/slurm/install.sh and a failure to start is an error).
-Every subprocess has a hard timeout; each SLURM job costs about 15 s of polling, so the workflows stay small.
+Every subprocess has a hard timeout; each round of SLURM jobs costs 20-45 s of polling, so the workflows stay small.
 """
 
 from __future__ import annotations
@@ -85,14 +85,29 @@ def slurm_cluster(tmp_path_factory):
     if started.returncode != 0:
         subprocess.run(["bash", str(CI_SLURM / "stop.sh")], env=env, capture_output=True, timeout=120)
         _cannot(f".ci/slurm/start.sh failed (rc {started.returncode}):\n{started.stdout}\n{started.stderr}")
+    pid_files = {"slurmd": "run/slurmd.pid", "slurmctld": "run/slurmctld.pid", "munged": "munge/munged.pid"}
+    pids = {name: int((state_dir / path).read_text().strip()) for name, path in pid_files.items()}
+    assert all(_running(pid, name) for name, pid in pids.items()), pids
     try:
         yield env
     finally:
         stopped = subprocess.run(["bash", str(CI_SLURM / "stop.sh")], env=env, capture_output=True, text=True,
                                  timeout=120)
-        assert stopped.returncode == 0, stopped.stderr
-        for pid_file in ("run/slurmd.pid", "run/slurmctld.pid", "munge/munged.pid"):
-            assert not (state_dir / pid_file).exists(), f"{pid_file} left behind by stop.sh"
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        still = {name: pid for name, pid in pids.items() if _running(pid, name)}
+        assert not still, f"stop.sh left daemons running: {still}"
+        assert not Path("/etc/slurm/slurm.conf").is_symlink() or not os.readlink("/etc/slurm/slurm.conf").startswith(
+            str(state_dir)), "stop.sh left /etc/slurm/slurm.conf pointing into the scratch folder"
+
+
+def _running(pid: int, name: str) -> bool:
+    """pid is a live (not zombie) process called name."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return fields.get("Name", "").strip() == name and not fields.get("State", "").strip().startswith("Z")
 
 
 # --------------------------------------------------------------------------------------------------------------
