@@ -191,8 +191,11 @@ def test_swapping_towers_negates_every_preference():
     assert np.array_equal(before["token_id"], after["token_id"])
     np.testing.assert_allclose(after["preference"], -before["preference"], atol=1e-5)
     np.testing.assert_allclose(after["count"], before["count"])
-    # the joint model does change under a swap (its head sees [b, a]), the per-tower measurement is symmetric
     assert len(result["logp_joint"]) == len(corpus.test_ids) - 1
+    # the forced-identical control: with tower b a copy of tower a, no type has any preference
+    tt.make_towers_identical(model)
+    identical, _ = _measure(model, corpus)
+    assert np.array_equal(identical["preference"], np.zeros(len(identical)))
 
 
 def test_planted_asymmetry_is_seen(tmp_path):

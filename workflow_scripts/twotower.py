@@ -291,6 +291,13 @@ def swap_towers(model) -> None:
             pb.copy_(tmp)
 
 
+def make_towers_identical(model) -> None:
+    """The forced-identical control: copy tower a's own parameters into tower b (in place)."""
+    with torch.no_grad():
+        for pa_, pb in zip(model.tower_parameters(0), model.tower_parameters(1)):
+            pb.copy_(pa_)
+
+
 # ========================================================================================== training
 @dataclass
 class TrainConfig:
