@@ -48,9 +48,11 @@ def _note(ax, title, message):
     ax.set_axis_off()
 
 
-def _where(path: Path, root: str) -> str:
-    parts = path.parent.relative_to(root).parts if root in str(path) else path.parent.parts
-    return "/".join(parts)
+def _where(path: Path, analysis: str) -> str:
+    """The part of a table's path between results/analysis/<analysis>/ and the file name (dataset, variant)."""
+    parts = Path(path).parts
+    start = parts.index(analysis) + 1 if analysis in parts else 0
+    return "/".join(parts[start:-1])
 
 
 def panel_decomposition(ax, paths):
