@@ -348,7 +348,9 @@ LMD_OUT = "results/analysis/decomposition"
 
 
 def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=False, section=None):
-    config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})})
+    # this stage alone: the summary figure (another stage) is left out of these runs
+    config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})},
+                         figures={"enabled": False})
     if chunks:
         config["datasets"].append(dict(CHUNKS))
     return config
@@ -361,6 +363,12 @@ def lmd_run(tmp_path_factory, tiny_models, tiny_corpus):
     config = lmd_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     return workdir, config
+
+
+def write_config(workdir, config):
+    import yaml
+
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def copy_run(workdir, target):
@@ -467,7 +475,7 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
 
 def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_corpus, tmp_path):
     workdir = copy_run(lmd_run[0], tmp_path / "chunks")
-    run_workflow(workdir, lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]}), extra=["-n"])
+    write_config(workdir, lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]}))
     jobs = pending_jobs(workdir)
     outputs = {out for _, out in jobs}
     assert ("prepare_chunk_dataset", storage.dataset_path("chunks16")) in jobs
@@ -480,7 +488,7 @@ def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_
 
 def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):
     scratch = copy_run(lmd_run[0], tmp_path / "grown")
-    run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2")), extra=["-n"])
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2")))
     jobs = pending_jobs(scratch)
     moments = sorted(out for rule, out in jobs if rule == "decomposition_moments")
     expected = sorted(f"{LMD_OUT}/toy/{unit}/t-1_b-1/moments/{a}/{b}.npz" for unit in ("example", "word")
@@ -536,3 +544,10 @@ def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_p
     assert row["n_train"] + row["n_test"] == n
     full_tr, full_te = split == "train", split == "test"
     assert abs(row["r2_test"] - direct_r2(f["a"][full_tr], f["b"][full_tr], f["a"][full_te], f["b"][full_te], 1e-6)[0]) < 1e-8
+
+
+def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models, tiny_corpus, tmp_path):
+    scratch = copy_run(lmd_run[0], tmp_path / "alpha")
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": 0.5}))
+    jobs = pending_jobs(scratch)
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs

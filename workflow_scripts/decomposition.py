@@ -755,7 +755,7 @@ def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
     low = min(0.0, float(np.nanmin(group_frame[["r2_train", "r2_test"]].to_numpy()))) if len(group_frame) else 0.0
     ax.set_ylim(low, 1.08)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     storage.save_figure(fig, paths)
 
 
@@ -807,13 +807,17 @@ def run_figures(smk) -> None:
     wc = smk.wildcards
     group = pd.read_csv(smk.input.group)
     matrix = pd.read_csv(smk.input.matrix).set_index("model")
-    where = f"{wc.dataset}, unit {wc.unit}, layers {wc.layers}, mode {wc.mode}"
+    n_train, n_test = int(group["n_train"].min()), int(group["n_test"].min())
+    where = f"{wc.dataset}, unit {wc.unit}, layers {wc.layers}, mode {wc.mode}; {n_train} train / {n_test} test units"
     plot_pairwise(matrix, f"Pairwise LMD: test R² of target from basis\n({where})", [smk.output.heatmap_png, smk.output.heatmap_svg])
     plot_group(group, f"Group LMD: each model from all the others\n({where})", [smk.output.group_png, smk.output.group_svg])
 
 
 def main(smk) -> None:
-    with storage.job_logging(smk):
+    from threadpoolctl import threadpool_limits
+
+    # BLAS may use only the threads the scheduler granted (on a shared node it would take every core)
+    with storage.job_logging(smk), threadpool_limits(limits=max(1, int(smk.threads))):
         step = smk.params.step
         if step == "moments":
             run_moments(smk)
