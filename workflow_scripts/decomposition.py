@@ -227,14 +227,17 @@ def _check_finite(array: np.ndarray, keys: np.ndarray, model: str, path: str, un
 
 
 def _split_codes(column) -> np.ndarray:
-    values = np.asarray(column.to_pylist() if hasattr(column, "to_pylist") else column, dtype=object)
-    codes = np.full(len(values), -1, dtype=np.int8)
-    codes[values == "train"] = 0
-    codes[values == "test"] = 1
-    if (codes < 0).any():
-        bad = values[codes < 0][0]
-        raise WorkflowInputError(f"split value {bad!r} is neither 'train' nor 'test'; re-run prepare_dataset.")
-    return codes
+    """'train' -> 0, 'test' -> 1 (vectorised in Arrow: token files have many rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = pc.index_in(column, value_set=pa.array(list(SPLITS)))
+    if codes.null_count:
+        values = column.filter(pc.is_null(codes))
+        raise WorkflowInputError(
+            f"split value {values[0].as_py()!r} is neither 'train' nor 'test'; re-run prepare_dataset and the extraction."
+        )
+    return codes.to_numpy(zero_copy_only=False).astype(np.int8)
 
 
 def _ensure_sorted(keys: np.ndarray, last: int | None, path: str) -> None:
