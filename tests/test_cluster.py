@@ -147,7 +147,7 @@ def run_snakemake(args: list[str], *, workdir: Path, env: dict | None = None, ti
 
 
 _RULE_RE = re.compile(r"^(local)?rule (\S+):$")
-_SUBMITTED_RE = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+)")
+_SUBMITTED_RE = re.compile(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$")
 
 
 def parse_run(returncode: int, output: str) -> Run:
@@ -172,7 +172,7 @@ def parse_run(returncode: int, output: str) -> Run:
             current["resources"] = dict(item.split("=", 1) for item in stripped[len("resources: "):].split(", "))
         match = _SUBMITTED_RE.match(stripped)
         if match:
-            run.jobs[int(match.group(1))]["slurm_id"] = match.group(2)
+            run.jobs[int(match.group(1))].update(slurm_id=match.group(2), slurm_log=match.group(3))
     return run
 
 
@@ -412,6 +412,13 @@ def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs)
     ]
     # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
     check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake")
+    # SLURM's job logs go under results/logs/slurm/rule_<rule>/<wildcards>/ and are removed once a job succeeded.
+    slurm_logs = cluster_runs["base"] / "slurm" / "results" / "logs" / "slurm"
+    for job in (job for job in first.jobs.values() if "slurm_id" in job):
+        log = Path(job["slurm_log"])
+        assert log.parent.parent.parent == slurm_logs and log.parent.parent.name == f"rule_{job['rule']}", log
+        assert log.name == f"{job['slurm_id']}.log" and not log.exists(), log
+    assert not list(slurm_logs.rglob("*.log"))
 
 
 def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs):
