@@ -316,6 +316,8 @@ def main_preference(snakemake) -> None:
             consistency[col] = np.nan
     consistency = consistency[["comparison", "seed", "step", "other_seed", "other_step", "measure", "value",
                                "n_types", "null_mean", "null_q95", "p_value"]]
+    for col in ("seed", "step", "other_seed", "other_step"):
+        consistency[col] = consistency[col].astype("Int64")
     consistency.insert(0, "model", model)
     consistency.insert(1, "dataset", dataset)
     distribution = pd.DataFrame(summaries)
@@ -373,9 +375,11 @@ def plot_distribution(types: pd.DataFrame, controls: dict, title: str):
     for i, (seed, part) in enumerate(types.groupby("seed")):
         ax.hist(part["preference"], bins=edges, histtype="step", lw=1.8, color=colours(i % 10),
                 label=f"seed {seed} (n={len(part)} types)")
-    for j, (seed, control) in enumerate(controls.items()):
-        ax.hist(control, bins=edges, histtype="stepfilled", alpha=0.25, color="0.4",
-                label="shuffled-assignment control" if j == 0 else None)
+    pooled = [c for c in controls.values() if len(c)]
+    if pooled:  # one shuffled assignment per seed, pooled and scaled to one seed's number of types
+        values = np.concatenate(pooled)
+        ax.hist(values, bins=edges, weights=np.full(len(values), 1.0 / len(pooled)), histtype="stepfilled",
+                alpha=0.3, color="0.4", label="shuffled-assignment control (mean over seeds)")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("preference = mean log p(tower a head) − mean log p(tower b head)  (nats)")
     ax.set_ylabel("number of token types")
@@ -391,7 +395,7 @@ def plot_split_half(types: pd.DataFrame, consistency: pd.DataFrame, title: str):
     import matplotlib.pyplot as plt
 
     seeds = sorted(types["seed"].unique())
-    fig, axes = plt.subplots(1, len(seeds), figsize=(4.2 * len(seeds), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.4 * len(seeds), 4.6), squeeze=False, constrained_layout=True)
     colours = plt.get_cmap("tab10")
     for i, (ax, seed) in enumerate(zip(axes[0], seeds)):
         part = types[(types["seed"] == seed) & types["in_split_half"].astype(bool)]
@@ -407,8 +411,8 @@ def plot_split_half(types: pd.DataFrame, consistency: pd.DataFrame, title: str):
                           & (consistency["measure"] == "pearson")]
         if len(row):
             row = row.iloc[0]
-            ax.set_title(f"seed {seed}: r = {row['value']:.2f}  (control q95 {row['null_q95']:.2f}, "
-                         f"p = {row['p_value']:.3g})\n{int(row['n_types'])} types", fontsize=9)
+            ax.set_title(f"seed {seed}: Pearson r = {row['value']:.2f}, {int(row['n_types'])} types\n"
+                         f"control 95% quantile {row['null_q95']:.2f}, p = {row['p_value']:.3g}", fontsize=9)
         ax.set_xlabel("preference, held-out half 1 (nats)")
         ax.set_ylabel("preference, held-out half 2 (nats)")
     fig.suptitle(title)
