@@ -473,16 +473,42 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
                 == read_provenance(slurm_root / storage.model_dir(model))["weights_sha256"])
 
 
-def test_more_gpus_than_the_cluster_has_fails_at_submission(cluster_runs, slurm_cluster, tmp_path):
-    # On a copy: a forced job's outputs are removed before it is submitted.
-    workdir = tmp_path / "over"
+@pytest.fixture(scope="module")
+def failing_run(cluster_runs, slurm_cluster, tmp_path_factory):
+    """On a copy of the SLURM workdir (a forced job's outputs are removed before it is submitted): one job asks for
+    two GPUs on a one-GPU cluster, and a model folder without weights fails inside its SLURM job."""
+    workdir = tmp_path_factory.mktemp("failing") / "slurm"
     shutil.copytree(cluster_runs["base"] / "slurm", workdir, symlinks=True)
-    over = run_project(workdir, cluster_runs["config"], slurm_cluster, "--set-resources",
-                       "extract_hidden_states:gpu=2", "--forcerun", "extract_hidden_states", "--retries", "0",
-                       "--", str(storage.pooled_path("toy", "tiny-bert")))
+    broken = workdir.parent / "broken-model"
+    shutil.copytree(cluster_runs["base"] / "slurm" / storage.model_dir("tiny-bert"), broken)
+    for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
+        weights.unlink()
+    config = dict(cluster_runs["config"])
+    config["models"] = [*config["models"], {"name": "broken", "source": "local", "path": str(broken)}]
+    return workdir, run_project(workdir, config, slurm_cluster, "--set-resources", "extract_hidden_states:gpu=2",
+                                "--forcerun", "extract_hidden_states", "--retries", "0", "--",
+                                str(storage.pooled_path("toy", "tiny-bert")), storage.model_dir("broken"))
+
+
+def test_more_gpus_than_the_cluster_has_fails_at_submission(failing_run):
+    _, over = failing_run
     assert over.returncode != 0
     assert "SLURM sbatch failed" in over.output
     assert "Requested node configuration is not available" in over.output  # SLURM's own words
     assert "--gpus=fake:2" in over.output  # the sbatch call is shown
-    # SLURM refused it: the job never ran.
-    assert {state for _, state in over.slurm_jobs} <= {"FAILED"}
+    # SLURM refused it: no extraction job was ever queued.
+    assert not [c for c, state in over.slurm_jobs if c.startswith("rule_extract") and state != "FAILED"]
+
+
+def test_a_job_failing_on_the_cluster_keeps_its_log_and_shows_why(failing_run):
+    workdir, over = failing_run
+    failed = [job for job in over.jobs.values() if job["rule"] == "materialise_model" and "slurm_id" in job]
+    assert len(failed) == 1 and failed[0]["wildcards"] == {"model": "broken"}, over.jobs
+    assert over.slurm[failed[0]["slurm_id"]]["JobState"] == "FAILED"
+    assert f"SLURM-job '{failed[0]['slurm_id']}' failed, SLURM status is: 'FAILED'" in over.output
+    # The SLURM log of a failed job is kept, and shown (show-failed-logs) with the workflow's own error message.
+    log = Path(failed[0]["slurm_log"])
+    assert log.is_file() and log.parent.parent.parent == workdir / "results" / "logs" / "slurm"
+    assert "WorkflowInputError" in log.read_text() and "no weight file" in log.read_text()
+    assert f"Logfile {log}:" in over.output and "no weight file" in over.output
+    assert not (workdir / storage.model_dir("broken")).exists()
