@@ -400,7 +400,9 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
             history = state["history"]
             step = int(state["step"])
             LOG.info("resuming from %s at step %d of %d", last, step, train.steps)
@@ -417,7 +419,9 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
     def checkpoint():
         _atomic_torch_save({"fingerprint": key, "step": step, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "history": history}, last)
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                            "history": history}, last)
 
     def snapshot():
         _atomic_torch_save({"fingerprint": key, "step": step, "model": model.state_dict(),
