@@ -373,3 +373,42 @@ def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
     config["twotower"] = dict(TINY_STAGE, measure_steps=[80])
     result = run_workflow(tmp_path, config, *TARGETS, extra=["-n"], check=False)
     assert result.returncode != 0 and "twotower.measure_steps" in result.stdout + result.stderr
+
+
+KILL_SCRIPT = """
+import sys, numpy as np, torch
+sys.path.insert(0, {project!r}); sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from test_twotower import toy_corpus, TINY, tt
+cfg = tt.TowerConfig(vocab_size=24, **TINY)
+train = tt.TrainConfig(**{train!r})
+tt.train_two_tower(toy_corpus(), cfg, train, seed=2, work_dir={work!r})
+"""
+
+
+def test_sigkill_during_training_resumes_bit_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    settings = dict(steps=120, batch_size=4, warmup_steps=5, eval_every=60, eval_max_windows=2, checkpoint_every=5)
+    work = tmp_path / "killed"
+    here = Path(__file__).resolve().parent
+    script = KILL_SCRIPT.format(project=str(here.parent), tests=str(here), train=settings, work=str(work))
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while not (work / "last.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    cut = torch.load(work / "last.pt", weights_only=False)["step"]
+    assert 0 < cut < 120, "the run must be killed mid-way"
+    cfg = tt.TowerConfig(vocab_size=24, **TINY)
+    resumed, _ = tt.train_two_tower(toy_corpus(), cfg, tt.TrainConfig(**settings), seed=2, work_dir=work)
+    straight, _ = tt.train_two_tower(toy_corpus(), cfg, tt.TrainConfig(**settings), seed=2,
+                                     work_dir=tmp_path / "straight")
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
