@@ -31,7 +31,7 @@ if TT["n_embd"] % TT["n_head"]:
     raise storage.WorkflowInputError(
         f"twotower.n_embd = {TT['n_embd']} is not a multiple of twotower.n_head = {TT['n_head']}; fix config.yaml."
     )
-TT_RUN = TT_DIR + "/{dataset}/{model}/seed{seed}"
+TT_RUN = f"{TT_DIR}/{{dataset}}/{{model}}/seed{{seed}}"
 TT_FIG = "results/figures/twotower/{dataset}/{model}"
 TT_TRAIN_KEYS = ("window", "n_layer", "n_embd", "n_head", "dropout", "steps", "batch_size", "learning_rate",
                  "weight_decay", "warmup_steps", "grad_clip", "freeze_tower", "eval_every", "eval_max_windows",
