@@ -551,3 +551,16 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": 0.5}))
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
+
+
+def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
+    rng = np.random.default_rng(11)
+    u, z = latent_models(rng, 60, [3, 50])
+    with caplog.at_level(logging.WARNING, logger="workflow"):
+        _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40]), lmd.SplitStats.from_rows(u[40:], z[40:]),
+                                       1e-6, "paper", "target 'u'")
+    assert scores["underdetermined"] and scores["r2_train"] > 0.999 and scores["r2_test"] < scores["r2_train"] - 0.1
+    assert "40 train units for 50 basis dimensions" in caplog.text
+    _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
+                                   1e-6, "paper", "target 'u'")
+    assert not scores["underdetermined"]

@@ -641,7 +641,15 @@ def _fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str,
     fit = fit_ridge(train, alpha, mode, what=what)
     r2_train = r_squared(fit, train, mode)[0]
     r2_test, mse, sst = r_squared(fit, test, mode)
-    return fit, {"r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver}
+    underdetermined = train.n <= train.cov_zz.shape[0]
+    if underdetermined:
+        LOG.warning(
+            "%s: %d train units for %d basis dimensions: the fit interpolates the train split (train R2 %.3f) and "
+            "the test R2 (%.3f) mostly measures over-fitting; use more units (the word unit, a larger dataset) or "
+            "a larger decomposition.alpha", what, train.n, train.cov_zz.shape[0], r2_train, r2_test,
+        )
+    return fit, {"r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver,
+                 "underdetermined": underdetermined}
 
 
 def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str = "paper",
