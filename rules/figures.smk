@@ -45,7 +45,8 @@ rule summary_figure:
         models=MODEL_NAMES,
         datasets=DATASET_NAMES,
         panels=list(SUMMARY_PANELS),
-        config=lambda wc: {k: v for k, v in config.items()},
+        # what the analyses were run with; `resources` (scheduler requests) does not change any result
+        config={key: value for key, value in config.items() if key != "resources"},
     log:
         "results/logs/summary_figure.log",
     threads: 1
