@@ -153,8 +153,9 @@ def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, t
     workdir.mkdir(parents=True, exist_ok=True)
     if config is not None:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # targets before the options: `--quiet` takes optional values and would swallow them
     command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *extra, *targets]
+               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets, *extra]
     env = dict(os.environ, PYTHONHASHSEED="0")
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
