@@ -77,8 +77,13 @@ def _lmd_pair_files(wildcards):
     ]
 
 
-def _lmd_resources():
-    return {"mem_mb": LMD["mem_mb"], "runtime": LMD["runtime_minutes"]}
+def _lmd_fit_mem_mb():
+    """The fit holds the joint covariance of all models per split plus a few basis-sized copies."""
+    if LMD["mem_mb"]:
+        return LMD["mem_mb"]
+    views = 1 if LMD["target_layer"] == LMD["basis_layer"] else 2
+    dims = 768 * len(LMD_MODELS) * views
+    return int(1000 + 6 * dims * dims * 8 / 1e6)
 
 
 rule prepare_chunk_dataset:
@@ -125,7 +130,8 @@ rule decomposition_moments:
         "results/benchmarks/decomposition/moments/{dataset}/{unit}/{layers}/{model_a}/{model_b}.tsv"
     threads: RES["threads"]
     resources:
-        **_lmd_resources(),
+        mem_mb=LMD["mem_mb_moments"],
+        runtime=LMD["runtime_minutes"],
     script:
         "../workflow_scripts/decomposition.py"
 
@@ -154,7 +160,8 @@ rule decomposition_fit:
         "results/benchmarks/decomposition/fit/{dataset}/{unit}/{layers}/{mode}.tsv"
     threads: RES["threads"]
     resources:
-        **_lmd_resources(),
+        mem_mb=_lmd_fit_mem_mb(),
+        runtime=LMD["runtime_minutes"],
     script:
         "../workflow_scripts/decomposition.py"
 
