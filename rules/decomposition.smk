@@ -171,9 +171,19 @@ rule decomposition_figures:
         group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/group.csv",
         matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_matrix.csv",
     output:
-        heatmap_png=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.png",
+        heatmap_png=report(
+            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.png",
+            category="Decomposition",
+            subcategory="{dataset} / {unit} units / {mode}",
+            labels={"figure": "pairwise test R²", "layers": "{layers}"},
+        ),
         heatmap_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.svg",
-        group_png=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.png",
+        group_png=report(
+            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.png",
+            category="Decomposition",
+            subcategory="{dataset} / {unit} units / {mode}",
+            labels={"figure": "group R²", "layers": "{layers}"},
+        ),
         group_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.svg",
     wildcard_constraints:
         unit="|".join(UNITS),
