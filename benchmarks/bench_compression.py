@@ -25,7 +25,7 @@ sys.path.insert(0, str(PROJECT))
 def bench_scan(sizes):
     from workflow_scripts import compression
 
-    print("| n (train+test) | d | classes | PCA curve (s) | k values | single-dim scan (s) | s per dimension |")
+    print("| n (train+test) | d | classes | PCA curve (s) | k values | single-dim scan (s) | per dimension |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size in sizes:
         n, d = (int(v) for v in size.split("x"))
@@ -88,21 +88,33 @@ def bench_finetune(args):
              "epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
              "max_length": args.max_length, "seed": 0}
     target = workdir / f"minilm-reviews-e{args.epochs}-lr{args.lr}"
-    tic = time.perf_counter()
-    record = finetune_model.run(entry, base, data, target, device="cpu", threads=args.threads)
-    seconds = time.perf_counter() - tic
-    print(f"\nfine-tune (threads={args.threads}): {record['steps']} steps in {record['train_seconds']:.0f} s of "
-          f"training, {seconds:.0f} s in all; head accuracy train {record['train_accuracy']:.3f}, "
-          f"test {record['test_accuracy']:.3f} (n_train {record['n_train']}, n_test {record['n_test']})\n")
+    tic, cpu = time.perf_counter(), time.process_time()
+    if args.reuse and target.exists():  # only redo the compression part
+        from workflow_scripts.model_loading import read_provenance
+
+        record = read_provenance(target)
+    else:
+        record = finetune_model.run(entry, base, data, target, device="cpu", threads=args.threads)
+    seconds, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    print(f"\nfine-tune (threads={args.threads}, epochs {args.epochs}, lr {args.lr}): {record['steps']} steps in "
+          f"{record['train_seconds']:.0f} s of training, {seconds:.0f} s wall and {cpu:.0f} s CPU in all; head "
+          f"accuracy train {record['train_accuracy']:.3f}, test {record['test_accuracy']:.3f} "
+          f"(n_train {record['n_train']}, n_test {record['n_test']})\n")
     frame = storage.read_dataset(data)
-    rows = []
+    rows, curves = [], []
     for name, folder in (("minilm", base), ("minilm-reviews", target)):
         tic = time.perf_counter()
         view = cls_view(folder, frame, args.max_length)
-        _, _, _, summary = compression.analyse(view, model=name, dataset="reviews", pooling="first")
+        curve, _, _, summary = compression.analyse(view, model=name, dataset="reviews", pooling="first")
         summary["seconds"] = time.perf_counter() - tic
         rows.append(summary)
+        curves.append(curve)
     summary = pd.concat(rows, ignore_index=True)
+    curves = pd.concat(curves, ignore_index=True)
+    table = curves.assign(k=np.where(curves["kind"] == "full", "full", curves["k"].astype(str)))
+    print(table.pivot(index="model", columns="k", values="accuracy")[[str(k) for k in compression.k_grid(384)]
+                                                                     + ["full"]].to_markdown(floatfmt=".3f"))
+    print()
     columns = ["model", "dims", "n_train", "n_test", "majority_accuracy", "full_accuracy", "full_ci_low",
                "full_ci_high", "smallest_k_within_tolerance", "pca_k1_accuracy", "best_dim", "best_dim_accuracy",
                "best_dims_together_accuracy", "single_dim_median_accuracy", "single_dim_max_test_accuracy", "seconds"]
@@ -125,6 +137,7 @@ def main():
     ft.add_argument("--examples", type=int, default=600)
     ft.add_argument("--threads", type=int, default=2)
     ft.add_argument("--workdir", default=None)
+    ft.add_argument("--reuse", action="store_true", help="reuse an existing fine-tuned folder in --workdir")
     args = parser.parse_args()
     if args.what == "scan":
         bench_scan(args.sizes)
