@@ -1,5 +1,4 @@
 """Tests of the Language Model Decomposition stage (workflow_scripts/decomposition.py, rules/decomposition.smk)."""
-from __future__ import annotations
 
 import json
 import re
