@@ -474,10 +474,17 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
 
 def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_corpus, tmp_path):
     workdir = copy_run(lmd_run[0], tmp_path / "chunks")
-    write_config(workdir, lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]}))
+    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]})
+    run_workflow(workdir, config, storage.dataset_path("chunks16"))  # the chunk rule alone
+    chunks = pq.read_table(workdir / storage.dataset_path("chunks16"))
+    assert chunks.schema.names == ["example_id", "text", "label", "split", "word_starts", "word_ends"]
+    meta = json.loads(chunks.schema.metadata[b"dataset"])
+    assert (meta["source"], meta["base"], meta["tokenizer_model"], meta["chunk_tokens"]) == ("chunks", "toy", "tiny-bert", 16)
+    assert meta["counts"]["train"] + meta["counts"]["test"] == chunks.num_rows > 40
+    log = (workdir / "results/logs/prepare_chunk_dataset/chunks16.log").read_text()
+    assert "extraction.max_length is 32 but chunk_tokens is 16" in log and "done in" in log
     jobs = pending_jobs(workdir)
     outputs = {out for _, out in jobs}
-    assert ("prepare_chunk_dataset", storage.dataset_path("chunks16")) in jobs
     assert storage.tokens_path("chunks16", "tiny-bert") in outputs
     assert f"{LMD_OUT}/chunks16/paper/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
     assert f"{LMD_OUT}/chunks16/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
