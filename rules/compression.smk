@@ -123,18 +123,27 @@ rule compression_dataset:
     output:
         summary="results/analysis/compression/{dataset}/{view}/summary.csv",
         pairs="results/analysis/compression/{dataset}/{view}/pairs.csv",
-        curve_figure=[
+        curve_png=report(
             "results/figures/compression/{dataset}/{view}/accuracy_vs_k.png",
-            "results/figures/compression/{dataset}/{view}/accuracy_vs_k.svg",
-        ],
-        dims_figure=[
+            caption="../report/compression_curves.rst",
+            category="Compression",
+            subcategory="{dataset} / {view}",
+            labels={"figure": "probe accuracy vs PCA k", "view": "{view}"},
+        ),
+        curve_svg="results/figures/compression/{dataset}/{view}/accuracy_vs_k.svg",
+        dims_png=report(
             "results/figures/compression/{dataset}/{view}/single_dims.png",
-            "results/figures/compression/{dataset}/{view}/single_dims.svg",
-        ],
+            caption="../report/compression_single_dims.rst",
+            category="Compression",
+            subcategory="{dataset} / {view}",
+            labels={"figure": "single-dimension accuracy", "view": "{view}"},
+        ),
+        dims_svg="results/figures/compression/{dataset}/{view}/single_dims.svg",
     wildcard_constraints:
         view=r"(first|mean)_layer-?[0-9]+",
     params:
         pairs=COMPRESSION_PAIRS,
+        tolerance=COMPRESSION["tolerance"],
     log:
         "results/logs/compression_dataset/{dataset}/{view}.log",
     threads: 1

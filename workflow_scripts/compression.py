@@ -511,8 +511,10 @@ def run_dataset(snakemake) -> None:
     LOG.info("%s / %s: %d models, pairs %s", dataset, view, len(summary), pairs)
     storage.write_table(summary, snakemake.output.summary)
     storage.write_table(pairs_table(summary, pairs, provenance), snakemake.output.pairs)
-    plot_curves(curves, summary, pairs, dataset=dataset, view=view, paths=snakemake.output.curve_figure)
-    plot_single_dims(dims, summary, pairs, dataset=dataset, view=view, paths=snakemake.output.dims_figure)
+    plot_curves(curves, summary, pairs, dataset=dataset, view=view,
+                paths=[snakemake.output.curve_png, snakemake.output.curve_svg])
+    plot_single_dims(dims, summary, pairs, dataset=dataset, view=view,
+                     paths=[snakemake.output.dims_png, snakemake.output.dims_svg])
 
 
 def main(snakemake) -> None:
