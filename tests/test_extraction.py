@@ -168,3 +168,15 @@ def test_nonfinite_hidden_states_fail_naming_the_example_or_are_dropped(tiny_mod
     assert counts.nonfinite_dropped == len(bad)
     kept = pq.read_table(out / "pooled.parquet", columns=["example_id"]).column("example_id").to_pylist()
     assert kept == [i for i in range(len(frame)) if i not in bad]
+
+
+def test_unlabelled_dataset_extracts_with_null_labels(tiny_models, tmp_path):
+    from workflow_scripts.prepare_dataset import prepare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("first line of text\nsecond line, longer than the first\n\nthird\n")
+    prepare({"name": "raw", "source": "file", "path": str(corpus), "text_column": "text", "label_column": None,
+             "test_fraction": 0.3, "seed": 0}, tmp_path / "raw.parquet")
+    pooled, _, counts = extract_tiny(tiny_models["bert"], tmp_path / "raw.parquet", tmp_path)
+    assert counts.examples == 3
+    assert pq.read_table(pooled, columns=["label"]).column("label").to_pylist() == [None, None, None]

@@ -308,7 +308,7 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     keep = np.flatnonzero(finite)
     example_ids = window["example_id"].to_numpy()
     splits = window["split"].tolist()
-    labels = window["label"].tolist()
+    labels = [value if isinstance(value, str) else None for value in window["label"].tolist()]  # null, not NaN
     pooled = {
         "example_id": example_ids[keep], "split": [splits[i] for i in keep], "label": [labels[i] for i in keep],
         "n_tokens": np.array([lengths[i] for i in keep], dtype=np.int32),
