@@ -173,6 +173,7 @@ rule decomposition_figures:
     output:
         heatmap_png=report(
             LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.png",
+            caption="../report/decomposition_pairwise.rst",
             category="Decomposition",
             subcategory="{dataset} / {unit} units / {mode}",
             labels={"figure": "pairwise test R²", "layers": "{layers}"},
@@ -180,6 +181,7 @@ rule decomposition_figures:
         heatmap_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.svg",
         group_png=report(
             LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.png",
+            caption="../report/decomposition_group.rst",
             category="Decomposition",
             subcategory="{dataset} / {unit} units / {mode}",
             labels={"figure": "group R²", "layers": "{layers}"},

@@ -137,13 +137,13 @@ rule twotower_figures:
         logprobs=expand(f"{TT_DIR}/{{{{dataset}}}}/{{{{model}}}}/seed{{seed}}/logprobs_step{{step}}.parquet",
                         seed=TT_SEEDS, step=max(TT_STEPS)),
     output:
-        loss_png=report(f"{TT_FIG}/loss.png", category="Two-tower LM", subcategory="{dataset} / {model}"),
+        loss_png=report(f"{TT_FIG}/loss.png", caption="../report/twotower_loss.rst", category="Two-tower LM", subcategory="{dataset} / {model}"),
         loss_svg=f"{TT_FIG}/loss.svg",
         distribution_png=report(
-            f"{TT_FIG}/preference_distribution.png", category="Two-tower LM", subcategory="{dataset} / {model}"
+            f"{TT_FIG}/preference_distribution.png", caption="../report/twotower_distribution.rst", category="Two-tower LM", subcategory="{dataset} / {model}"
         ),
         distribution_svg=f"{TT_FIG}/preference_distribution.svg",
-        split_half_png=report(f"{TT_FIG}/split_half.png", category="Two-tower LM", subcategory="{dataset} / {model}"),
+        split_half_png=report(f"{TT_FIG}/split_half.png", caption="../report/twotower_split_half.rst", category="Two-tower LM", subcategory="{dataset} / {model}"),
         split_half_svg=f"{TT_FIG}/split_half.svg",
     params:
         twotower={k: TT[k] for k in ("min_count", "control_seed")},
