@@ -451,7 +451,16 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     colours = plt.get_cmap("tab10")
     # models at the same point (e.g. a base and its alpha = 0 copy) share one marker and one label
-    groups = merged.reset_index().groupby([measure, "score"], sort=False)["model"].apply(list)
+    frame = merged.reset_index()
+    ylabel = score_name
+    groups = frame.groupby([measure, "score"], sort=False)["model"].apply(list)
+    if {"ci_low", "ci_high"} <= set(frame.columns):  # probe scores: Wilson 95% interval as error bars
+        ok = frame[["ci_low", "ci_high"]].notna().all(axis=1)
+        low = frame.loc[ok, "score"] - frame.loc[ok, "ci_low"]
+        high = frame.loc[ok, "ci_high"] - frame.loc[ok, "score"]
+        ax.errorbar(frame.loc[ok, measure], frame.loc[ok, "score"], yerr=[low, high], fmt="none", ecolor="0.6",
+                    elinewidth=1, capsize=3, zorder=1)
+        ylabel = f"{score_name} (bars: Wilson 95% interval)"
     for index, ((x, y), models) in enumerate(groups.items()):
         ax.scatter(x, y, color=colours(index % 10), s=45, zorder=3)
         ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -464,7 +473,7 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
         ax.text(0.5, 0.5, fit.get("note", "no fit"), transform=ax.transAxes, ha="center", va="center", fontsize=9,
                 wrap=True)
     ax.set_xlabel(f"{measure} ({measure_unit(measure)})")
-    ax.set_ylabel(score_name)
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{score_name} vs {measure}\n(dataset {dataset}; #{rank} of the measures by R²)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -554,12 +563,14 @@ def run_figures(smk) -> None:
     scores = pd.read_csv(smk.input.scores)
     table = pd.read_csv(smk.input.regression, keep_default_na=False, na_values=[""])
     wide = measures.pivot_table(index="model", columns="measure", values="value", aggfunc="first")
-    merged = wide.join(scores.set_index("model")["score"], how="inner")
+    score_columns = [c for c in ("score", "ci_low", "ci_high") if c in scores.columns]
+    merged = wide.join(scores.set_index("model")[score_columns], how="inner")
     storage.save_figure(r2_figure(table, dataset=smk.wildcards.dataset, score_name=p.score_name),
                         [smk.output.r2_png, smk.output.r2_svg])
     for rank in range(1, p.top_k + 1):
         row = table.iloc[min(rank, len(table)) - 1].to_dict()
-        fig = scatter_figure(merged[[row["measure"], "score"]].dropna(), row, measure=row["measure"],
+        fig = scatter_figure(merged[[row["measure"]] + score_columns].dropna(subset=[row["measure"], "score"]),
+                             row, measure=row["measure"],
                              score_name=p.score_name, dataset=smk.wildcards.dataset, rank=rank)
         storage.save_figure(fig, [smk.output.scatter_png[rank - 1], smk.output.scatter_svg[rank - 1]])
 
