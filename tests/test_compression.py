@@ -445,3 +445,19 @@ def test_workflow_rejects_an_unlabelled_dataset(tiny_models, tiny_corpus, tmp_pa
     result = run_workflow(tmp_path / "a", config, extra=["-n"], check=False)
     assert result.returncode != 0
     assert "compression.datasets lists 'plain', which has no label_column" in result.stdout + result.stderr
+
+
+def test_finetuning_a_gpt2_style_model_without_pad_token(tiny_models, tiny_corpus, tmp_path):
+    from workflow_scripts import finetune_model
+    from workflow_scripts.model_loading import load_model
+
+    _, texts, labels = tiny_corpus
+    y = np.array([label == "great" for label in labels], dtype=np.int64)
+    model, tokenizer, record = finetune_model.finetune(tiny_models["gpt2"], texts[:32], y[:32], ["other", "great"],
+                                                       epochs=1, learning_rate=1e-3, batch_size=8, max_length=32)
+    assert record["steps"] == 4
+    assert model.config.pad_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
+    predictions = finetune_model.predict(model, tokenizer, texts[32:40], batch_size=4, max_length=32, device="cpu")
+    assert predictions.shape == (8,) and set(predictions) <= {0, 1}
+    model.save_pretrained(tmp_path / "ft")
+    assert type(load_model(tmp_path / "ft")).__name__ == "GPT2Model"

@@ -88,6 +88,12 @@ def finetune(base_dir, train_texts, train_labels, classes, *, epochs=1, learning
     device = device or pick_device("auto")
     seed_everything(seed)
     tokenizer = load_tokenizer(base_dir)
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers: pad batches with eos (or unk), as extraction does
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise WorkflowInputError(f"{base_dir}: its tokenizer has no pad, eos or unk token to pad batches with.")
+        tokenizer.pad_token = fallback
+        LOG.info("%s: the tokenizer has no pad token; padding with %r", base_dir, fallback)
     model = load_model(
         base_dir, auto_class=AutoModelForSequenceClassification, device=device, trust_remote_code=trust_remote_code,
         num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
