@@ -1,5 +1,16 @@
 # Names, paths and resources shared by every rule file.
+import os
+
 from workflow_scripts import storage
+from workflow_scripts.config_checks import check_schema
+
+
+def validate_section(key):
+    """Check one analysis section against schemas/<key>.schema.yaml (errors name the key path), fill defaults."""
+    schema = os.path.join(workflow.basedir, "schemas", f"{key}.schema.yaml")
+    check_schema(config[key], schema, section=key)
+    validate(config[key], schema)
+
 
 MODELS = {entry["name"]: entry for entry in config["models"]}
 DATASETS = {entry["name"]: entry for entry in config["datasets"]}

@@ -1,5 +1,5 @@
 # [CLS] compression (card 2, Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
-validate(config["compression"], "../schemas/compression.schema.yaml")
+validate_section("compression")
 
 from workflow_scripts.compression import resolve_pairs, view_name
 

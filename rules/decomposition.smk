@@ -1,6 +1,6 @@
 # Language Model Decomposition (LMD): group and pairwise ridge R² of every model from the others, from streamed
 # moments cached per model pair. See docs/decomposition.md.
-validate(config["decomposition"], "../schemas/decomposition.schema.yaml")
+validate_section("decomposition")
 
 from workflow_scripts.decomposition import layers_tag, model_pairs, UNITS, MODES
 

@@ -1,6 +1,6 @@
 # The one-page summary across analyses, the provenance of every model and the effective config, all registered
 # in the report (`snakemake --report results/report.html`). Per-analysis figures are drawn by their own rules.
-validate(config["figures"], "../schemas/figures.schema.yaml")
+validate_section("figures")
 
 
 def analysis_tables(prefix, suffix):

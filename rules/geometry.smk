@@ -1,6 +1,6 @@
 # The geometry stage (issue 6; docs/geometry.md): perturbed models as a model source, geometry measures of each
 # model's final-layer token cloud, each model's downstream score, and the regression of score on each measure.
-validate(config["geometry"], "../schemas/geometry.schema.yaml")
+validate_section("geometry")
 
 GEOMETRY = config["geometry"]
 PERTURBED_MODELS = models_of_source("perturb")

@@ -1,6 +1,6 @@
 # The variability stage (issue 4, card 3): hidden-state variability ν per layer (Xie et al. 2022), the layer it
 # recommends, a linear probe per layer to check the claim, ν on subsamples for robustness. docs/variability.md
-validate(config["variability"], "../schemas/variability.schema.yaml")
+validate_section("variability")
 
 VAR = config["variability"]
 VAR_DIR = "results/analysis/variability"
