@@ -1,4 +1,4 @@
-# [CLS] compression (card 2, Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
+# [CLS] compression (Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
 validate_section("compression")
 
 from workflow_scripts.compression import resolve_pairs, view_name

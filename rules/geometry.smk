@@ -1,4 +1,4 @@
-# The geometry stage (issue 6; docs/geometry.md): perturbed models as a model source, geometry measures of each
+# The geometry stage (docs/geometry.md): perturbed models as a model source, geometry measures of each
 # model's final-layer token cloud, each model's downstream score, and the regression of score on each measure.
 validate_section("geometry")
 

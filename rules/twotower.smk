@@ -1,4 +1,4 @@
-# The twotower stage (issue 7, card 5): two GPT-2 towers sharing embeddings trained as one causal LM
+# The twotower stage: two GPT-2 towers sharing embeddings trained as one causal LM
 # (He & Toyoizumi, arXiv:2210.07041); per-tower heads on the frozen towers; the per-token-type preference,
 # its consistency (split halves, checkpoints, seeds) and the shuffled-assignment control. docs/twotower.md
 validate_section("twotower")

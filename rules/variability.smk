@@ -1,4 +1,4 @@
-# The variability stage (issue 4, card 3): hidden-state variability ν per layer (Xie et al. 2022), the layer it
+# The variability stage: hidden-state variability ν per layer (Xie et al. 2022), the layer it
 # recommends, a linear probe per layer to check the claim, ν on subsamples for robustness. docs/variability.md
 validate_section("variability")
 

@@ -1,4 +1,4 @@
-"""Cluster scheduling on a real single-node SLURM cluster (issue 9).
+"""Cluster scheduling on a real single-node SLURM cluster.
 
 A session fixture brings up munged, slurmctld and slurmd through .ci/slurm/start.sh (one partition, this machine
 as its only node, one fake GPU as GRES `gpu:fake:1`) and stops them by their pid files afterwards. The workflow
@@ -295,7 +295,7 @@ def test_local_profile_runs_gpu_rules_one_at_a_time(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # Every rule of the project declares what it needs (no cluster needed)
 
-# Rules that run a model and so declare gpu=1 (issue 9: extraction, fine-tuning, two-tower training; the two-tower
+# Rules that run a model and so declare gpu=1 (extraction, fine-tuning, two-tower training; the two-tower
 # measure runs the trained model). A new model-running rule is added here on purpose, not by accident.
 MODEL_RUNNING_RULES = {"extract_hidden_states", "finetune_model", "twotower_train", "twotower_measure"}
 MUST_USE_GPU = {"extract_hidden_states", "finetune_model", "twotower_train"}

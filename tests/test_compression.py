@@ -1,4 +1,4 @@
-"""Tests of the [CLS] compression stage and of fine-tuning as a model source (issue 5)."""
+"""Tests of the [CLS] compression stage and of fine-tuning as a model source."""
 from __future__ import annotations
 
 import json

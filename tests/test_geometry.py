@@ -1,4 +1,4 @@
-"""Geometry stage (issue 6): measures against closed forms and direct implementations, perturbed models,
+"""Geometry stage: measures against closed forms and direct implementations, perturbed models,
 and the regression. Workflow tests at the end run Snakemake on tiny models."""
 from __future__ import annotations
 

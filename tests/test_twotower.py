@@ -1,4 +1,4 @@
-"""Tests of the two-tower language model stage (issue 7): model, training, resume, per-tower heads,
+"""Tests of the two-tower language model stage: model, training, resume, per-tower heads,
 preference maths, the shuffled control, bad input."""
 from __future__ import annotations
 

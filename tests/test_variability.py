@@ -1,4 +1,4 @@
-"""Tests of the hidden-state variability stage (issue 4, card 3): the metric against closed forms and a direct
+"""Tests of the hidden-state variability stage: the metric against closed forms and a direct
 implementation, the streaming, the layer selection, the robustness subsets, bad input, and the rules end to end."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""[CLS] redundancy and compression (card 2: Matton & de Oliveira, arXiv:1910.10832).
+"""[CLS] redundancy and compression (Matton & de Oliveira, arXiv:1910.10832).
 
 Per (dataset, model, view) - a view is one pooled vector: the first token ([CLS]) or the mean over content tokens,
 of one layer - this module measures how much of the vector a linear probe needs:

@@ -1,4 +1,4 @@
-"""Latent-space geometry and downstream performance (Marbut et al., arXiv:2406.12159; card 4 of PAPERS.md).
+"""Latent-space geometry and downstream performance (Marbut et al., arXiv:2406.12159).
 
 For each (dataset, model): the final-layer token cloud (every token, special tokens included; a seeded
 subsample of at most `max_points` tokens) is quantized with a product quantizer and an additive quantizer

@@ -1,5 +1,5 @@
 """Perturbed models, a model source (`source: perturb` in config `models`): the family of graded quality of
-Marbut et al. (arXiv:2406.12159, card 4): every encoder weight W <- (1 - a) W + a N(0, 1), seeded.
+Marbut et al. (arXiv:2406.12159): every encoder weight W <- (1 - a) W + a N(0, 1), seeded.
 
 Which tensors ("every encoder weight", the authors' model_perturb.py): the parameters of the base model's
 `encoder` sub-module whose name ends in `weight`: the attention and feed-forward matrices and the LayerNorm

@@ -1,4 +1,4 @@
-"""Two-tower language model (He & Toyoizumi, arXiv:2210.07041; card 5 of PAPERS.md).
+"""Two-tower language model (He & Toyoizumi, arXiv:2210.07041).
 
 Two GPT-2 towers of identical configuration share the token and position embeddings. Their final hidden
 states are concatenated -> LayerNorm -> Dense + GELU -> LayerNorm -> output projection tied to the input
