@@ -180,3 +180,24 @@ def test_unlabelled_dataset_extracts_with_null_labels(tiny_models, tmp_path):
     pooled, _, counts = extract_tiny(tiny_models["bert"], tmp_path / "raw.parquet", tmp_path)
     assert counts.examples == 3
     assert pq.read_table(pooled, columns=["label"]).column("label").to_pylist() == [None, None, None]
+
+
+def test_examples_straddling_token_row_groups_give_the_same_word_units(tiny_models, toy_dataset, tmp_path,
+                                                                         monkeypatch):
+    """Token row groups are capped in rows; readers that aggregate per word must not care where the cuts fall."""
+    from workflow_scripts import decomposition, extract_hidden_states
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir()
+    cut.mkdir()
+    extract_tiny(tiny_models["bert"], toy_dataset[0], whole)
+    monkeypatch.setattr(extract_hidden_states, "TOKEN_ROW_GROUP_ROWS", 7)
+    _, tokens_cut, _ = extract_tiny(tiny_models["bert"], toy_dataset[0], cut)
+    assert pq.ParquetFile(tokens_cut).num_row_groups > 20
+    units = {}
+    for name, folder in (("whole", whole), ("cut", cut)):
+        view = decomposition.make_view("m", str(folder / "tokens.parquet"), "word", -1, -1)
+        parts = list(decomposition.iter_units(view, "word"))
+        units[name] = (np.concatenate([p[0] for p in parts]), np.vstack([p[2] for p in parts]))
+    np.testing.assert_array_equal(units["whole"][0], units["cut"][0])
+    np.testing.assert_allclose(units["whole"][1], units["cut"][1], rtol=1e-6)

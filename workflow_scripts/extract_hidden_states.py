@@ -24,6 +24,9 @@ from workflow_scripts.model_loading import (environment_summary, load_model, loa
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
+# Token row groups hold at most this many tokens, so that readers of tokens.parquet need little memory
+# (16,384 tokens x 768 dims x 4 bytes = 50 MB) whatever the sort window.
+TOKEN_ROW_GROUP_ROWS = 16384
 DATASET_COLUMNS = ["example_id", "text", "label", "split", "word_starts", "word_ends"]
 
 
@@ -226,7 +229,8 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
                 tokens_writer = pq.ParquetWriter(tokens_tmp, tokens_schema(token_layers, width, store_type, metadata),
                                                  compression="none")
             pooled_writer.write_table(pa.Table.from_pydict(pooled_batch, schema=pooled_writer.schema))
-            tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema))
+            tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema),
+                                      row_group_size=TOKEN_ROW_GROUP_ROWS)
             if bar is not None:
                 bar.update(len(window))
             elapsed = time.perf_counter() - started
