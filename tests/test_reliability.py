@@ -145,3 +145,43 @@ def test_failed_job_removes_its_partial_output(tiny_models, tiny_corpus, tmp_pat
     assert "non-finite hidden states" in log and "the first is example_id" in log
     for path in hidden_files(tmp_path / "run", "toy", "poisoned"):
         assert not path.exists()
+
+
+def _kill_when_logged(workdir, log, marker, timeout=240):
+    """Run the workflow in the background, SIGKILL it (Snakemake and its jobs) once `marker` is in `log`."""
+    process = subprocess.Popen(
+        [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), "--cores", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and marker in log.read_text():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the workflow ended before {marker!r} appeared in {log}")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"{marker!r} never appeared in {log}")
+
+
+def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, tmp_path):
+    import yaml
+
+    from workflow_scripts.model_loading import read_provenance
+
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
+    config["models"].append({"name": "bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
+                             "epochs": 60, "learning_rate": 1e-3, "batch_size": 8, "max_length": 32, "seed": 0})
+    target = storage.model_dir("bert-ft")
+    run_workflow(tmp_path / "clean", config, target)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.yaml").write_text(yaml.safe_dump(config))
+    log = killed / "results/logs/finetune_model/bert-ft.log"
+    _kill_when_logged(killed, log, "step 1/")
+    assert not (killed / target).exists(), "a half-trained model folder is visible under its final name"
+    run_workflow(killed, None, target, extra=["--unlock"])
+    run_workflow(killed, None, target, extra=["--rerun-incomplete"])
+    assert read_provenance(killed / target)["weights_sha256"] == read_provenance(tmp_path / "clean" / target)[
+        "weights_sha256"]
