@@ -2,12 +2,22 @@
 # moments cached per model pair. See docs/decomposition.md.
 validate_section("decomposition")
 
-from workflow_scripts.decomposition import layers_tag, model_pairs, UNITS, MODES
+from workflow_scripts.decomposition import alpha_tag, layers_tag, model_pairs, UNITS, MODES, MOMENTS_FORMAT, VALIDATION
 
 LMD = config["decomposition"]
 LMD_DIR = "results/analysis/decomposition"
 LMD_FIG_DIR = "results/figures/decomposition"
 LMD_LAYERS = layers_tag(LMD["target_layer"], LMD["basis_layer"])
+# Each alpha choice (a fixed number, or 'validation') is a path component: both can be produced in one run and
+# changing one leaves the other's tables alone.
+LMD_ALPHAS = [alpha_tag(a) for a in (LMD["alpha"] if isinstance(LMD["alpha"], list) else [LMD["alpha"]])]
+if len(set(LMD_ALPHAS)) != len(LMD_ALPHAS):
+    raise storage.WorkflowInputError(f"config: decomposition.alpha lists the same alpha twice: {LMD['alpha']}.")
+if LMD["enabled"] and alpha_tag(VALIDATION) in LMD_ALPHAS and not LMD["alpha_grid"]:
+    raise storage.WorkflowInputError(
+        "config: decomposition.alpha holds 'validation' but decomposition.alpha_grid is empty; list the alphas to try "
+        "(the default is 1e-6, 1e-5, ..., 1e4) or use a fixed alpha."
+    )
 
 
 def _lmd_selected(key, known, what):
@@ -50,9 +60,11 @@ def lmd_targets():
     targets = []
     for dataset, unit in lmd_jobs():
         for mode in LMD["modes"]:
-            stem = f"{dataset}/{unit}/{LMD_LAYERS}/{mode}"
-            targets += [f"{LMD_DIR}/{stem}/{name}" for name in ("group.csv", "pairwise.csv", "pairwise_matrix.csv")]
-            targets += [f"{LMD_FIG_DIR}/{stem}/{name}.{ext}" for name in ("pairwise_r2", "group_r2") for ext in ("png", "svg")]
+            for alpha in LMD_ALPHAS:
+                stem = f"{dataset}/{unit}/{LMD_LAYERS}/{mode}/{alpha}"
+                targets += [f"{LMD_DIR}/{stem}/{name}" for name in ("group.csv", "pairwise.csv", "pairwise_matrix.csv")]
+                targets += [f"{LMD_FIG_DIR}/{stem}/{name}.{ext}" for name in ("pairwise_r2", "group_r2")
+                            for ext in ("png", "svg")]
     return targets
 
 
@@ -83,7 +95,8 @@ def _lmd_fit_mem_mb():
         return LMD["mem_mb"]
     views = 1 if LMD["target_layer"] == LMD["basis_layer"] else 2
     dims = 768 * len(LMD_MODELS) * views
-    return int(1000 + 6 * dims * dims * 8 / 1e6)
+    # the validation choice also holds the fit and valid parts' joint matrices and an eigendecomposition
+    return lambda wc: int(1000 + (6 if wc.alpha != alpha_tag(VALIDATION) else 12) * dims * dims * 8 / 1e6)
 
 
 rule prepare_chunk_dataset:
@@ -124,6 +137,9 @@ rule decomposition_moments:
         basis_layer=lambda wc: _lmd_layers(wc)[1],
         pooling=lambda wc: LMD["example_pooling"] if wc.unit == "example" else None,
         chunk_tokens=lambda wc: DATASETS[wc.dataset].get("chunk_tokens") if wc.unit == "paper" else None,
+        validation_fraction=LMD["validation_fraction"],
+        validation_seed=LMD["validation_seed"],
+        format=MOMENTS_FORMAT,  # a new file format changes the params: old files are recomputed
     log:
         "results/logs/decomposition/moments/{dataset}/{unit}/{layers}/{model_a}/{model_b}.log",
     benchmark:
@@ -140,24 +156,25 @@ rule decomposition_fit:
     input:
         moments=_lmd_pair_files,
     output:
-        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/group.csv",
-        pairwise=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise.csv",
-        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_matrix.csv",
+        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/group.csv",
+        pairwise=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise.csv",
+        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise_matrix.csv",
     wildcard_constraints:
         unit="|".join(UNITS),
         layers=r"t-?\d+_b-?\d+",
         mode="|".join(MODES),
+        alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
         step="fit",
         models=LMD_MODELS,
         pairs=model_pairs(LMD_MODELS),
-        alpha=LMD["alpha"],
+        alpha_grid=lambda wc: LMD["alpha_grid"] if wc.alpha == alpha_tag(VALIDATION) else None,
         min_train_units=LMD["min_train_units"],
         min_test_units=LMD["min_test_units"],
     log:
-        "results/logs/decomposition/fit/{dataset}/{unit}/{layers}/{mode}.log",
+        "results/logs/decomposition/fit/{dataset}/{unit}/{layers}/{mode}/{alpha}.log",
     benchmark:
-        "results/benchmarks/decomposition/fit/{dataset}/{unit}/{layers}/{mode}.tsv"
+        "results/benchmarks/decomposition/fit/{dataset}/{unit}/{layers}/{mode}/{alpha}.tsv"
     threads: RES["threads"]
     resources:
         mem_mb=_lmd_fit_mem_mb(),
@@ -168,33 +185,34 @@ rule decomposition_fit:
 
 rule decomposition_figures:
     input:
-        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/group.csv",
-        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_matrix.csv",
+        group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/group.csv",
+        matrix=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise_matrix.csv",
     output:
         heatmap_png=report(
-            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.png",
+            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise_r2.png",
             caption="../report/decomposition_pairwise.rst",
             category="Decomposition",
-            subcategory="{dataset} / {unit} units / {mode}",
+            subcategory="{dataset} / {unit} units / {mode} / {alpha}",
             labels={"figure": "pairwise test R²", "layers": "{layers}"},
         ),
-        heatmap_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/pairwise_r2.svg",
+        heatmap_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise_r2.svg",
         group_png=report(
-            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.png",
+            LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/group_r2.png",
             caption="../report/decomposition_group.rst",
             category="Decomposition",
-            subcategory="{dataset} / {unit} units / {mode}",
+            subcategory="{dataset} / {unit} units / {mode} / {alpha}",
             labels={"figure": "group R²", "layers": "{layers}"},
         ),
-        group_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/group_r2.svg",
+        group_svg=LMD_FIG_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/group_r2.svg",
     wildcard_constraints:
         unit="|".join(UNITS),
         layers=r"t-?\d+_b-?\d+",
         mode="|".join(MODES),
+        alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
         step="figures",
     log:
-        "results/logs/decomposition/figures/{dataset}/{unit}/{layers}/{mode}.log",
+        "results/logs/decomposition/figures/{dataset}/{unit}/{layers}/{mode}/{alpha}.log",
     threads: 1
     resources:
         **light_resources(),

@@ -340,8 +340,9 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
 # ------------------------------------------------------------------------- workflow, end to end
 from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
 
-LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"],
+LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
                "min_train_units": 5, "min_test_units": 5}
+ALPHAS = ("alpha-1e-06", "alpha-validation")
 CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
 LMD_OUT = "results/analysis/decomposition"
 
@@ -388,14 +389,19 @@ def token_frame(workdir, dataset, model, layer):
 def test_workflow_writes_tables_and_figures(lmd_run):
     workdir, _ = lmd_run
     for dataset, unit in (("toy", "example"), ("toy", "word")):
-        for mode in ("paper",):
-            stem = f"{dataset}/{unit}/t-1_b-1/{mode}"
+        for alpha in ALPHAS:
+            stem = f"{dataset}/{unit}/t-1_b-1/paper/{alpha}"
             group = pd.read_csv(workdir / LMD_OUT / stem / "group.csv")
             assert group["model"].tolist() == ["tiny-bert", "tiny-roberta"]
             assert group["dims"].tolist() == [32, 48] and group["basis_dims"].tolist() == [48, 32]
             assert group["layer"].tolist() == [2, 3]  # last layer of each (embeddings = 0)
             assert np.isfinite(group[["r2_train", "r2_test"]].to_numpy()).all()
             assert (group["r2_train"] <= 1).all() and (group["n_test"] >= 5).all()
+            if alpha == "alpha-validation":
+                assert (group["alpha_choice"] == "validation").all() and group["r2_valid"].notna().all()
+                assert set(group["alpha"]) <= set(lmd.DEFAULT_ALPHA_GRID) and (group["n_valid"] >= 5).all()
+            else:
+                assert (group["alpha"] == 1e-6).all() and group["r2_valid"].isna().all()
             pairs = pd.read_csv(workdir / LMD_OUT / stem / "pairwise.csv")
             # with two models the group fit is the pairwise fit
             for row in group.itertuples():
@@ -503,12 +509,13 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
     assert {rule for rule, _ in jobs} == {"materialise_model", "extract_hidden_states", "decomposition_moments",
                                           "decomposition_fit", "decomposition_figures"}, jobs
     assert not any("tiny-bert/tiny-roberta" in out for _, out in jobs)  # existing pair: not recomputed
-    assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2  # 3 tables x 2 units
+    assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
 
 
 @pytest.mark.parametrize("section, message", [
     ({"models": ["tiny-bert"]}, "at least two models"),
     ({"models": ["tiny-bert", "nope"]}, r"decomposition.models lists \['nope'\]"),
+    ({"alpha": "validation", "alpha_grid": []}, "alpha_grid is empty"),
 ])
 def test_bad_config_stops_before_any_job(section, message, tiny_models, tiny_corpus, tmp_path):
     result = run_workflow(tmp_path, lmd_config(tiny_models, tiny_corpus, section=section), extra=["-n"], check=False)
@@ -554,9 +561,15 @@ def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_p
 
 def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models, tiny_corpus, tmp_path):
     scratch = copy_run(lmd_run[0], tmp_path / "alpha")
-    write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": 0.5}))
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": [0.5, "validation"]}))
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
+    assert all("/alpha-0.5/" in out for _, out in jobs), jobs  # the validated tables are left alone
+    # a new grid re-runs only the validated fits
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha_grid": [1e-3, 1.0]}))
+    jobs = pending_jobs(scratch)
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
+    assert jobs and all("/alpha-validation/" in out for _, out in jobs), jobs
 
 
 def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
@@ -570,3 +583,151 @@ def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
     _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
                                    1e-6, "paper", "target 'u'")
     assert not scores["underdetermined"]
+
+
+# ------------------------------------------------------------------------------ validation-chosen alpha
+def write_models(tmp_path, values: dict, ids, split, row_group_size=None):
+    return {m: write_pooled(tmp_path / f"{m}.parquet", m, ids, split, {1: v}, row_group_size=row_group_size)
+            for m, v in values.items()}
+
+
+def pair_files(tmp_path, paths, models, fraction=0.2, seed=0, tag=""):
+    pair_paths = {}
+    for a, b in lmd.model_pairs(models):
+        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        moments, _ = lmd.compute_pair_moments(va, vb, "example", block_rows=64, validation_fraction=fraction,
+                                              validation_seed=seed)
+        pair_paths[(a, b)] = tmp_path / f"{tag}{a}_{b}.npz"
+        lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {}, fraction, seed)
+    return pair_paths
+
+
+def sklearn_choice(u_fit, z_fit, u_valid, z_valid, grid):
+    """The argmin of the validation error with scikit-learn on materialised rows (same centring: intercept)."""
+    scores = []
+    for alpha in grid:
+        model = Ridge(alpha=alpha * len(u_fit), fit_intercept=True, solver="cholesky").fit(z_fit, u_fit)
+        residual = ((u_valid - model.predict(z_valid)) ** 2).sum()
+        scores.append(1 - residual / ((u_valid - u_valid.mean(0)) ** 2).sum())
+    best = max(scores)
+    return max(a for a, r in zip(grid, scores) if r >= best - 1e-12 * max(1, abs(best))), scores
+
+
+def test_validation_split_is_deterministic_per_example_and_seeded():
+    ids = np.arange(20000)
+    mask = lmd.validation_mask(ids, 0.2, seed=0)
+    assert abs(mask.mean() - 0.2) < 0.01
+    assert np.array_equal(mask, lmd.validation_mask(ids, 0.2, seed=0))
+    assert np.array_equal(mask[5000:6000], lmd.validation_mask(ids[5000:6000], 0.2, seed=0))  # per id, not per block
+    other = lmd.validation_mask(ids, 0.2, seed=1)
+    assert 0.25 < (mask != other).mean() < 0.4  # an independent draw: 2 x 0.2 x 0.8 = 0.32
+    assert not lmd.validation_mask(ids, 0.0).any()
+    # word keys: every word of an example on the side of its example
+    keys = (np.repeat(ids[:500], 7) << lmd.WORD_BITS) | np.tile(np.arange(7), 500)
+    codes = np.zeros(keys.size, np.int8)
+    codes[::11] = 1  # test units keep their code
+    (_, marked, _), = lmd.mark_validation([(keys, codes, None)], "word", 0.2)
+    expected = np.where(codes == 1, 1, np.where(np.repeat(mask[:500], 7), lmd.VALID_CODE, 0))
+    assert np.array_equal(marked, expected)
+
+
+def test_train_moments_are_fit_plus_valid_and_paper_results_are_unchanged(tmp_path):
+    rng = np.random.default_rng(12)
+    n = 700
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.25, "test", "train")
+    models = ["p", "q", "r"]
+    values = dict(zip(models, latent_models(rng, n, [4, 6, 5])))
+    paths = write_models(tmp_path, values, ids, split, row_group_size=90)
+    cut = pair_files(tmp_path, paths, models, fraction=0.2, tag="cut")
+    whole = pair_files(tmp_path, paths, models, fraction=0.0, tag="whole")  # the train split in one piece
+    pair = lmd.PairMoments.load(cut[("p", "q")])
+    valid = lmd.validation_mask(ids, 0.2) & (split == "train")
+    assert pair.n["valid"] == valid.sum() > 100 and pair.n["fit"] + pair.n["valid"] == pair.n["train"]
+    rows = np.hstack([values["p"], values["q"]]).astype(np.float32).astype(np.float64)
+    for name, rows_of in (("fit", (split == "train") & ~valid), ("valid", valid), ("train", split == "train")):
+        assert relative(pair.mean[name], rows[rows_of].mean(0)) < 1e-12
+        assert relative(pair.comoment[name], np.cov(rows[rows_of], rowvar=False, bias=True) * rows_of.sum()) < 1e-10
+    for mode in lmd.MODES:
+        for alpha in (1e-6, 0.3):
+            new = lmd.decompose(cut, models, alpha, mode)
+            old = lmd.decompose(whole, models, alpha, mode)
+            for new_rows, old_rows in zip(new, old):
+                for a, b in zip(new_rows, old_rows):
+                    assert abs(a["r2_test"] - b["r2_test"]) < 1e-10 and abs(a["r2_train"] - b["r2_train"]) < 1e-10
+                    assert a["alpha"] == alpha and a["alpha_choice"] == "fixed" and np.isnan(a["r2_valid"])
+
+
+def test_validated_alpha_is_the_sklearn_argmin_and_refits_on_the_whole_train_split(tmp_path):
+    rng = np.random.default_rng(13)
+    n = 500
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.25, "test", "train")
+    models = ["a", "b", "c"]
+    values = dict(zip(models, latent_models(rng, n, [6, 30, 25], noise=1.0)))
+    paths = write_models(tmp_path, values, ids, split)
+    pair_paths = pair_files(tmp_path, paths, models)
+    grid = [1e-6, 1e-4, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    group, pairs = lmd.decompose(pair_paths, models, "validation", "paper", alpha_grid=grid)
+    f = {m: v.astype(np.float32).astype(np.float64) for m, v in values.items()}
+    valid = lmd.validation_mask(ids, 0.2) & (split == "train")
+    fit_rows, train, test = (split == "train") & ~valid, split == "train", split == "test"
+    chosen = set()
+    for row in [*group, *({**r, "basis_models": r["basis_model"]} for r in pairs)]:
+        u = f[row["model"]]
+        z = np.hstack([f[m] for m in row["basis_models"].split(";")])
+        expected, scores = sklearn_choice(u[fit_rows], z[fit_rows], u[valid], z[valid], grid)
+        assert row["alpha"] == expected and row["alpha_choice"] == "validation", (row, scores)
+        assert abs(row["r2_valid"] - max(scores)) < 1e-8 and row["n_valid"] == valid.sum()
+        # then refitted on fit + valid with the chosen alpha, scored on test
+        assert abs(row["r2_test"] - direct_r2(u[train], z[train], u[test], z[test], expected)[0]) < 1e-8
+        chosen.add(expected)
+    assert len(chosen) > 1  # the fixture makes different fits prefer different alphas
+
+
+def test_validated_alpha_rescues_a_near_collinear_basis():
+    # the target's basis: eight near-copies of one model (copy + tiny noise), as with perturbed siblings; few train
+    # units for the basis dimensions, so alpha = 1e-6 fits the tiny differences between the copies
+    rng = np.random.default_rng(14)
+    n_fit, n_valid, n_test, d = 200, 60, 400, 24
+    n = n_fit + n_valid + n_test
+    x = rng.normal(size=(n, d))
+    u = x @ rng.normal(size=(d, 8)) * 0.3 + rng.normal(size=(n, 8))
+    z = np.hstack([x + 0.01 * rng.normal(size=(n, d)) for _ in range(8)])  # 192 basis dims for 260 train units
+    parts = {"fit": slice(0, n_fit), "valid": slice(n_fit, n_fit + n_valid), "train": slice(0, n_fit + n_valid),
+             "test": slice(n_fit + n_valid, n)}
+    stats = {name: lmd.SplitStats.from_rows(u[s], z[s]) for name, s in parts.items()}
+    paper = lmd._scored_fit(stats, 1e-6, [], "paper", "u", 2, 2, 0.2)
+    validated = lmd._scored_fit(stats, "validation", lmd.DEFAULT_ALPHA_GRID, "paper", "u", 2, 2, 0.2)
+    assert paper["r2_train"] > 0.85 and paper["r2_test"] < 0.0  # over-fitted (measured: 0.91 / -0.12)
+    assert validated["alpha"] >= 1e-2 and validated["r2_test"] > paper["r2_test"] + 0.5  # measured 0.62
+    assert abs(validated["r2_test"] - validated["r2_valid"]) < 0.1  # the validation R² predicts the test R²
+
+
+def test_validation_bad_inputs_give_clear_messages(tmp_path):
+    rng = np.random.default_rng(15)
+    n = 120
+    ids = np.arange(n)
+    split = np.where(ids % 4 == 0, "test", "train")
+    values = dict(zip(["a", "b"], latent_models(rng, n, [3, 4])))
+    paths = write_models(tmp_path, values, ids, split)
+    with pytest.raises(WorkflowInputError, match="alpha_grid is empty"):
+        lmd.decompose(pair_files(tmp_path, paths, ["a", "b"]), ["a", "b"], "validation", alpha_grid=[])
+    no_valid = pair_files(tmp_path, paths, ["a", "b"], fraction=0.0, tag="none")
+    with pytest.raises(WorkflowInputError, match=r"0 validation units.*validation_fraction 0.0"):
+        lmd.decompose(no_valid, ["a", "b"], "validation")
+    assert lmd.decompose(no_valid, ["a", "b"], 1e-6)[0]  # a fixed alpha needs no validation part
+    tiny = pair_files(tmp_path, paths, ["a", "b"], fraction=0.05, tag="tiny")  # about 4 validation examples
+    with pytest.raises(WorkflowInputError, match=r"fit and \d validation units.*min_train_units / min_test_units"):
+        lmd.decompose(tiny, ["a", "b"], "validation", min_train=5, min_test=10)
+    with pytest.raises(WorkflowInputError, match="neither a number"):
+        lmd.decompose(tiny, ["a", "b"], "cross-validation")
+    assert lmd.alpha_tag(1e-6) == "alpha-1e-06" and lmd.alpha_from_tag("alpha-1e-06") == 1e-6
+    assert lmd.alpha_tag("validation") == "alpha-validation" and lmd.alpha_from_tag("alpha-0.5") == 0.5
+    # moments files of the previous format (one train block) are refused with the fix
+    old = tmp_path / "old.npz"
+    np.savez(old, format=np.array(1), models=np.array(["a", "b"]))
+    with pytest.raises(WorkflowInputError, match="another version of this stage.*format 1.*delete it"):
+        lmd.PairMoments.load(old)
+    with pytest.raises(WorkflowInputError, match="another version"):
+        lmd.decompose({("a", "b"): old}, ["a", "b"], 1e-6)

@@ -42,11 +42,16 @@ from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the dataset's splits (codes 0, 1 in the unit streams)
+STORED_SPLITS = ("fit", "valid", "test")  # what a pair file holds: train = fit + valid (merged exactly on load)
+ALL_SPLITS = ("fit", "valid", "train", "test")
+VALID_CODE = 2  # unit-stream code of a train unit that falls in the validation part
 UNITS = ("example", "word", "paper")
 MODES = ("paper", "authors_code")
+VALIDATION = "validation"  # decomposition.alpha: choose alpha on the validation part of the train split
+DEFAULT_ALPHA_GRID = tuple(float(10.0 ** k) for k in range(-6, 5))  # 1e-6 .. 1e4
 WORD_BITS = 24  # word keys: example_id << WORD_BITS | word_id
-MOMENTS_FORMAT = 1
+MOMENTS_FORMAT = 2  # 2: train split stored as fit + valid parts (format 1 files are refused: re-run)
 
 
 # ============================================================================================ moments
@@ -92,6 +97,9 @@ class Moments:
         self.comoment += other.comoment + np.outer(delta, delta) * (self.n * other.n / total)
         self.mean = self.mean + delta * (other.n / total)
         self.n = total
+
+    def copy(self) -> "Moments":
+        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy())
 
     def covariance(self) -> np.ndarray:
         """Population covariance (divides by n, as the card's Cov)."""
@@ -170,16 +178,19 @@ def solve_spd(matrix: np.ndarray, rhs: np.ndarray, what: str = "basis") -> tuple
     return solution, "eigh_fallback", condition
 
 
+def _normal_equations(train: SplitStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lhs, rhs) of W lhs = rhs without the ridge term: centred (paper) or raw second moments (authors_code)."""
+    if mode == "paper":
+        return train.cov_zz, train.cov_uz
+    if mode == "authors_code":
+        return (train.cov_zz + np.outer(train.mean_z, train.mean_z),
+                train.cov_uz + np.outer(train.mean_u, train.mean_z))
+    raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+
+
 def fit_ridge(train: SplitStats, alpha: float, mode: str = "paper", what: str = "basis") -> Fit:
     """Ridge from train statistics. paper: centred, with intercept; authors_code: raw moments, no intercept."""
-    if mode == "paper":
-        lhs = train.cov_zz
-        rhs = train.cov_uz
-    elif mode == "authors_code":
-        lhs = train.cov_zz + np.outer(train.mean_z, train.mean_z)
-        rhs = train.cov_uz + np.outer(train.mean_u, train.mean_z)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+    lhs, rhs = _normal_equations(train, mode)
     lhs = lhs + alpha * np.eye(lhs.shape[0])
     solution, solver, condition = solve_spd(lhs, rhs.T, what)
     W = solution.T
@@ -201,6 +212,71 @@ def r_squared(fit: Fit, stats: SplitStats, mode: str = "paper") -> tuple[float, 
     mse = max(mse, 0.0)  # rounding can push an exact fit a hair below zero
     r2 = 1.0 - mse / sst if sst > 0 else float("nan")
     return r2, mse, sst
+
+
+def ridge_path(train: SplitStats, alphas: Sequence[float], mode: str = "paper") -> list[Fit]:
+    """Ridge fits for several alphas from one eigendecomposition of the (unpenalised) basis matrix.
+
+    lhs = V diag(l) V^T, so W(alpha) = rhs V diag(1 / (l + alpha)) V^T: one O(d_z^3) decomposition, then a
+    matrix product per alpha. Eigenvalues that rounding pushed below zero are clipped to zero (the matrix is
+    positive semi-definite); every alpha in the grid is > 0, so the system is always solvable.
+    """
+    lhs, rhs = _normal_equations(train, mode)
+    values, vectors = scipy.linalg.eigh(lhs, check_finite=False)
+    values = np.clip(values, 0.0, None)
+    projected = rhs @ vectors  # (d_u, d_z)
+    fits = []
+    for alpha in alphas:
+        W = (projected / (values + alpha)) @ vectors.T
+        b = train.mean_u - W @ train.mean_z if mode == "paper" else np.zeros(W.shape[0])
+        fits.append(Fit(W, b, "eigh", float("nan")))
+    return fits
+
+
+def choose_alpha(fit_part: SplitStats, valid_part: SplitStats, grid: Sequence[float], mode: str = "paper",
+                 what: str = "basis") -> tuple[float, float, list[float]]:
+    """The alpha of `grid` with the best validation R² (fit on `fit_part`, R² on `valid_part`).
+
+    Ties (R² equal to 1e-12) go to the larger alpha (the more regularised fit). Returns (alpha, its validation
+    R², the validation R² of every grid alpha in grid order).
+    """
+    grid = [float(a) for a in grid]
+    if not grid:
+        raise WorkflowInputError(
+            f"{what}: decomposition.alpha is 'validation' but decomposition.alpha_grid is empty; list the alphas to "
+            f"try (e.g. [1.0e-6, 1.0e-5, ..., 1.0e4], the default)."
+        )
+    if any(not np.isfinite(a) or a <= 0 for a in grid):
+        raise WorkflowInputError(f"{what}: decomposition.alpha_grid holds {grid}; every alpha must be a finite number > 0.")
+    scores = [r_squared(fit, valid_part, mode)[0] for fit in ridge_path(fit_part, grid, mode)]
+    best = max(scores)
+    tolerance = 1e-12 * max(1.0, abs(best))
+    chosen = max(a for a, r2 in zip(grid, scores) if r2 >= best - tolerance)
+    return chosen, scores[grid.index(chosen)], scores
+
+
+def parse_alpha(value) -> float | str:
+    """A configured alpha or path tag: a number (fixed alpha) or 'validation'."""
+    if isinstance(value, str) and value == VALIDATION:
+        return VALIDATION
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise WorkflowInputError(
+            f"decomposition.alpha {value!r} is neither a number >= 0 nor {VALIDATION!r}.") from None
+    if not np.isfinite(alpha) or alpha < 0:
+        raise WorkflowInputError(f"decomposition.alpha {value!r} must be a finite number >= 0 or {VALIDATION!r}.")
+    return alpha
+
+
+def alpha_tag(value) -> str:
+    """Path component of an alpha choice: 'alpha-validation' or 'alpha-<repr of the float>' (e.g. alpha-1e-06)."""
+    alpha = parse_alpha(value)
+    return f"alpha-{alpha}" if alpha == VALIDATION else f"alpha-{alpha!r}"
+
+
+def alpha_from_tag(tag: str) -> float | str:
+    return parse_alpha(tag[len("alpha-"):] if tag.startswith("alpha-") else tag)
 
 
 # ====================================================================================== reading units
@@ -335,6 +411,35 @@ def iter_units(view: ViewSpec, unit: str, pooling: str = "mean", chunk_tokens: i
     raise WorkflowInputError(f"unknown decomposition unit {unit!r}; use one of {UNITS} in decomposition.units.")
 
 
+def validation_mask(example_ids: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """True for the examples whose units go to the validation part of the train split.
+
+    A deterministic hash (splitmix64 of example_id and the seed) mapped to [0, 1): the same example is on the same
+    side in every model, pair and run, and every unit of an example (all its words) lands on the same side.
+    """
+    if fraction <= 0:
+        return np.zeros(np.shape(example_ids), bool)
+    with np.errstate(over="ignore"):
+        x = np.asarray(example_ids, np.int64).astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (int(seed) + 1)) % 2**64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2 ** 53) < fraction
+
+
+def unit_example_ids(keys: np.ndarray, unit: str) -> np.ndarray:
+    return keys >> WORD_BITS if unit == "word" else keys
+
+
+def mark_validation(stream: Iterable, unit: str, fraction: float, seed: int = 0):
+    """Re-code the train units of a unit stream that fall in the validation part (code VALID_CODE)."""
+    for keys, codes, vecs in stream:
+        if fraction > 0 and keys.size:
+            codes = codes.copy()
+            codes[(codes == 0) & validation_mask(unit_example_ids(keys, unit), fraction, seed)] = VALID_CODE
+        yield keys, codes, vecs
+
+
 @dataclass
 class AlignmentCounts:
     matched: int = 0
@@ -439,17 +544,22 @@ def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: 
 
 
 def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling: str = "mean",
-                         chunk_tokens: int | None = None, block_rows: int = 8192) -> tuple[dict, AlignmentCounts]:
-    """One streamed pass over both models' files: per-split moments of the concatenation [a views, b views]."""
+                         chunk_tokens: int | None = None, block_rows: int = 8192, validation_fraction: float = 0.2,
+                         validation_seed: int = 0) -> tuple[dict, AlignmentCounts]:
+    """One streamed pass over both models' files: moments of the concatenation [a views, b views] for the
+    `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split.
+    `merge_train` gives the whole train split."""
     dim = view_a.hidden_size * len(view_a.layers) + view_b.hidden_size * len(view_b.layers)
-    moments = {split: Moments(dim) for split in SPLITS}
+    moments = {split: Moments(dim) for split in STORED_SPLITS}
     counts = AlignmentCounts()
-    stream = align_streams(iter_units(view_a, unit, pooling, chunk_tokens), iter_units(view_b, unit, pooling, chunk_tokens),
-                           counts, (view_a.model, view_b.model))
+    streams = [mark_validation(iter_units(view, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed)
+               for view in (view_a, view_b)]
+    stream = align_streams(*streams, counts, (view_a.model, view_b.model))
     # Small row groups are gathered into blocks of about `block_rows` before the rank-k update (BLAS is
     # faster on big blocks); memory stays bounded by the block, not by the corpus.
-    pending = {split: [] for split in SPLITS}
-    pending_rows = {split: 0 for split in SPLITS}
+    pending = {split: [] for split in STORED_SPLITS}
+    pending_rows = {split: 0 for split in STORED_SPLITS}
+    code_of = {"fit": 0, "test": 1, "valid": VALID_CODE}
 
     def flush(split):
         if pending[split]:
@@ -458,27 +568,37 @@ def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling:
 
     for codes, va, vb in stream:
         rows = np.hstack([va, vb])
-        for code, split in enumerate(SPLITS):
+        for split, code in code_of.items():
             mask = codes == code
             if mask.any():
                 pending[split].append(rows[mask])
                 pending_rows[split] += int(mask.sum())
                 if pending_rows[split] >= block_rows:
                     flush(split)
-    for split in SPLITS:
+    for split in STORED_SPLITS:
         flush(split)
     return moments, counts
 
 
-def save_pair_moments(path, view_a: ViewSpec, view_b: ViewSpec, moments: dict, info: dict) -> None:
+def merge_train(moments: dict) -> Moments:
+    """The whole train split: the fit and valid parts merged (exact, Chan et al.)."""
+    train = moments["fit"].copy()
+    train.merge(moments["valid"])
+    return train
+
+
+def save_pair_moments(path, view_a: ViewSpec, view_b: ViewSpec, moments: dict, info: dict,
+                      validation_fraction: float = 0.2, validation_seed: int = 0) -> None:
     arrays = {
         "format": np.array(MOMENTS_FORMAT),
         "models": np.array([view_a.model, view_b.model]),
         "dims": np.array([view_a.hidden_size, view_b.hidden_size]),
         "layers_a": np.array(view_a.layers), "layers_b": np.array(view_b.layers),
+        "validation": np.array([float(validation_fraction), float(validation_seed)]),
         "info": np.array(repr(info)),
     }
-    for split, mom in moments.items():
+    for split in STORED_SPLITS:
+        mom = moments[split]
         arrays[f"n_{split}"] = np.array(mom.n)
         arrays[f"mean_{split}"] = mom.mean
         arrays[f"comoment_{split}"] = mom.comoment
@@ -496,6 +616,8 @@ class PairMoments:
     mean: dict
     comoment: dict
 
+    validation: tuple = (0.2, 0)  # (fraction, seed) of the fit / valid cut of the train split
+
     @classmethod
     def load(cls, path) -> "PairMoments":
         try:
@@ -503,15 +625,15 @@ class PairMoments:
         except (OSError, ValueError) as err:
             raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
         with data:
-            if int(data["format"]) != MOMENTS_FORMAT:
-                raise WorkflowInputError(f"{path} was written by another version of this stage; delete it and re-run.")
-            return cls(
-                tuple(str(m) for m in data["models"]), tuple(int(d) for d in data["dims"]),
-                (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
-                {s: int(data[f"n_{s}"]) for s in SPLITS},
-                {s: data[f"mean_{s}"] for s in SPLITS},
-                {s: data[f"comoment_{s}"] for s in SPLITS},
-            )
+            _check_format(data, path)
+            dim = int(data["comoment_test"].shape[0])
+            parts = {s: Moments(dim, int(data[f"n_{s}"]), data[f"mean_{s}"], data[f"comoment_{s}"]) for s in STORED_SPLITS}
+            fraction, seed = (float(v) for v in data["validation"])
+            models, dims = tuple(str(m) for m in data["models"]), tuple(int(d) for d in data["dims"])
+            layers = (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"]))
+        parts["train"] = merge_train(parts)
+        return cls(models, dims, layers, {s: parts[s].n for s in ALL_SPLITS}, {s: parts[s].mean for s in ALL_SPLITS},
+                   {s: parts[s].comoment for s in ALL_SPLITS}, (fraction, int(seed)))
 
     def slices(self, model: str) -> list[slice]:
         """Column slices of a model's views (target view first) inside this pair's concatenation."""
@@ -530,20 +652,30 @@ def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str
     """Exact statistics of target u (target view) and basis z (basis view) from one pair file."""
     n = pair.n[split]
     su, sz = pair.view_slice(target, "target"), pair.view_slice(basis, "basis")
-    cov = pair.comoment[split] / n
+    cov = pair.comoment[split] / n if n else np.full(pair.comoment[split].shape, np.nan)
     return SplitStats(n, pair.mean[split][su], pair.mean[split][sz], float(np.trace(cov[su, su])),
                       cov[su, sz], cov[sz, sz])
+
+
+def _check_format(data, path) -> None:
+    if "format" not in data or int(data["format"]) != MOMENTS_FORMAT:
+        raise WorkflowInputError(
+            f"{path} was written by another version of this stage (moments format "
+            f"{int(data['format']) if 'format' in data else '?'}, this code reads {MOMENTS_FORMAT}); delete it (or the "
+            f"whole results/analysis/decomposition/.../moments folder) and re-run the workflow."
+        )
 
 
 def _read_header(path) -> dict:
     """Models, dims, layers and counts of a pair file without reading its matrices."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if int(data["format"]) != MOMENTS_FORMAT:
-                raise WorkflowInputError(f"{path} was written by another version of this stage; delete it and re-run.")
+            _check_format(data, path)
+            n = {s: int(data[f"n_{s}"]) for s in STORED_SPLITS}
+            n["train"] = n["fit"] + n["valid"]
             return {"models": tuple(str(m) for m in data["models"]), "dims": tuple(int(d) for d in data["dims"]),
                     "layers": (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
-                    "n": {s: int(data[f"n_{s}"]) for s in SPLITS}}
+                    "n": n, "validation": tuple(float(v) for v in data["validation"])}
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
 
@@ -558,13 +690,15 @@ class JointMoments:
     Pair files are read one at a time: memory is the joint matrix, 2 x (sum of view dims)^2 x 8 bytes.
     """
 
-    def __init__(self, pair_paths: dict, models: Sequence[str]):
+    def __init__(self, pair_paths: dict, models: Sequence[str], splits: Sequence[str] = SPLITS):
         self.models = list(models)
+        self.splits = tuple(splits)
         self.paths = {canonical_pair(a, b): path for (a, b), path in pair_paths.items()}
         missing = [p for p in model_pairs(self.models) if p not in self.paths]
         if missing:
             raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
-        self.dims, self.layers, self.n = {}, {}, {split: {} for split in SPLITS}
+        self.dims, self.layers, self.n = {}, {}, {split: {} for split in ALL_SPLITS}
+        self.validation = set()
         for pair in model_pairs(self.models):
             header = _read_header(self.paths[pair])
             if set(header["models"]) != set(pair):
@@ -575,24 +709,30 @@ class JointMoments:
                         f"model {model!r} has different hidden sizes or layers in different pair moment files "
                         f"({self.paths[pair]}); delete results/analysis/decomposition/.../moments and re-run."
                     )
-            for split in SPLITS:
+            for split in ALL_SPLITS:
                 self.n[split][pair] = header["n"][split]
-        self.consistent = all(len(set(self.n[s].values())) <= 1 for s in SPLITS)
+            self.validation.add(header["validation"])
+        if len(self.validation) > 1:
+            raise WorkflowInputError(
+                f"the pair moment files of {self.models} cut the train split with different validation settings "
+                f"{sorted(self.validation)} (fraction, seed); delete results/analysis/decomposition/.../moments and re-run."
+            )
+        self.consistent = all(len(set(self.n[s].values())) <= 1 for s in ALL_SPLITS)
         # column offsets of each model's views in the joint matrix
         self.offset, total = {}, 0
         for model in self.models:
             self.offset[model] = total
             total += self.dims[model] * len(self.layers[model])
-        self.cov = {split: np.zeros((total, total)) for split in SPLITS}
-        self.mean = {split: np.zeros(total) for split in SPLITS}
-        self.model_n = {split: {} for split in SPLITS}
+        self.cov = {split: np.zeros((total, total)) for split in self.splits}
+        self.mean = {split: np.zeros(total) for split in self.splits}
+        self.model_n = {split: {} for split in self.splits}
         for pair_name in model_pairs(self.models):
             pair = PairMoments.load(self.paths[pair_name])
             a, b = pair.models
             ja, jb = self._span(a), self._span(b)
             pa_, pb_ = self._pair_span(pair, a), self._pair_span(pair, b)
-            for split in SPLITS:
-                cov = pair.comoment[split] / pair.n[split]
+            for split in self.splits:
+                cov = pair.comoment[split] / pair.n[split] if pair.n[split] else np.full(pair.comoment[split].shape, np.nan)
                 self.cov[split][ja, jb] = cov[pa_, pb_]
                 self.cov[split][jb, ja] = cov[pb_, pa_]
                 for model, j, p in ((a, ja, pa_), (b, jb, pb_)):
@@ -637,6 +777,7 @@ def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: 
 
 
 def _fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str, what: str):
+    """Fit on the whole train split with a fixed alpha, score train and test."""
     fit = fit_ridge(train, alpha, mode, what=what)
     r2_train = r_squared(fit, train, mode)[0]
     r2_test, mse, sst = r_squared(fit, test, mode)
@@ -651,16 +792,56 @@ def _fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str,
                  "underdetermined": underdetermined}
 
 
-def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str = "paper",
-              min_train: int = 2, min_test: int = 2):
-    """Group and pairwise R² of every model as target. Returns (group rows, pairwise rows) as lists of dicts."""
+def check_validation_split(fit_part: SplitStats, valid_part: SplitStats, what: str, min_train: int, min_valid: int,
+                           fraction: float) -> None:
+    if fit_part.n < min_train or valid_part.n < min_valid:
+        raise WorkflowInputError(
+            f"{what}: alpha 'validation' cuts the train split into {fit_part.n} fit and {valid_part.n} validation "
+            f"units (decomposition.validation_fraction {fraction}), fewer than the {min_train} fit / {min_valid} "
+            f"validation units needed (min_train_units / min_test_units). Use more examples, a validation_fraction "
+            f"between 0 and 1 that leaves both parts non-empty, or a fixed alpha."
+        )
+
+
+def _scored_fit(stats: dict, alpha, grid, mode: str, what: str, min_train: int, min_test: int, fraction: float):
+    """Scores of one fit (group target or pair) with a fixed alpha or the validation choice."""
+    check_units(stats["train"].n, stats["test"].n, what, min_train, min_test)
+    extra = {"alpha_choice": "fixed", "r2_valid": float("nan"), "n_valid": 0}
+    if alpha == VALIDATION:
+        check_validation_split(stats["fit"], stats["valid"], what, min_train, min_test, fraction)
+        started = time.perf_counter()
+        alpha, r2_valid, scores = choose_alpha(stats["fit"], stats["valid"], grid, mode, what)
+        LOG.info("%s: validation R2 per alpha %s -> alpha %g (validation R2 %.4f; %d fit / %d validation units, "
+                 "%.1f s)", what, ", ".join(f"{a:g}: {r:.4f}" for a, r in zip(grid, scores)), alpha, r2_valid,
+                 stats["fit"].n, stats["valid"].n, time.perf_counter() - started)
+        if alpha in (min(grid), max(grid)) and len(grid) > 1:
+            LOG.warning("%s: the chosen alpha %g is at the edge of decomposition.alpha_grid; widen the grid.", what, alpha)
+        extra = {"alpha_choice": VALIDATION, "r2_valid": r2_valid, "n_valid": stats["valid"].n}
+    _, scores = _fit_and_score(stats["train"], stats["test"], alpha, mode, what)
+    return {"alpha": alpha, **extra, **scores}
+
+
+def decompose(pair_paths: dict, models: Sequence[str], alpha, mode: str = "paper",
+              min_train: int = 2, min_test: int = 2, alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID):
+    """Group and pairwise R² of every model as target. Returns (group rows, pairwise rows) as lists of dicts.
+
+    alpha: a number (fixed ridge penalty, the paper's 1e-6) or 'validation' (per fit, the alpha of `alpha_grid`
+    with the best R² on the validation part of the train split when fitted on the fit part; then refitted on the
+    whole train split with it and scored on the test split).
+    """
     models = list(models)
+    alpha = parse_alpha(alpha)
+    grid = [float(a) for a in alpha_grid] if alpha == VALIDATION else []
+    if alpha == VALIDATION and not grid:
+        choose_alpha(None, None, grid, mode, "decomposition")  # raises the empty-grid message
     if len(models) < 2:
         raise WorkflowInputError(
             f"decomposition needs at least two models, got {models}; list two or more in decomposition.models "
             f"(empty = every configured model)."
         )
-    joint = JointMoments(pair_paths, models)
+    splits = ALL_SPLITS if alpha == VALIDATION else SPLITS
+    joint = JointMoments(pair_paths, models, splits)
+    fraction = next(iter(joint.validation))[0]
     if not joint.consistent:
         LOG.warning(
             "model pairs aligned different numbers of units (train %s, test %s): group fits use the pairwise-complete "
@@ -671,37 +852,36 @@ def decompose(pair_paths: dict, models: Sequence[str], alpha: float, mode: str =
     for target in models:
         basis = [m for m in models if m != target]
         started = time.perf_counter()
-        train = joint.group_stats(target, basis, "train")
-        test = joint.group_stats(target, basis, "test")
-        check_units(train.n, test.n, f"target {target!r} on basis {basis}", min_train, min_test)
-        _, scores = _fit_and_score(train, test, alpha, mode, f"target {target!r}, basis {basis}")
+        stats = {split: joint.group_stats(target, basis, split) for split in splits}
+        train, test = stats["train"], stats["test"]
+        scores = _scored_fit(stats, alpha, grid, mode, f"target {target!r}, basis {basis}", min_train, min_test, fraction)
         group_rows.append({
             "model": target, "layer": joint.layers[target][0], "basis_models": ";".join(basis),
             "basis_layers": ";".join(str(joint.layers[m][-1]) for m in basis),
             "n_train": train.n, "n_test": test.n, "dims": joint.dims[target], "basis_dims": int(train.cov_zz.shape[0]),
-            "alpha": alpha, "mode": mode, **scores, "units_consistent": joint.consistent,
+            "alpha": scores["alpha"], "mode": mode, **scores, "units_consistent": joint.consistent,
         })
-        LOG.info("group    %-20s <- %d models (%d dims): R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
-                 target, len(basis), train.cov_zz.shape[0], scores["r2_train"], scores["r2_test"], train.n, test.n,
-                 scores["solver"], time.perf_counter() - started)
+        LOG.info("group    %-20s <- %d models (%d dims): alpha %g, R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
+                 target, len(basis), train.cov_zz.shape[0], scores["alpha"], scores["r2_train"], scores["r2_test"],
+                 train.n, test.n, scores["solver"], time.perf_counter() - started)
     del joint
     # Pairwise fits use the exact statistics of their own pair file, read one at a time.
     pair_rows = {}
     for pair_name in model_pairs(models):
         pair = PairMoments.load(pair_paths.get(pair_name) or pair_paths[pair_name[::-1]])
         for target, other in (pair_name, pair_name[::-1]):
-            train = split_stats_from_pair(pair, target, other, "train")
-            test = split_stats_from_pair(pair, target, other, "test")
-            check_units(train.n, test.n, f"target {target!r} on basis {other!r}", min_train, min_test)
-            _, scores = _fit_and_score(train, test, alpha, mode, f"target {target!r}, basis {other!r}")
+            stats = {split: split_stats_from_pair(pair, target, other, split) for split in splits}
+            train, test = stats["train"], stats["test"]
+            scores = _scored_fit(stats, alpha, grid, mode, f"target {target!r}, basis {other!r}", min_train, min_test,
+                                 fraction)
             pair_rows[(target, other)] = {
                 "model": target, "basis_model": other, "layer": pair.layers[pair.models.index(target)][0],
                 "basis_layer": pair.layers[pair.models.index(other)][-1], "n_train": train.n, "n_test": test.n,
                 "dims": pair.dims[pair.models.index(target)], "basis_dims": pair.dims[pair.models.index(other)],
-                "alpha": alpha, "mode": mode, **scores,
+                "alpha": scores["alpha"], "mode": mode, **scores,
             }
-            LOG.info("pairwise %-20s <- %-20s: R2 train %.4f test %.4f (n %d/%d, %s)", target, other,
-                     scores["r2_train"], scores["r2_test"], train.n, test.n, scores["solver"])
+            LOG.info("pairwise %-20s <- %-20s: alpha %g, R2 train %.4f test %.4f (n %d/%d, %s)", target, other,
+                     scores["alpha"], scores["r2_train"], scores["r2_test"], train.n, test.n, scores["solver"])
     ordered = [pair_rows[(t, o)] for t in models for o in models if o != t]
     return group_rows, ordered
 
@@ -778,10 +958,11 @@ def run_moments(smk) -> None:
     LOG.info("moments of (%s layers %s, %s layers %s), unit %s, dataset %s", view_a.model, view_a.layers,
              view_b.model, view_b.layers, wc.unit, wc.dataset)
     started = time.perf_counter()
-    moments, counts = compute_pair_moments(view_a, view_b, wc.unit, p.pooling, p.chunk_tokens)
-    LOG.info("units: %d aligned (train %d, test %d); dropped %d only in %s, %d only in %s; %.1f s",
-             counts.matched, moments["train"].n, moments["test"].n, counts.only_a, view_a.model, counts.only_b,
-             view_b.model, time.perf_counter() - started)
+    moments, counts = compute_pair_moments(view_a, view_b, wc.unit, p.pooling, p.chunk_tokens,
+                                           validation_fraction=p.validation_fraction, validation_seed=p.validation_seed)
+    LOG.info("units: %d aligned (train %d = fit %d + validation %d, test %d); dropped %d only in %s, %d only in %s; "
+             "%.1f s", counts.matched, moments["fit"].n + moments["valid"].n, moments["fit"].n, moments["valid"].n,
+             moments["test"].n, counts.only_a, view_a.model, counts.only_b, view_b.model, time.perf_counter() - started)
     if counts.matched == 0:
         raise WorkflowInputError(
             f"models {view_a.model!r} and {view_b.model!r} share no {wc.unit!r} unit on dataset {wc.dataset!r}: "
@@ -792,7 +973,7 @@ def run_moments(smk) -> None:
                     counts.only_a, counts.only_b)
     info = {"dataset": wc.dataset, "unit": wc.unit, "pooling": p.pooling, "chunk_tokens": p.chunk_tokens,
             "only_a": counts.only_a, "only_b": counts.only_b, "code_version": storage.CODE_VERSION}
-    save_pair_moments(smk.output.moments, view_a, view_b, moments, info)
+    save_pair_moments(smk.output.moments, view_a, view_b, moments, info, p.validation_fraction, p.validation_seed)
 
 
 def run_fit(smk) -> None:
@@ -801,7 +982,10 @@ def run_fit(smk) -> None:
     p = smk.params
     models = list(p.models)
     pair_paths = {canonical_pair(a, b): path for (a, b), path in zip(p.pairs, smk.input.moments)}
-    group_rows, pair_rows = decompose(pair_paths, models, p.alpha, smk.wildcards.mode, p.min_train_units, p.min_test_units)
+    alpha = alpha_from_tag(smk.wildcards.alpha)
+    grid = p.alpha_grid if alpha == VALIDATION else ()
+    group_rows, pair_rows = decompose(pair_paths, models, alpha, smk.wildcards.mode, p.min_train_units,
+                                      p.min_test_units, grid)
     extra = {"dataset": smk.wildcards.dataset, "unit": smk.wildcards.unit}
     group = pd.DataFrame([{**extra, **row} for row in group_rows])
     pairs = pd.DataFrame([{**extra, **row} for row in pair_rows])
@@ -818,7 +1002,14 @@ def run_figures(smk) -> None:
     group = pd.read_csv(smk.input.group)
     matrix = pd.read_csv(smk.input.matrix).set_index("model")
     n_train, n_test = int(group["n_train"].min()), int(group["n_test"].min())
-    where = f"{wc.dataset}, unit {wc.unit}, layers {wc.layers}, mode {wc.mode}; {n_train} train / {n_test} test units"
+    alpha = alpha_from_tag(wc.alpha)
+    if alpha == VALIDATION:
+        chosen = group["alpha"]
+        alpha_text = f"alpha by validation ({chosen.min():g}..{chosen.max():g})" if chosen.nunique() > 1 else f"alpha by validation ({chosen.iloc[0]:g})"
+    else:
+        alpha_text = f"alpha {alpha:g}"
+    where = (f"{wc.dataset}, unit {wc.unit}, layers {wc.layers}, mode {wc.mode}, {alpha_text};\n"
+             f"{n_train} train / {n_test} test units")
     plot_pairwise(matrix, f"Pairwise LMD: test R² of target from basis\n({where})", [smk.output.heatmap_png, smk.output.heatmap_svg])
     plot_group(group, f"Group LMD: each model from all the others\n({where})", [smk.output.group_png, smk.output.group_svg])
 
