@@ -19,6 +19,12 @@ Two fit modes (see docs/decomposition.md):
 - ``authors_code``: what the authors' released code computes (raw second moments E[zz^T], E[uz^T], no
   intercept, SST = sum ||u_n||^2 uncentred), which the published reference numbers come from.
 
+Two alpha choices (each its own output folder, see docs/decomposition.md):
+- a number: the fixed ridge penalty (the paper's 1e-6);
+- ``validation``: the train split is cut by a seeded hash of example_id into a fit and a valid part (both
+  stored in the pair files; train = their exact merge); per fit, the alpha of a grid with the best R² on the
+  valid part (fitted on the fit part) is chosen, then the fit is redone on the whole train split and scored on test.
+
 Three text units:
 - ``example``: the pooled per-example vector of pooled.parquet (`mean` over non-special tokens, or `first`);
 - ``word``: the mean of a word's tokens from tokens.parquet, keyed by (example_id, word_id) so that models with
