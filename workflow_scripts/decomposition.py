@@ -945,7 +945,10 @@ def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
         ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     mean_test = float(group_frame["r2_test"].mean())
     ax.axhline(mean_test, color="0.3", linestyle="--", linewidth=1, label=f"mean test R² = {mean_test:.3f}")
-    ax.set_xticks(x, models, rotation=30, ha="right")
+    labels = models
+    if "alpha_choice" in group_frame and (group_frame["alpha_choice"] == VALIDATION).any():
+        labels = [f"{m}\nα={a:g}" for m, a in zip(models, group_frame["alpha"])]  # the alpha chosen per target
+    ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel("group R² (fraction of variance explained)")
     ax.set_xlabel("target model (basis: all other models)")
     low = min(0.0, float(np.nanmin(group_frame[["r2_train", "r2_test"]].to_numpy()))) if len(group_frame) else 0.0
