@@ -316,17 +316,10 @@ TARGETS = [f"results/analysis/twotower/toy/tiny-bert/{name}.csv" for name in ("p
 
 
 def _pending(workdir) -> list[tuple[str, str]]:
-    """(rule, output) of the jobs a run of TARGETS would execute (conftest.pending_jobs puts the targets after
-    --quiet, which swallows them)."""
-    from tests.conftest import run_workflow
+    """(rule, output) of the jobs a run of TARGETS would execute."""
+    from tests.conftest import pending_jobs
 
-    result = run_workflow(workdir, None, extra=[*TARGETS, "--summary", "--quiet"])
-    jobs = []
-    for line in result.stdout.splitlines()[1:]:
-        fields = line.split("\t")
-        if len(fields) >= 6 and fields[5].strip() in ("update pending", "missing"):
-            jobs.append((fields[2], fields[0]))
-    return jobs
+    return pending_jobs(workdir, *TARGETS)
 
 
 def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
