@@ -475,23 +475,32 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
 
 @pytest.fixture(scope="module")
 def failing_run(cluster_runs, slurm_cluster, tmp_path_factory):
-    """On a copy of the SLURM workdir (a forced job's outputs are removed before it is submitted): one job asks for
-    two GPUs on a one-GPU cluster, and a model folder without weights fails inside its SLURM job."""
-    workdir = tmp_path_factory.mktemp("failing") / "slurm"
-    shutil.copytree(cluster_runs["base"] / "slurm", workdir, symlinks=True)
-    broken = workdir.parent / "broken-model"
-    shutil.copytree(cluster_runs["base"] / "slurm" / storage.model_dir("tiny-bert"), broken)
-    for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
-        weights.unlink()
-    config = dict(cluster_runs["config"])
-    config["models"] = [*config["models"], {"name": "broken", "source": "local", "path": str(broken)}]
-    return workdir, run_project(workdir, config, slurm_cluster, "--set-resources", "extract_hidden_states:gpu=2",
-                                "--forcerun", "extract_hidden_states", "--retries", "0", "--",
-                                str(storage.pooled_path("toy", "tiny-bert")), storage.model_dir("broken"))
+    """On copies of the SLURM workdir: one run asks for two GPUs on a one-GPU cluster (a forced job's outputs are
+    removed before it is submitted), another materialises a model folder without weights, which fails inside its
+    SLURM job. Two runs, since a refused submission ends a run before other jobs are submitted."""
+    runs = {}
+    for name in ("gpus", "broken"):
+        workdir = tmp_path_factory.mktemp(f"failing-{name}") / "slurm"
+        shutil.copytree(cluster_runs["base"] / "slurm", workdir, symlinks=True)
+        config = dict(cluster_runs["config"])
+        if name == "gpus":
+            runs[name] = workdir, run_project(workdir, config, slurm_cluster, "--set-resources",
+                                              "extract_hidden_states:gpu=2", "--forcerun", "extract_hidden_states",
+                                              "--retries", "0", "--", str(storage.pooled_path("toy", "tiny-bert")))
+            continue
+        broken = workdir.parent / "broken-model"
+        shutil.copytree(cluster_runs["base"] / "slurm" / storage.model_dir("tiny-bert"), broken)
+        for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
+            weights.unlink()
+        config["models"] = [*config["models"], {"name": "broken", "source": "local", "path": str(broken)}]
+        # its extraction is targeted too: Snakemake runs a run's only job on the submitting host
+        runs[name] = workdir, run_project(workdir, config, slurm_cluster, "--retries", "0", "--",
+                                          storage.pooled_path("toy", "broken"))
+    return runs
 
 
 def test_more_gpus_than_the_cluster_has_fails_at_submission(failing_run):
-    _, over = failing_run
+    _, over = failing_run["gpus"]
     assert over.returncode != 0
     assert "SLURM sbatch failed" in over.output
     assert "Requested node configuration is not available" in over.output  # SLURM's own words
@@ -501,7 +510,7 @@ def test_more_gpus_than_the_cluster_has_fails_at_submission(failing_run):
 
 
 def test_a_job_failing_on_the_cluster_keeps_its_log_and_shows_why(failing_run):
-    workdir, over = failing_run
+    workdir, over = failing_run["broken"]
     failed = [job for job in over.jobs.values() if job["rule"] == "materialise_model" and "slurm_id" in job]
     assert len(failed) == 1 and failed[0]["wildcards"] == {"model": "broken"}, over.jobs
     assert over.slurm[failed[0]["slurm_id"]]["JobState"] == "FAILED"
