@@ -161,10 +161,19 @@ rule geometry_figures:
         scores="results/analysis/geometry/{dataset}/scores.csv",
         regression="results/analysis/geometry/{dataset}/regression.csv",
     output:
-        r2_png=report("results/figures/geometry/{dataset}/r2_by_measure.png", category="Geometry"),
+        r2_png=report(
+            "results/figures/geometry/{dataset}/r2_by_measure.png",
+            caption="../report/geometry_r2.rst",
+            category="Geometry",
+        ),
         r2_svg="results/figures/geometry/{dataset}/r2_by_measure.svg",
         scatter_png=[
-            f"results/figures/geometry/{{dataset}}/scatter_top{rank}.png" for rank in range(1, GEOMETRY_TOP_K + 1)
+            report(
+                f"results/figures/geometry/{{dataset}}/scatter_top{rank}.png",
+                caption="../report/geometry_scatter.rst",
+                category="Geometry",
+            )
+            for rank in range(1, GEOMETRY_TOP_K + 1)
         ],
         scatter_svg=[
             f"results/figures/geometry/{{dataset}}/scatter_top{rank}.svg" for rank in range(1, GEOMETRY_TOP_K + 1)
