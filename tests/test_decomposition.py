@@ -496,6 +496,11 @@ def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_
     assert f"{LMD_OUT}/chunks16/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
     assert not any("/toy/paper/" in out for out in outputs)  # the paper unit runs on chunks datasets only
     assert not any("/toy/example/" in out and "moments" in out for out in outputs)  # already computed
+    # and the whole paper unit runs: chunks extracted by both tokenizers, pooled over all T tokens, fitted
+    run_workflow(workdir, None)
+    group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/paper/t-1_b-1/paper/alpha-1e-06/group.csv")
+    assert set(group["model"]) == {"tiny-bert", "tiny-roberta"}
+    assert group["r2_train"].notna().all() and (group["n_test"] > 0).all()
 
 
 def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):

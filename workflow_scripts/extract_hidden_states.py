@@ -352,6 +352,8 @@ def main(snakemake) -> None:
     with storage.job_logging(snakemake):
         import torch
 
+        storage.limit_heap_fragmentation()  # resident memory flat in the corpus size (docs/performance.md)
+
         torch.set_num_threads(max(1, snakemake.threads))
         settings = ExtractionSettings.from_config(snakemake.params.extraction)
         extract(snakemake.input.model, snakemake.input.dataset, snakemake.output.pooled, snakemake.output.tokens,

@@ -215,7 +215,8 @@ def limit_heap_fragmentation(threshold_bytes: int = 1 << 16) -> bool:
     """Make glibc serve large blocks by mmap and give freed memory back to the system.
 
     Batches of varying shapes otherwise fragment the heap and a long job's resident memory creeps up with the
-    number of batches (measured in docs/performance.md); with this it stays flat. No-op off glibc.
+    number of batches (measured in docs/performance.md); with this it stays flat. No-op off glibc. Used by the
+    extraction only: it made training jobs (many short-lived tensors) markedly slower.
     """
     import ctypes
     import ctypes.util
@@ -258,7 +259,6 @@ def job_logging(snakemake_or_log, name: str | None = None) -> Iterator[logging.L
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.captureWarnings(True)
-    limit_heap_fragmentation()
     started = time.perf_counter()
     if hasattr(snakemake_or_log, "input"):
         LOG.info("rule %s: wildcards %s", rule, dict(snakemake_or_log.wildcards.items()))
