@@ -41,6 +41,8 @@ rule finetune_model:
         mem_mb=finetune_mem_mb,
         runtime=finetune_runtime,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/finetune_model.py"
 
@@ -109,6 +111,8 @@ rule compression_model:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/compression.py"
 
@@ -149,6 +153,8 @@ rule compression_dataset:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/compression.py"
 

@@ -22,5 +22,7 @@ rule prepare_dataset:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/prepare_dataset.py"

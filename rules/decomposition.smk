@@ -115,6 +115,8 @@ rule prepare_chunk_dataset:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/chunk_dataset.py"
 
@@ -148,6 +150,8 @@ rule decomposition_moments:
     resources:
         mem_mb=LMD["mem_mb_moments"],
         runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/decomposition.py"
 
@@ -179,6 +183,8 @@ rule decomposition_fit:
     resources:
         mem_mb=_lmd_fit_mem_mb(),
         runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/decomposition.py"
 
@@ -216,6 +222,8 @@ rule decomposition_figures:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/decomposition.py"
 

@@ -33,6 +33,8 @@ rule extract_hidden_states:
         mem_mb=extraction_mem_mb,
         runtime=extraction_runtime,
         **gpu_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/extract_hidden_states.py"
 

@@ -54,6 +54,8 @@ rule summary_figure:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/summary_figure.py"
 

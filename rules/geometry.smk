@@ -29,6 +29,8 @@ rule perturb_model:
     resources:
         mem_mb=lambda wc: int(RES["mem_mb_base"] + 4 * model_weights_mb(MODELS[wc.model]["base"])),
         runtime=RES["runtime_minutes_base"],
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/perturb_model.py"
 
@@ -111,6 +113,8 @@ rule geometry_measures:
     resources:
         mem_mb=RES["mem_mb_base"] + 2000,
         runtime=RES["runtime_minutes_base"],
+    conda:
+        "../envs/geometry.yaml"
     script:
         "../workflow_scripts/geometry.py"
 
@@ -129,6 +133,8 @@ rule geometry_score:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/geometry.yaml"
     script:
         "../workflow_scripts/geometry.py"
 
@@ -151,6 +157,8 @@ rule geometry_regression:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/geometry.yaml"
     script:
         "../workflow_scripts/geometry.py"
 
@@ -186,6 +194,8 @@ rule geometry_figures:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/geometry.yaml"
     script:
         "../workflow_scripts/geometry.py"
 

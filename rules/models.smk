@@ -15,5 +15,7 @@ rule materialise_model:
     resources:
         mem_mb=4000,
         runtime=lambda wc: 120 if MODELS[wc.model]["source"] == "hub" else 30,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/materialise_model.py"

@@ -56,6 +56,8 @@ rule twotower_corpus:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/twotower.py"
 
@@ -79,6 +81,8 @@ rule twotower_train:
     threads: RES["threads"]
     resources:
         **_twotower_heavy_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/twotower.py"
 
@@ -102,6 +106,8 @@ rule twotower_measure:
     threads: RES["threads"]
     resources:
         **_twotower_heavy_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/twotower.py"
 
@@ -125,6 +131,8 @@ rule twotower_preference:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/twotower_preference.py"
 
@@ -152,6 +160,8 @@ rule twotower_figures:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/twotower_preference.py"
 

@@ -46,6 +46,8 @@ rule variability_nu:
     resources:
         mem_mb=VAR["memory_mb"] + RES["mem_mb_base"],
         runtime=VAR["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/variability.py"
 
@@ -67,6 +69,8 @@ rule variability_probe:
     resources:
         mem_mb=VAR["memory_mb"] + RES["mem_mb_base"],
         runtime=VAR["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/variability.py"
 
@@ -94,6 +98,8 @@ rule variability_summary:
     threads: 1
     resources:
         **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../workflow_scripts/variability.py"
 

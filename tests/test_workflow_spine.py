@@ -203,3 +203,144 @@ def test_bad_config_stops_the_workflow_before_any_job(mutate, message, tiny_mode
     output = result.stdout + result.stderr
     assert re.search(message, output), output[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------- conda environments
+RULE_ENVS_SCRIPT = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=Path(sys.argv[1]), workdir=Path("."))
+    rules = {}
+    for rule in workflow._workflow.rules:
+        runs_code = bool(rule.script or rule.shellcmd or rule.notebook or rule.wrapper or rule.is_run)
+        rules[rule.name] = dict(runs_code=runs_code, conda=rule.conda_env, script=rule.script, basedir=str(rule.basedir))
+print("RULES=" + json.dumps(rules))
+"""
+# Conda-forge names that differ from the pip distribution names in requirements.txt.
+CONDA_TO_PIP = {"pytorch": "torch"}
+
+
+def _normalise(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _env_packages(path):
+    """{normalised pip name: pinned version or None} of an envs/*.yaml (conda deps and the pip section)."""
+    import yaml
+
+    env = yaml.safe_load(path.read_text())
+    assert env["channels"][0] == "conda-forge", path
+    packages = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for spec in dep["pip"]:
+                name, _, version = spec.partition("==")
+                packages[_normalise(name)] = version or None
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(?:(==?)\s*([^=\s]+))?", dep)
+        assert match, f"{path.name}: cannot read the dependency {dep!r}"
+        name = _normalise(CONDA_TO_PIP.get(match.group(1), match.group(1)))
+        packages[name] = match.group(3) if match.group(2) == "==" else None
+    return packages
+
+
+def _requirements():
+    pins = {}
+    for line in (_project() / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_normalise(name)] = version
+    return pins
+
+
+def _project():
+    from tests.conftest import PROJECT
+
+    return PROJECT
+
+
+def _third_party_imports(script, seen=None):
+    """Top-level modules a workflow script imports (anywhere in it), following workflow_scripts.* imports."""
+    import ast
+    import sys
+
+    seen = set() if seen is None else seen
+    if script in seen:
+        return set()
+    seen.add(script)
+    found = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "workflow_scripts." + (node.module or "") if node.level else node.module
+            names = [f"{base}.{alias.name}".replace("..", ".") for alias in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            parts = name.strip(".").split(".")
+            if parts[0] == "workflow_scripts":
+                for depth in range(2, len(parts) + 1):
+                    module = _project().joinpath(*parts[:depth]).with_suffix(".py")
+                    if module.exists():
+                        found |= _third_party_imports(module, seen)
+            elif parts[0] not in sys.stdlib_module_names and parts[0] != "snakemake":
+                found.add(parts[0])
+    return found
+
+
+@pytest.fixture(scope="module")
+def rule_envs(tmp_path_factory):
+    """Every rule of the default workflow, as Snakemake itself parsed it: its conda env and script."""
+    import json
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("conda-envs")
+    shutil.copy(_project() / "config.yaml", workdir / "config.yaml")
+    result = subprocess.run([sys.executable, "-c", RULE_ENVS_SCRIPT, str(_project() / "Snakefile")], cwd=workdir,
+                            capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RULES=")]
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads(lines[-1][len("RULES="):])
+
+
+def test_conda_envs_parse_and_pin_exactly_the_requirements():
+    """Every envs/*.yaml pins what requirements.txt pins; what it adds is pinned to the version installed here."""
+    from importlib.metadata import version
+
+    pins = _requirements()
+    envs = sorted((_project() / "envs").glob("*.yaml"))
+    assert envs
+    for path in envs:
+        for name, pinned in _env_packages(path).items():
+            if name in ("python", "pip"):
+                continue
+            assert pinned is not None, f"{path.name}: {name} is not pinned"
+            expected = pins.get(name) or version(name)
+            assert pinned == expected.split("+")[0], f"{path.name}: {name}=={pinned}, requirements/venv: {expected}"
+
+
+def test_every_rule_has_a_conda_env_with_every_package_its_script_imports(rule_envs):
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    assert len(rule_envs) > 20, sorted(rule_envs)
+    used = set()
+    for name, rule in rule_envs.items():
+        if not rule["runs_code"]:
+            continue
+        assert rule["conda"], f"rule {name} has no conda: directive"
+        env_path = (_project() / "rules" / rule["conda"]).resolve()
+        assert env_path.exists() and env_path.parent == _project() / "envs", f"rule {name}: {rule['conda']}"
+        used.add(env_path.name)
+        assert rule["script"], f"rule {name}: the import check covers script: rules only"
+        packages = _env_packages(env_path)
+        for module in _third_party_imports((_project() / "rules" / rule["script"]).resolve()):
+            dists = [_normalise(d) for d in distributions.get(module, [module])]
+            assert any(d in packages for d in dists), f"rule {name} imports {module} ({dists}), not in {env_path.name}"
+    assert used == {path.name for path in (_project() / "envs").glob("*.yaml")}, "an envs/*.yaml no rule uses"
