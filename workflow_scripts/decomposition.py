@@ -693,7 +693,10 @@ class JointMoments:
     pair (in canonical order) that holds it. When every pair aligned the same units (always for `example` and
     `paper` units; for `word` units when no word is missing from any model), this is exactly the joint
     covariance; otherwise it is the pairwise-complete estimate, and `consistent` says so.
-    Pair files are read one at a time: memory is the joint matrix, 2 x (sum of view dims)^2 x 8 bytes.
+    Pair files are read one at a time: memory is one joint matrix per split in `splits` (2: train, test for a
+    fixed alpha; 4: fit, valid, train, test for alpha='validation'), each (sum of view dims)^2 x 8 bytes, plus the
+    pair being read: 4 x (d_a + d_b)^2 x 8 bytes (the 3 stored co-moments, fit, valid and test, and their merged
+    train).
     """
 
     def __init__(self, pair_paths: dict, models: Sequence[str], splits: Sequence[str] = SPLITS):
