@@ -36,6 +36,7 @@ ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Status checks 5 s after submission, then the plugin adds 10 s per check (5, 20, 45 s...) until a job ends.
 FAST_STATUS = ["--slurm-init-seconds-before-status-checks", "5"]
 SNAKEMAKE_TIMEOUT_S = 300
+STAGES_TIMEOUT_S = 480  # the stages run: six rounds of SLURM jobs, five of them on the one (fake) GPU
 
 
 def _which(name: str) -> str | None:
@@ -137,7 +138,7 @@ def run_snakemake(args: list[str], *, workdir: Path, env: dict | None = None, ti
             output, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+            output, _ = proc.communicate(timeout=30)
         pytest.fail(f"snakemake timed out after {timeout} s: {' '.join(cmd)}\n{output[-6000:]}")
     run = parse_run(proc.returncode, output)
     if run.run_id and env is not None:  # a SLURM run: read what SLURM recorded while it still lists the jobs
@@ -366,7 +367,42 @@ def test_every_rule_declares_memory_runtime_and_gpu_only_where_a_model_runs(tiny
 # The project's workflow on tiny models: locally and on SLURM
 
 
-GPU_RULES = {"extract_hidden_states"}  # the model-running rules that this workflow config schedules
+# Every model-running rule (extraction, fine-tuning, two-tower training and measuring) goes through SLURM in the
+# runs below: the extraction-only runs schedule extract_hidden_states, the stages run the other three.
+GPU_RULES = MODEL_RUNNING_RULES
+# What the stages run asks for: a fine-tuned model and its extraction, the compression tables of both models, and a
+# one-seed two-tower run up to its preference tables (its figures would be one more round of SLURM jobs).
+STAGE_TARGETS = [f"results/analysis/compression/toy/first_layer-1/{name}.csv" for name in ("summary", "pairs")] + [
+    f"results/analysis/twotower/toy/tiny-bert/{name}.csv" for name in ("preference", "consistency")]
+STAGE_JOBS = [
+    ("rule_compression_dataset_wildcards_toy_first_layer-1", "COMPLETED"),
+    ("rule_compression_model_wildcards_toy_first_layer-1_tiny-bert", "COMPLETED"),
+    ("rule_compression_model_wildcards_toy_first_layer-1_tiny-bert-ft", "COMPLETED"),
+    ("rule_extract_hidden_states_wildcards_toy_tiny-bert", "COMPLETED"),
+    ("rule_extract_hidden_states_wildcards_toy_tiny-bert-ft", "COMPLETED"),
+    ("rule_finetune_model_wildcards_tiny-bert-ft", "COMPLETED"),
+    ("rule_materialise_model_wildcards_tiny-bert", "COMPLETED"),
+    ("rule_prepare_dataset_wildcards_toy", "COMPLETED"),
+    ("rule_twotower_corpus_wildcards_toy_tiny-bert", "COMPLETED"),
+    ("rule_twotower_measure_wildcards_toy_tiny-bert_0_20", "COMPLETED"),
+    ("rule_twotower_preference_wildcards_toy_tiny-bert", "COMPLETED"),
+    ("rule_twotower_train_wildcards_toy_tiny-bert_0", "COMPLETED"),
+]
+
+
+def stages_config(tiny_models, tiny_corpus) -> dict:
+    """One tiny model, a fine-tuned copy of it (tests/test_compression.py), compression on both, and a one-seed,
+    20-step two-tower run on its tokenizer (tests/test_twotower.py's TINY_STAGE, shortened)."""
+    from tests.conftest import tiny_config
+    from tests.test_twotower import TINY_STAGE
+
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), **{stage: {"enabled": False} for stage in STAGES})
+    config["models"].append({"name": "tiny-bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
+                             "epochs": 2, "learning_rate": 3e-3, "batch_size": 16, "max_length": 32, "seed": 0})
+    config["compression"] = {"enabled": True, "n_best": 3}
+    config["twotower"] = dict(TINY_STAGE, seeds=[0], steps=20, eval_every=10, checkpoint_every=10,
+                              head=dict(TINY_STAGE["head"], steps=10), memory_mb=1000, runtime_minutes=10)
+    return config
 
 
 def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int = SNAKEMAKE_TIMEOUT_S) -> Run:
@@ -388,17 +424,29 @@ def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
     only_extraction = {stage: {"enabled": False} for stage in STAGES}
     one = tiny_config(tiny_models, tiny_corpus, models=("bert",), **only_extraction)
     two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **only_extraction)
-    # The local run goes on beside the SLURM runs, which spend most of their time waiting for status checks.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        local = pool.submit(run_workflow, base / "local", two, extra=["--workflow-profile", str(LOCAL_PROFILE)],
-                            timeout=600)
+    stages = stages_config(tiny_models, tiny_corpus)
+
+    def local_runs():
+        local_profile = ["--workflow-profile", str(LOCAL_PROFILE)]
+        return (run_workflow(base / "local", two, extra=local_profile, timeout=600),
+                run_workflow(base / "local-stages", stages, *STAGE_TARGETS, extra=local_profile, timeout=600))
+
+    # The local runs and the stages run go on beside the extraction runs: SLURM runs spend most of their time
+    # waiting for status checks. The stages run is the longest chain (dataset and model, fine-tuning, extraction,
+    # compression per model, then across models; corpus, training, measuring, preference).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        local = pool.submit(local_runs)
+        on_slurm = pool.submit(run_project, base / "slurm-stages", stages, slurm_cluster, "--", *STAGE_TARGETS,
+                               timeout=STAGES_TIMEOUT_S)
         first = run_project(base / "slurm", one, slurm_cluster)
         # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
         two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
         second = run_project(base / "slurm", two_typed, slurm_cluster)
         again = run_project(base / "slurm", two_typed, slurm_cluster)
-        local = local.result()
-    return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
+        local, local_stages = local.result()
+        stages_run = on_slurm.result()
+    return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed,
+            "stages": stages_run, "local_stages": local_stages}
 
 
 def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs):
@@ -419,6 +467,18 @@ def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs)
         assert log.parent.parent.parent == slurm_logs and log.parent.parent.name == f"rule_{job['rule']}", log
         assert log.name == f"{job['slurm_id']}.log" and not log.exists(), log
     assert not list(slurm_logs.rglob("*.log"))
+
+
+def test_finetuning_and_twotower_jobs_are_submitted_with_a_gpu(cluster_runs):
+    """The stages run: fine-tuning, two-tower training and measuring ask SLURM for a GPU like extraction does, and
+    the analyses (compression, two-tower corpus and preference) for none."""
+    stages = cluster_runs["stages"]
+    rules = check_submissions(stages, gpu_rules=GPU_RULES)
+    assert stages.slurm_jobs == STAGE_JOBS
+    assert {"compression_model", "compression_dataset", "twotower_corpus", "twotower_preference"} <= set(rules)
+    # every rule that declares a GPU has now been submitted, with its gpu request, in one of the runs
+    submitted = {job["rule"] for run in (cluster_runs["first"], stages) for job in run.jobs.values() if "slurm_id" in job}
+    assert MODEL_RUNNING_RULES <= submitted, MODEL_RUNNING_RULES - submitted
 
 
 def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs):
@@ -445,23 +505,34 @@ def result_tables(root: Path) -> dict:
     return found
 
 
-def test_results_on_slurm_equal_the_local_run(cluster_runs):
+# Wall-clock columns (two-tower training's history): the only values allowed to differ between the two runs.
+TIMING_COLUMNS = {"elapsed_s"}
+
+
+def assert_same_tables(local_root: Path, slurm_root: Path, expected: set[str]) -> None:
+    """Every Parquet and CSV table of the two runs is equal, value for value (timing columns aside)."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from workflow_scripts.model_loading import read_provenance
-
-    local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
     local, slurm = result_tables(local_root), result_tables(slurm_root)
     assert sorted(local) == sorted(slurm)
-    assert {"results/data/toy.parquet", "results/hidden/toy/tiny-bert/pooled.parquet",
-            "results/hidden/toy/tiny-roberta/tokens.parquet"} <= set(local)
+    assert expected <= set(local), expected - set(local)
     for rel, path in local.items():
         read = pq.read_table if path.suffix == ".parquet" else pcsv.read_csv
         mine, theirs = read(path), read(slurm[rel])
         assert mine.num_rows > 0, rel
         assert mine.schema.remove_metadata() == theirs.schema.remove_metadata(), rel
+        timing = [name for name in mine.column_names if name in TIMING_COLUMNS]
+        mine, theirs = mine.drop_columns(timing), theirs.drop_columns(timing)
         assert mine.equals(theirs), f"{rel} differs between the local and the SLURM run"
+
+
+def test_results_on_slurm_equal_the_local_run(cluster_runs):
+    from workflow_scripts.model_loading import read_provenance
+
+    local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
+    assert_same_tables(local_root, slurm_root, {"results/data/toy.parquet", "results/hidden/toy/tiny-bert/pooled.parquet",
+                                                "results/hidden/toy/tiny-roberta/tokens.parquet"})
     stable = ("model", "dataset", "architecture", "n_layers", "hidden_size", "token_layers", "store_dtype",
               "compute_dtype", "device", "weights_sha256")
     for model in ("tiny-bert", "tiny-roberta"):
@@ -471,6 +542,33 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
         assert ours["model"] == model and ours["device"] == "cpu"  # the fake GPU job fell back to the CPU
         assert (read_provenance(local_root / storage.model_dir(model))["weights_sha256"]
                 == read_provenance(slurm_root / storage.model_dir(model))["weights_sha256"])
+
+
+def test_finetuned_model_and_analysis_tables_on_slurm_equal_the_local_run(cluster_runs):
+    """Fine-tuning, extraction of the fine-tuned model, compression and two-tower training give the same tables in
+    SLURM jobs as locally: every job runs with threads=1 (torch.set_num_threads) and seeded, on the CPU in both."""
+    from workflow_scripts.model_loading import read_provenance
+
+    assert cluster_runs["stages"].returncode == 0, cluster_runs["stages"].output[-6000:]
+    local_root, slurm_root = cluster_runs["base"] / "local-stages", cluster_runs["base"] / "slurm-stages"
+    compression, twotower = "results/analysis/compression/toy/first_layer-1", "results/analysis/twotower/toy/tiny-bert"
+    assert_same_tables(local_root, slurm_root, {
+        "results/hidden/toy/tiny-bert-ft/pooled.parquet", f"{compression}/summary.csv", f"{compression}/pairs.csv",
+        f"{compression}/tiny-bert-ft/pca_curve.csv", f"{twotower}/preference.csv", f"{twotower}/consistency.csv",
+        f"{twotower}/history.csv", f"{twotower}/seed0/logprobs_step20.parquet"})
+    # the fine-tuned weights themselves are bit-identical, and the fine-tuning and two-tower jobs ran on the CPU
+    ours, theirs = (read_provenance(root / storage.model_dir("tiny-bert-ft")) for root in (local_root, slurm_root))
+    assert ours["source"] == "finetune" and ours["weights_sha256"] == theirs["weights_sha256"]
+    assert {k: ours[k] for k in ("train_accuracy", "test_accuracy", "steps")} == {
+        k: theirs[k] for k in ("train_accuracy", "test_accuracy", "steps")}
+    assert storage.read_hidden_metadata(slurm_root / storage.pooled_path("toy", "tiny-bert-ft"))["device"] == "cpu"
+    import torch
+
+    ours, theirs = (torch.load(root / twotower / "seed0" / "step20.pt", map_location="cpu", weights_only=False)["model"]
+                    for root in (local_root, slurm_root))
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), f"two-tower weight {name} differs between the local and the SLURM run"
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ timeout 30 slurmctld -c -f "$SLURM_ETC/slurm.conf" || die "slurmctld did not sta
 timeout 30 slurmd -N "$NODE_NAME" -f "$SLURM_ETC/slurm.conf" || die "slurmd did not start"
 
 state=""
-for _ in $(seq 1 120); do
+deadline=$((SECONDS + 60))   # by the clock, not by a count of tries: each sinfo may itself take up to 10 s
+while [ "$SECONDS" -lt "$deadline" ]; do
     state=$(node_state)
     [ "$state" = idle ] && break
     sleep 0.5

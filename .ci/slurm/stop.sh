@@ -37,7 +37,8 @@ if pid_alive "$PID_SLURMCTLD" slurmctld; then
         say "cancelling jobs $jobs"
         # shellcheck disable=SC2086
         timeout 10 scancel $jobs 2>/dev/null || true
-        for _ in $(seq 1 100); do
+        deadline=$((SECONDS + 15))   # by the clock: each squeue may itself take up to 10 s
+        while [ "$SECONDS" -lt "$deadline" ]; do
             [ -z "$(timeout 10 squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
             sleep 0.1
         done
