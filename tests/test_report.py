@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import pending_jobs, run_workflow, tiny_config
 from tests.test_decomposition import LMD_SECTION
@@ -81,14 +82,27 @@ def test_the_report_embeds_every_figure_with_its_caption(full_run):
     assert "data:image/png" in html  # self-contained: the figures are embedded
 
 
-def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_models, tmp_path):
+# Rules whose jobs belong to one model (its folder, its hidden states, its per-model analyses).
+PER_MODEL_RULES = {"materialise_model", "perturb_model", "finetune_model", "extract_hidden_states", "variability_nu",
+                   "variability_probe", "compression_model", "geometry_measures", "geometry_score", "twotower_corpus",
+                   "twotower_train", "twotower_measure", "twotower_preference", "twotower_figures"}
+OLD_MODELS = ("tiny-bert", "tiny-roberta", "tiny-bert-p05", "tiny-bert-ft")
+
+
+def scratch_copy(workdir, tmp_path):
+    """A copy of the finished run (mtimes and .snakemake records kept) to change without touching the fixture."""
     import shutil
 
+    scratch = tmp_path / "scratch"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    return scratch
+
+
+def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_models, tmp_path):
     workdir, config = full_run
     grown = dict(config, models=config["models"] + [
         {"name": "tiny-gpt2", "source": "local", "path": str(tiny_models["gpt2"])}])
-    scratch = tmp_path / "grown"
-    shutil.copytree(workdir, scratch, symlinks=True)
+    scratch = scratch_copy(workdir, tmp_path)
     run_workflow(scratch, grown, extra=["-n"])
     jobs = pending_jobs(scratch)
     for rule, output in jobs:
@@ -96,7 +110,62 @@ def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_mo
         # nothing that belongs to the old models alone
         if "tiny-gpt2" in output:
             continue
-        for model in ("tiny-bert", "tiny-roberta", "tiny-bert-p05", "tiny-bert-ft"):
+        assert rule not in PER_MODEL_RULES, (rule, output)
+        for model in OLD_MODELS:
             assert f"/{model}/" not in output and not output.endswith(f"/{model}") and \
                 not output.endswith(f"/{model}.csv"), (rule, output)
-    assert any(rule == "summary_figure" for rule, _ in jobs)
+    rules = {rule for rule, _ in jobs}
+    # the joins of every analysis enabled here take the new model in, and the report's model table and page follow
+    joins = {"decomposition_fit", "decomposition_figures", "variability_summary", "compression_dataset",
+             "geometry_regression", "geometry_figures", "model_provenance", "summary_figure"}
+    assert joins <= rules, f"joins not redone: {sorted(joins - rules)}"
+    outputs = {output for _, output in jobs}
+    assert {"results/analysis/geometry/toy/regression.csv", "results/report/models.csv",
+            "results/figures/summary.png"} <= outputs
+    # and the new model's own work is there
+    assert {"materialise_model", "extract_hidden_states"} <= rules
+
+
+def test_provenance_table_has_a_row_per_model_with_source_revision_and_sha256(full_run):
+    import pandas as pd
+
+    workdir, config = full_run
+    table = pd.read_csv(workdir / "results/report/models.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["model", "source", "origin", "revision", "architecture", "weights_sha256",
+                                   "derivation"]
+    assert list(table["model"]) == [entry["name"] for entry in config["models"]]
+    for entry, row in zip(config["models"], table.itertuples()):
+        assert row.source == entry["source"], row
+        assert re.fullmatch(r"[0-9a-f]{64}", row.weights_sha256), row
+        recorded = json.loads((workdir / "results/models" / entry["name"] / "provenance.json").read_text())
+        assert row.weights_sha256 == recorded["weights_sha256"], row
+        assert row.origin, row
+        if entry["source"] in ("perturb", "finetune"):
+            assert "base=tiny-bert" in row.derivation, row
+        else:
+            assert Path(row.origin) == Path(entry["path"]).resolve() and row.derivation == "", row
+
+
+def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, tmp_path):
+    import os
+
+    import pandas as pd
+
+    workdir, config = full_run
+    scratch = scratch_copy(workdir, tmp_path)
+    # a config edit that changes no table (a scheduler request): only the record of the config is rewritten
+    edited = dict(config, resources={**config["resources"], "mem_mb_base": 2345})
+    (scratch / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert {rule for rule, _ in pending_jobs(scratch)} == {"effective_config"}
+    # tables rewritten with the same bytes (a rerun of the provenance rule, say) are newer but unchanged
+    later = (scratch / "results/figures/summary.png").stat().st_mtime + 60
+    regression = scratch / "results/analysis/geometry/toy/regression.csv"
+    for path in (scratch / "results/report/models.csv", regression):
+        os.utime(path, (later, later))
+    assert "summary_figure" not in {rule for rule, _ in pending_jobs(scratch)}
+    # a changed table redraws the page
+    table = pd.read_csv(regression)
+    table["r2"] = table["r2"] / 2
+    table.to_csv(regression, index=False)
+    os.utime(regression, (later + 60, later + 60))
+    assert "summary_figure" in {rule for rule, _ in pending_jobs(scratch)}

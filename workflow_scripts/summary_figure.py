@@ -1,7 +1,10 @@
-"""The one-page summary: the headline of every analysis for the configured models, plus the provenance table
-and the effective configuration for the report.
+"""The one-page summary: the headline of every analysis for the configured models; and, for the report, the
+provenance table and the effective configuration.
 
-Each panel reads the aggregated table its analysis writes; a disabled analysis leaves its panel with a note.
+Three rules run this script (`snakemake.rule` picks the job): `model_provenance` writes the provenance table,
+`effective_config` the config, `summary_figure` draws the page from the aggregated tables and the provenance
+table only, so that a config edit that changes no table redraws nothing. Each panel reads the aggregated table
+its analysis writes; a disabled analysis leaves its panel with a note.
 """
 import logging
 import textwrap
@@ -188,16 +191,36 @@ def draw_summary(inputs: dict, provenance: pd.DataFrame, datasets: list, paths: 
     storage.save_figure(fig, paths)
 
 
+def read_provenance_table(path) -> pd.DataFrame:
+    """The provenance table as text (empty cells as empty strings), as the models panel prints it."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def write_provenance(snakemake) -> None:
+    model_dirs = dict(zip(snakemake.params.models, snakemake.input.models))
+    provenance = provenance_table(model_dirs)
+    storage.write_table(provenance, snakemake.output.provenance)
+
+
+def write_config(snakemake) -> None:
+    with storage.atomic_path(snakemake.output.config) as tmp:
+        tmp.write_text(yaml.safe_dump(snakemake.params.config, sort_keys=False))
+    LOG.info("wrote %s", snakemake.output.config)
+
+
+def draw(snakemake) -> None:
+    provenance = read_provenance_table(snakemake.input.provenance)
+    inputs = {key: list(getattr(snakemake.input, key)) for key in snakemake.params.panels}
+    draw_summary(inputs, provenance, snakemake.params.datasets, [snakemake.output.png, snakemake.output.svg])
+    LOG.info("summary of %d models drawn from %d tables", len(provenance), sum(map(len, inputs.values())))
+
+
+JOBS = {"model_provenance": write_provenance, "effective_config": write_config, "summary_figure": draw}
+
+
 def main(snakemake) -> None:
     with storage.job_logging(snakemake):
-        model_dirs = dict(zip(snakemake.params.models, snakemake.input.models))
-        provenance = provenance_table(model_dirs)
-        storage.write_table(provenance, snakemake.output.provenance)
-        with storage.atomic_path(snakemake.output.config) as tmp:
-            tmp.write_text(yaml.safe_dump(snakemake.params.config, sort_keys=False))
-        inputs = {key: list(getattr(snakemake.input, key)) for key in snakemake.params.panels}
-        draw_summary(inputs, provenance, snakemake.params.datasets, [snakemake.output.png, snakemake.output.svg])
-        LOG.info("summary of %d models drawn from %d tables", len(provenance), sum(map(len, inputs.values())))
+        JOBS[snakemake.rule](snakemake)
 
 
 if "snakemake" in globals():
