@@ -53,7 +53,8 @@ def test_rerun_with_nothing_changed_schedules_nothing(spine_run):
 
 
 def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny_corpus, tmp_path):
-    """The new model's jobs, plus the joins that need it (the summary figure), and nothing of the other models."""
+    """The new model's jobs, plus the joins that need it (the summary figure, the provenance table and the
+    record of the config), and nothing of the other models."""
     workdir, config, _ = spine_run
     grown = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2"))
     scratch = tmp_path / "grown"
@@ -61,11 +62,11 @@ def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny
     (scratch / "config.yaml").unlink()
     run_workflow(scratch, grown, extra=["-n"])  # writes the config
     jobs = pending_jobs(scratch)
-    own = sorted(output for rule, output in jobs if rule != "summary_figure")
+    joins = {"summary_figure", "model_provenance", "effective_config"}
+    own = sorted(output for rule, output in jobs if rule not in joins)
     assert own == sorted([storage.model_dir("tiny-gpt2"), storage.pooled_path("toy", "tiny-gpt2"),
                           storage.tokens_path("toy", "tiny-gpt2")]), jobs
-    joins = {rule for rule, _ in jobs} - {"materialise_model", "extract_hidden_states"}
-    assert joins == {"summary_figure"}, jobs
+    assert {rule for rule, _ in jobs} - {"materialise_model", "extract_hidden_states"} == joins, jobs
 
 
 def test_materialise_from_split_zip_and_tar(tiny_models, tmp_path):

@@ -15,10 +15,10 @@ import pandas as pd
 import yaml
 
 from workflow_scripts import storage
+from workflow_scripts.figure_style import NEGATIVE, POSITIVE, colour, marker
 from workflow_scripts.model_loading import read_provenance
 
 LOG = logging.getLogger("workflow")
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 
 
 def provenance_table(model_dirs: dict) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def panel_decomposition(ax, paths):
     if table is None or "r2_test" not in table:
         return _note(ax, title, "Language Model Decomposition is not enabled in config.yaml.")
     table = table.sort_values("r2_test")
-    ax.barh(table["model"], table["r2_test"], color=PALETTE[0])
+    ax.barh(table["model"], table["r2_test"], color=POSITIVE)
     for y, value in enumerate(table["r2_test"]):
         ax.text(max(value, 0) + 0.01, y, f"{value:.3f}", va="center", fontsize=8)
     mean = table["r2_test"].mean()
@@ -84,13 +84,13 @@ def panel_variability(ax, layer_paths, selection_paths):
     for index, (model, group) in enumerate(layers.groupby("model", sort=True)):
         group = group.sort_values("layer")
         depth = group["layer"] / max(group["layer"].max(), 1)
-        ax.plot(depth, group["nu"], marker="o", markersize=3, color=PALETTE[index % len(PALETTE)], label=model)
+        ax.plot(depth, group["nu"], marker=marker(index), markersize=3, color=colour(index), label=model)
         if selection is not None and "recommended_layer" in selection:
             chosen = selection.loc[selection["model"] == model, "recommended_layer"]
             if len(chosen) and pd.notna(chosen.iloc[0]):
                 row = group[group["layer"] == int(chosen.iloc[0])]
                 ax.plot(row["layer"] / max(group["layer"].max(), 1), row["nu"], marker="*", markersize=12,
-                        color=PALETTE[index % len(PALETTE)], markeredgecolor="black")
+                        color=colour(index), markeredgecolor="black")
     ax.set_yscale("log")
     ax.set_xlabel("layer / number of layers (0 = embeddings)")
     ax.set_ylabel("ν (log scale; lower = more specialised)")
@@ -110,7 +110,7 @@ def panel_compression(ax, paths):
     width = 0.8 / len(columns)
     for index, (column, label) in enumerate(columns):
         ax.bar(x + (index - (len(columns) - 1) / 2) * width, table[column], width, label=label,
-               color=PALETTE[index])
+               color=colour(index))
     if "smallest_k_within_tolerance" in table:
         for xi, (k, full) in enumerate(zip(table["smallest_k_within_tolerance"], table["full_accuracy"])):
             ax.text(xi, min(full + 0.03, 1.02), f"k*={int(k)}" if pd.notna(k) else "k*=–", ha="center", fontsize=7)
@@ -131,7 +131,7 @@ def panel_geometry(ax, paths):
     if shown.empty:
         note = table["note"].dropna().iloc[0] if "note" in table and table["note"].notna().any() else "no fit"
         return _note(ax, title, f"No regression could be fitted: {note}")
-    colours = [PALETTE[0] if r >= 0 else PALETTE[5] for r in shown["pearson_r"]]
+    colours = [POSITIVE if r >= 0 else NEGATIVE for r in shown["pearson_r"]]
     ax.barh(shown["measure"], shown["r2"], color=colours)
     for y, (r2, r) in enumerate(zip(shown["r2"], shown["pearson_r"])):
         ax.text(r2 + 0.01, y, f"r={r:+.2f}", va="center", fontsize=7)
@@ -155,7 +155,7 @@ def panel_twotower(ax, paths):
         values.append(row["value"])
     if not values:
         return _note(ax, title, "No consistency rows were written.")
-    colours = [PALETTE[5] if "control" in label else PALETTE[2] for label in labels]
+    colours = [NEGATIVE if "control" in label else colour(2) for label in labels]
     ax.barh(labels, values, color=colours)
     ax.axvline(0, color="0.3", linewidth=0.8)
     ax.set_xlim(-1, 1)
