@@ -57,7 +57,12 @@ CASES = [
                                    {"name": "q", "source": "perturb", "base": "p", "alpha": 0.1}]),
      r"derived from itself through a cycle"),
     ("no models at all", _set(["models"], []), r"\[\] should be non-empty"),
+    ("unknown model in a compression pair", _set(["compression"], {"pairs": [{"pretrained": "nope", "finetuned": "b"}]}),
+     r"compression.pairs\[0\]: pretrained model 'nope' is not a configured model name"),
 ]
+
+# Analysis sections, in the order the Snakefile includes their rule files (each validates its own section).
+SECTIONS = ("decomposition", "variability", "compression", "geometry", "twotower", "figures")
 
 
 def bad_config(mutation) -> dict:
@@ -67,9 +72,11 @@ def bad_config(mutation) -> dict:
 
 
 def validation_message(config: dict) -> str | None:
-    """The message the workflow stops with at start-up (schema, then the semantic checks); None when valid."""
+    """The message the workflow stops with at start-up (schema, then the semantic checks, then the checks the rule
+    files run while they are read: each analysis section against its schema, compression pairs); None when valid."""
     from snakemake.utils import validate
 
+    from workflow_scripts.compression import resolve_pairs
     from workflow_scripts.config_checks import check_config, check_schema
     from workflow_scripts.storage import WorkflowInputError
 
@@ -78,6 +85,15 @@ def validation_message(config: dict) -> str | None:
         check_schema(config, schema)
         validate(config, str(schema))
         check_config(config)
+        for key in SECTIONS:  # as rules/common.smk validate_section
+            if key in config:
+                section_schema = PROJECT / "schemas" / f"{key}.schema.yaml"
+                check_schema(config[key], section_schema, section=key)
+                validate(config[key], str(section_schema))
+        if "compression" in config:  # as rules/compression.smk
+            section = config["compression"]
+            resolve_pairs(section["pairs"], config["models"], list(section["models"]) or
+                          [entry["name"] for entry in config["models"]], section["derive_pairs"])
     except WorkflowInputError as err:
         return " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
     return None

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import PROJECT, SNAKEMAKE, make_corpus_texts, run_workflow, tiny_config
+from tests.conftest import PROJECT, SNAKEMAKE, make_corpus_texts, pending_jobs, run_workflow, tiny_config
 from workflow_scripts import storage
 from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
 from workflow_scripts.storage import WorkflowInputError
@@ -64,19 +63,43 @@ def test_killed_extraction_leaves_no_partial_file_and_the_rerun_matches_a_clean_
         assert mine.read_bytes() == reference.read_bytes(), f"{mine.name} differs from an uninterrupted run"
 
 
+# Analyses whose tables the determinism test compares: per-model jobs of two stages, on the CPU (cheap on tiny models).
+DETERMINISM_ANALYSES = dict(
+    variability={"enabled": True, "poolings": ["mean"], "datasets": ["toy"], "tolerance": 0.05,
+                 "robustness": {"imbalanced_keep": 0.3, "subsample_fraction": 0.25, "seed": 0},
+                 "probe": {"max_train_examples": None, "seed": 0}},
+    compression={"enabled": True, "n_best": 2},
+    figures={"enabled": False},
+)
+
+
 def test_two_runs_from_scratch_give_byte_identical_outputs(tiny_models, tiny_corpus, tmp_path):
-    config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
+    """Dataset, hidden states and every analysis table (variability, compression) byte for byte: the documented
+    tolerance is zero (docs/reliability.md)."""
+    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), **DETERMINISM_ANALYSES)
     run_workflow(tmp_path / "a", config)
     run_workflow(tmp_path / "b", config)
+    tables = sorted(path.relative_to(tmp_path / "a").as_posix()
+                    for path in (tmp_path / "a/results/analysis").rglob("*.csv"))
+    # per model: nu, probe (variability); pca_curve, single_dims, best_dims, summary (compression); per dataset:
+    # layers, selection, robustness (variability); summary, pairs (compression)
+    assert len(tables) == 11, tables
+    assert {Path(t).parts[2] for t in tables} == {"variability", "compression"}
     for relative in (storage.dataset_path("toy"), storage.pooled_path("toy", "tiny-bert"),
-                     storage.tokens_path("toy", "tiny-bert")):
+                     storage.tokens_path("toy", "tiny-bert"), *tables):
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
 
-def test_truncated_parquet_is_named_in_the_error(tiny_models, tiny_corpus, tmp_path):
-    config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
-    run_workflow(tmp_path, config)
-    pooled = tmp_path / storage.pooled_path("toy", "tiny-bert")
+@pytest.fixture(scope="module")
+def pair_run(tiny_models, tiny_corpus, tmp_path_factory):
+    """One extraction-only run of two models (hidden sizes 32 and 48), shared by the corrupt/foreign-file tests."""
+    workdir = tmp_path_factory.mktemp("pair")
+    run_workflow(workdir, tiny_config(tiny_models, tiny_corpus))
+    return workdir
+
+
+def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
+    pooled = pair_run / storage.pooled_path("toy", "tiny-bert")
     data = pooled.read_bytes()
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(data[: len(data) // 2])
@@ -86,42 +109,91 @@ def test_truncated_parquet_is_named_in_the_error(tiny_models, tiny_corpus, tmp_p
         list(storage.iter_row_groups(broken))
 
 
-def test_parquet_of_another_model_is_refused(tiny_models, tiny_corpus, tmp_path):
-    config = tiny_config(tiny_models, tiny_corpus)
-    run_workflow(tmp_path, config)
-    foreign = tmp_path / storage.pooled_path("toy", "tiny-roberta")
+def test_parquet_of_another_model_is_refused(pair_run):
+    foreign = pair_run / storage.pooled_path("toy", "tiny-roberta")
     with pytest.raises(WorkflowInputError, match="hidden_size=48 but 32 was expected"):
         storage.check_hidden_metadata(foreign, hidden_size=32)
     with pytest.raises(WorkflowInputError, match="model='tiny-roberta' but 'tiny-bert' was expected"):
         storage.check_hidden_metadata(foreign, model="tiny-bert")
+    with pytest.raises(WorkflowInputError, match="dataset='toy' but 'other' was expected"):
+        storage.read_hidden_metadata(foreign, dataset="other", model="tiny-roberta")
+    assert storage.hidden_path_owner(foreign) == ("toy", "tiny-roberta")
+
+
+# Every stage that reads hidden-state Parquet, one job each: (stage, the job's output for tiny-bert on toy).
+FOREIGN_FILE_JOBS = [
+    ("variability", "results/analysis/variability/toy/mean/tiny-bert/nu.csv"),
+    ("compression", "results/analysis/compression/toy/first_layer-1/tiny-bert/summary.csv"),
+    ("geometry", "results/analysis/geometry/toy/measures/tiny-bert.csv"),  # reads tokens.parquet
+    ("geometry", "results/analysis/geometry/scores/toy/tiny-bert.csv"),
+    ("decomposition", "results/analysis/decomposition/toy/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz"),
+]
+
+
+def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_models, tiny_corpus, tmp_path):
+    """tiny-bert's pooled and tokens files replaced by tiny-roberta's (a copy gone wrong): every analysis job that
+    reads them stops, naming the file and the fix, instead of analysing RoBERTa's vectors under BERT's name."""
+    workdir = tmp_path / "run"
+    shutil.copytree(pair_run, workdir, symlinks=True)
+    for kind in (storage.pooled_path, storage.tokens_path):
+        shutil.copyfile(workdir / kind("toy", "tiny-roberta"), workdir / kind("toy", "tiny-bert"))
+    config = tiny_config(
+        tiny_models, tiny_corpus, variability=DETERMINISM_ANALYSES["variability"],
+        compression={"enabled": True}, figures={"enabled": False},
+        geometry={"enabled": True, "max_points": None, "quantizer": {"M": 4, "nbits": 8, "small_cloud": "shrink"}},
+        decomposition={"enabled": True, "units": ["example"], "modes": ["paper"], "alpha": [1e-6]})
+    targets = [target for _, target in FOREIGN_FILE_JOBS]
+    started = time.time()
+    result = run_workflow(workdir, config, *targets, extra=["--keep-going"], check=False)
+    assert result.returncode != 0
+    log_dir = workdir / "results/logs"
+    analysis_logs = {path: path.read_text() for path in log_dir.rglob("*.log") if path.stat().st_mtime >= started}
+    assert len(analysis_logs) == len(FOREIGN_FILE_JOBS), sorted(analysis_logs)  # the five jobs ran, nothing else
+    assert {path.relative_to(log_dir).parts[0] for path in analysis_logs} == {
+        "variability", "compression_model", "geometry", "decomposition"}
+    for path, text in analysis_logs.items():
+        kind = storage.tokens_path if "measures" in path.parts else storage.pooled_path  # geometry measures: tokens
+        hidden = kind("toy", "tiny-bert")
+        assert f"{hidden} holds model='tiny-roberta' but 'tiny-bert' was expected" in text, (path, text[-2000:])
+        assert f"Rerun the extraction for model 'tiny-bert' on dataset 'toy': delete {hidden}" in text
+    for target in targets:
+        assert not (workdir / target).exists(), f"{target} was written from another model's hidden states"
+    # the fix the message gives: delete the files and the next run re-extracts them
+    for kind in (storage.pooled_path, storage.tokens_path):
+        (workdir / kind("toy", "tiny-bert")).unlink()
+    assert ("extract_hidden_states", storage.pooled_path("toy", "tiny-bert")) in pending_jobs(workdir, *targets)
 
 
 def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny_corpus, tmp_path):
-    """A slow (Python) tokenizer gives no character offsets: extraction stops with the model named."""
-    folder = tmp_path / "slow-bert"
-    shutil.copytree(tiny_models["bert"], folder)
-    (folder / "tokenizer.json").unlink()
-    from transformers import AutoTokenizer
+    """A slow (pure-Python) tokenizer gives no character offsets: extraction stops, naming the model and the fix.
 
-    fast = AutoTokenizer.from_pretrained(tiny_models["bert"])
-    (folder / "vocab.txt").write_text("\n".join(sorted(fast.get_vocab(), key=fast.get_vocab().get)) + "\n")
-    config_path = folder / "tokenizer_config.json"
+    ByT5's tokenizer exists only as a Python tokenizer, so transformers cannot convert it to a fast one on load
+    (a folder declaring BertTokenizer loads as a fast tokenizer since transformers 5)."""
     import json
 
-    tokenizer_config = json.loads(config_path.read_text())
-    tokenizer_config["tokenizer_class"] = "BertTokenizer"
-    config_path.write_text(json.dumps(tokenizer_config))
+    from workflow_scripts.model_loading import load_tokenizer
     from workflow_scripts.prepare_dataset import prepare
 
+    folder = tmp_path / "slow-bert"
+    shutil.copytree(tiny_models["bert"], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
+    tokenizer = load_tokenizer(folder)
+    assert not tokenizer.is_fast
+    try:  # the fault is real: asking for offsets gives none (silently dropped, or refused by the tokenizer)
+        assert "offset_mapping" not in tokenizer(["great coffee"], return_offsets_mapping=True)
+    except NotImplementedError:
+        pass
     prepare({"name": "toy", "source": "file", "path": str(tiny_corpus[0]), "text_column": "text",
              "label_column": "label", "test_fraction": 0.2, "seed": 0}, tmp_path / "toy.parquet")
-    try:
+    with pytest.raises(WorkflowInputError) as caught:
         extract(folder, tmp_path / "toy.parquet", tmp_path / "p.parquet", tmp_path / "t.parquet",
                 ExtractionSettings(max_length=16), model_name="slow-bert", dataset_name="toy", progress=False)
-    except WorkflowInputError as err:
-        assert "slow-bert" in str(err) and ("offsets" in str(err) or "tokenizer" in str(err))
-    else:  # transformers may convert a slow tokenizer to a fast one on load; then offsets exist and all is well
-        assert pq.read_metadata(tmp_path / "p.parquet").num_rows > 0
+    message = str(caught.value)
+    assert message.startswith("model 'slow-bert': tokenizer ByT5Tokenizer in ")
+    assert "gives no character offsets" in message and "Add a tokenizer.json to the model folder" in message
+    assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "t.parquet").exists()
 
 
 def test_failed_job_removes_its_partial_output(tiny_models, tiny_corpus, tmp_path):

@@ -532,9 +532,7 @@ def view_layers(target_layer: int, basis_layer: int, n_layers: int, model: str) 
 
 
 def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: int) -> ViewSpec:
-    meta = storage.read_hidden_metadata(path)
-    if meta.get("model") not in (None, model):
-        raise WorkflowInputError(f"{path} holds model {meta.get('model')!r}, not {model!r}; delete it and re-run the extraction.")
+    meta = storage.read_hidden_metadata(path, model=model)  # a file of another model is refused (storage's message)
     n_layers = int(meta["n_layers"])
     layers = view_layers(target_layer, basis_layer, n_layers, model)
     if unit in ("word", "paper"):

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -70,8 +71,23 @@ def resolve_layer(layer: int, n_layers: int, what: str = "layer") -> int:
     return resolved
 
 
-def read_hidden_metadata(path: str | os.PathLike) -> dict:
-    """The metadata an extraction wrote into a hidden-state Parquet file (model, n_layers, hidden_size, ...)."""
+HIDDEN_PATH = re.compile(r"(?:^|/)results/hidden/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?:pooled|tokens)\.parquet$")
+
+
+def hidden_path_owner(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(dataset, model) of a path laid out as pooled_path / tokens_path lay it out; None for any other path."""
+    match = HIDDEN_PATH.search(Path(path).as_posix())
+    return (match["dataset"], match["model"]) if match else None
+
+
+def read_hidden_metadata(path: str | os.PathLike, *, dataset: str | None = None, model: str | None = None) -> dict:
+    """The metadata an extraction wrote into a hidden-state Parquet file (model, dataset, n_layers, hidden_size, ...).
+
+    With `dataset` and/or `model`, the file must have been extracted for them (check_hidden_metadata): a file of
+    another model or dataset (copied, moved or left over) is refused instead of being analysed under a wrong name.
+    """
+    if dataset is not None or model is not None:
+        return check_hidden_metadata(path, dataset=dataset, model=model)
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as err:
@@ -87,17 +103,33 @@ def read_hidden_metadata(path: str | os.PathLike) -> dict:
     return json.loads(raw)
 
 
-def check_hidden_metadata(path, *, model: str | None = None, n_layers: int | None = None,
+def check_hidden_metadata(path, *, dataset: str | None = None, model: str | None = None, n_layers: int | None = None,
                           hidden_size: int | None = None) -> dict:
-    """Read the metadata and fail with a clear message when the file belongs to another model/shape."""
+    """Read the metadata and fail with a clear message when the file belongs to another model/dataset/shape."""
     meta = read_hidden_metadata(path)
-    for key, expected in (("model", model), ("n_layers", n_layers), ("hidden_size", hidden_size)):
+    for key, expected in (("model", model), ("dataset", dataset), ("n_layers", n_layers),
+                          ("hidden_size", hidden_size)):
         if expected is not None and meta.get(key) != expected:
+            wanted = " on ".join(f"{what} {name!r}" for what, name in (("model", model), ("dataset", dataset))
+                                 if name is not None) or "this model"
             raise WorkflowInputError(
-                f"{path} holds {key}={meta.get(key)!r} but {expected!r} was expected: the file belongs to another "
-                f"model or an older extraction. Delete it and rerun the workflow."
+                f"{path} holds {key}={meta.get(key)!r} but {expected!r} was expected: it was extracted for model "
+                f"{meta.get('model')!r} on dataset {meta.get('dataset')!r} (another model or dataset, or an older "
+                f"extraction). Rerun the extraction for {wanted}: delete {path} and rerun the workflow."
             )
     return meta
+
+
+def check_hidden_inputs(snakemake) -> None:
+    """Check every hidden-state input of a job against the (dataset, model) its path names.
+
+    Called by job_logging for every rule, so each stage that reads pooled/tokens Parquet refuses a file written for
+    another model or dataset before it reads a row (one check for all readers, not one per stage).
+    """
+    for path in getattr(snakemake, "input", ()):
+        owner = hidden_path_owner(path) if isinstance(path, (str, os.PathLike)) else None
+        if owner is not None:
+            read_hidden_metadata(path, dataset=owner[0], model=owner[1])
 
 
 def vectors(table: pa.Table | pa.RecordBatch, column: str, dtype=np.float32) -> np.ndarray:
@@ -265,6 +297,7 @@ def job_logging(snakemake_or_log, name: str | None = None) -> Iterator[logging.L
         LOG.info("inputs: %s", list(snakemake_or_log.input))
         LOG.info("outputs: %s", list(snakemake_or_log.output))
     try:
+        check_hidden_inputs(snakemake_or_log)  # a hidden-state input of another model/dataset stops the job here
         yield LOG
     except WorkflowInputError as err:
         LOG.error("%s", err)
