@@ -43,7 +43,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import scipy.linalg
 
-from workflow_scripts import storage
+from workflow_scripts import figure_style, storage
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -939,9 +939,9 @@ def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
 
     models = list(group_frame["model"])
     x = np.arange(len(models))
-    colours = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(models) + 2.5), 4.5))
-    for offset, column, label, colour in ((-0.2, "r2_train", "train", colours[0]), (0.2, "r2_test", "test", colours[1])):
+    for offset, column, label, colour in ((-0.2, "r2_train", "train", figure_style.colour(0)),
+                                           (0.2, "r2_test", "test", figure_style.colour(1))):
         bars = ax.bar(x + offset, group_frame[column], width=0.4, label=label, color=colour)
         ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     mean_test = float(group_frame["r2_test"].mean())
