@@ -36,7 +36,7 @@ ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Status checks 5 s after submission, then the plugin adds 10 s per check (5, 20, 45 s...) until a job ends.
 FAST_STATUS = ["--slurm-init-seconds-before-status-checks", "5"]
 SNAKEMAKE_TIMEOUT_S = 300
-STAGES_TIMEOUT_S = 480  # the stages run: six rounds of SLURM jobs, five of them on the one (fake) GPU
+FIRST_TIMEOUT_S = 480  # the first SLURM run: five rounds of jobs, five GPU jobs queueing for the one (fake) GPU
 
 
 def _which(name: str) -> str | None:
@@ -367,14 +367,14 @@ def test_every_rule_declares_memory_runtime_and_gpu_only_where_a_model_runs(tiny
 # The project's workflow on tiny models: locally and on SLURM
 
 
-# Every model-running rule (extraction, fine-tuning, two-tower training and measuring) goes through SLURM in the
-# runs below: the extraction-only runs schedule extract_hidden_states, the stages run the other three.
+# Every model-running rule (extraction, fine-tuning, two-tower training and measuring) goes through SLURM below.
 GPU_RULES = MODEL_RUNNING_RULES
-# What the stages run asks for: a fine-tuned model and its extraction, the compression tables of both models, and a
-# one-seed two-tower run up to its preference tables (its figures would be one more round of SLURM jobs).
+# Besides each model's hidden states: a fine-tuned model's compression tables (per model and the pretrained vs
+# fine-tuned pair) and a one-seed two-tower run up to its preference tables (its figures would be one more round
+# of SLURM jobs, so the runs name their targets instead of running `all`).
 STAGE_TARGETS = [f"results/analysis/compression/toy/first_layer-1/{name}.csv" for name in ("summary", "pairs")] + [
     f"results/analysis/twotower/toy/tiny-bert/{name}.csv" for name in ("preference", "consistency")]
-STAGE_JOBS = [
+FIRST_JOBS = [
     ("rule_compression_dataset_wildcards_toy_first_layer-1", "COMPLETED"),
     ("rule_compression_model_wildcards_toy_first_layer-1_tiny-bert", "COMPLETED"),
     ("rule_compression_model_wildcards_toy_first_layer-1_tiny-bert-ft", "COMPLETED"),
@@ -390,19 +390,25 @@ STAGE_JOBS = [
 ]
 
 
-def stages_config(tiny_models, tiny_corpus) -> dict:
-    """One tiny model, a fine-tuned copy of it (tests/test_compression.py), compression on both, and a one-seed,
-    20-step two-tower run on its tokenizer (tests/test_twotower.py's TINY_STAGE, shortened)."""
+def cluster_config(tiny_models, tiny_corpus, models) -> dict:
+    """Tiny models, a fine-tuned copy of tiny-bert (as in tests/test_compression.py, 2 epochs), compression on
+    tiny-bert and its fine-tuned copy, and a one-seed, 20-step two-tower run on tiny-bert's tokenizer
+    (tests/test_twotower.py's TINY_STAGE, shortened); the other analyses and the summary figure switched off."""
     from tests.conftest import tiny_config
     from tests.test_twotower import TINY_STAGE
 
-    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), **{stage: {"enabled": False} for stage in STAGES})
-    config["models"].append({"name": "tiny-bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
-                             "epochs": 2, "learning_rate": 3e-3, "batch_size": 16, "max_length": 32, "seed": 0})
-    config["compression"] = {"enabled": True, "n_best": 3}
+    config = tiny_config(tiny_models, tiny_corpus, models=models, **{stage: {"enabled": False} for stage in STAGES})
+    config["models"].insert(1, {"name": "tiny-bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
+                                "epochs": 2, "learning_rate": 3e-3, "batch_size": 16, "max_length": 32, "seed": 0})
+    # compression on the pair only: adding a model later must not rerun the cross-model compression tables
+    config["compression"] = {"enabled": True, "n_best": 3, "models": ["tiny-bert", "tiny-bert-ft"]}
     config["twotower"] = dict(TINY_STAGE, seeds=[0], steps=20, eval_every=10, checkpoint_every=10,
                               head=dict(TINY_STAGE["head"], steps=10), memory_mb=1000, runtime_minutes=10)
     return config
+
+
+def cluster_targets(config: dict) -> list[str]:
+    return [str(storage.pooled_path("toy", model["name"])) for model in config["models"]] + STAGE_TARGETS
 
 
 def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int = SNAKEMAKE_TIMEOUT_S) -> Run:
@@ -416,48 +422,36 @@ def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int
 
 @pytest.fixture(scope="module")
 def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
-    """The same two-model workflow run locally (profiles/local) and on SLURM, the second model added later."""
-    from tests.conftest import run_workflow, tiny_config
+    """The same workflow run locally (profiles/local) and on SLURM: first tiny-bert with its fine-tuned copy,
+    compression and two-tower training, then tiny-roberta added."""
+    from tests.conftest import run_workflow
 
     base = tmp_path_factory.mktemp("cluster")
-    # Extraction only (the GPU rule and its inputs): every SLURM round costs 20-60 s of polling.
-    only_extraction = {stage: {"enabled": False} for stage in STAGES}
-    one = tiny_config(tiny_models, tiny_corpus, models=("bert",), **only_extraction)
-    two = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **only_extraction)
-    stages = stages_config(tiny_models, tiny_corpus)
-
-    def local_runs():
-        local_profile = ["--workflow-profile", str(LOCAL_PROFILE)]
-        return (run_workflow(base / "local", two, extra=local_profile, timeout=600),
-                run_workflow(base / "local-stages", stages, *STAGE_TARGETS, extra=local_profile, timeout=600))
-
-    # The local runs and the stages run go on beside the extraction runs: SLURM runs spend most of their time
-    # waiting for status checks. The stages run is the longest chain (dataset and model, fine-tuning, extraction,
-    # compression per model, then across models; corpus, training, measuring, preference).
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        local = pool.submit(local_runs)
-        on_slurm = pool.submit(run_project, base / "slurm-stages", stages, slurm_cluster, "--", *STAGE_TARGETS,
-                               timeout=STAGES_TIMEOUT_S)
-        first = run_project(base / "slurm", one, slurm_cluster)
+    one = cluster_config(tiny_models, tiny_corpus, ("bert",))
+    two = cluster_config(tiny_models, tiny_corpus, ("bert", "roberta"))
+    # The local run goes on beside the SLURM runs, which spend most of their time waiting for status checks.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        local = pool.submit(run_workflow, base / "local", two, *cluster_targets(two),
+                            extra=["--workflow-profile", str(LOCAL_PROFILE)], timeout=600)
+        # five rounds of jobs (dataset and model; fine-tuning, extraction, corpus; extraction of the fine-tuned
+        # model, training, compression; compression, measuring; the cross-model tables and preference)
+        first = run_project(base / "slurm", one, slurm_cluster, "--", *cluster_targets(one), timeout=FIRST_TIMEOUT_S)
         # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
         two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
-        second = run_project(base / "slurm", two_typed, slurm_cluster)
-        again = run_project(base / "slurm", two_typed, slurm_cluster)
-        local, local_stages = local.result()
-        stages_run = on_slurm.result()
-    return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed,
-            "stages": stages_run, "local_stages": local_stages}
+        second = run_project(base / "slurm", two_typed, slurm_cluster, "--", *cluster_targets(two_typed))
+        again = run_project(base / "slurm", two_typed, slurm_cluster, "--", *cluster_targets(two_typed))
+        local = local.result()
+    return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
 
 
 def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs):
+    """Extraction, fine-tuning, two-tower training and measuring ask SLURM for a GPU; the dataset, the model
+    download, the compression and the other two-tower rules for none."""
     first = cluster_runs["first"]
     rules = check_submissions(first, gpu_rules=GPU_RULES)
-    assert rules == ["extract_hidden_states", "materialise_model", "prepare_dataset"]
-    assert first.slurm_jobs == [
-        ("rule_extract_hidden_states_wildcards_toy_tiny-bert", "COMPLETED"),
-        ("rule_materialise_model_wildcards_tiny-bert", "COMPLETED"),
-        ("rule_prepare_dataset_wildcards_toy", "COMPLETED"),
-    ]
+    assert first.slurm_jobs == FIRST_JOBS
+    # every rule that declares a GPU was submitted, with its gpu request (check_submissions)
+    assert MODEL_RUNNING_RULES <= set(rules), MODEL_RUNNING_RULES - set(rules)
     # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
     check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake")
     # SLURM's job logs go under results/logs/slurm/rule_<rule>/<wildcards>/ and are removed once a job succeeded.
@@ -467,18 +461,6 @@ def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs)
         assert log.parent.parent.parent == slurm_logs and log.parent.parent.name == f"rule_{job['rule']}", log
         assert log.name == f"{job['slurm_id']}.log" and not log.exists(), log
     assert not list(slurm_logs.rglob("*.log"))
-
-
-def test_finetuning_and_twotower_jobs_are_submitted_with_a_gpu(cluster_runs):
-    """The stages run: fine-tuning, two-tower training and measuring ask SLURM for a GPU like extraction does, and
-    the analyses (compression, two-tower corpus and preference) for none."""
-    stages = cluster_runs["stages"]
-    rules = check_submissions(stages, gpu_rules=GPU_RULES)
-    assert stages.slurm_jobs == STAGE_JOBS
-    assert {"compression_model", "compression_dataset", "twotower_corpus", "twotower_preference"} <= set(rules)
-    # every rule that declares a GPU has now been submitted, with its gpu request, in one of the runs
-    submitted = {job["rule"] for run in (cluster_runs["first"], stages) for job in run.jobs.values() if "slurm_id" in job}
-    assert MODEL_RUNNING_RULES <= submitted, MODEL_RUNNING_RULES - submitted
 
 
 def test_adding_a_model_on_the_cluster_submits_only_its_jobs(cluster_runs):
@@ -528,42 +510,35 @@ def assert_same_tables(local_root: Path, slurm_root: Path, expected: set[str]) -
 
 
 def test_results_on_slurm_equal_the_local_run(cluster_runs):
+    """Every table of the SLURM runs (datasets, hidden states, the fine-tuned model's, compression and two-tower
+    tables) equals the local run's, value for value: each job runs seeded, on the CPU, with threads=1
+    (torch.set_num_threads) in both; only the training history's wall-clock column is left out."""
+    import torch
+
     from workflow_scripts.model_loading import read_provenance
 
     local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
-    assert_same_tables(local_root, slurm_root, {"results/data/toy.parquet", "results/hidden/toy/tiny-bert/pooled.parquet",
-                                                "results/hidden/toy/tiny-roberta/tokens.parquet"})
+    compression, twotower = "results/analysis/compression/toy/first_layer-1", "results/analysis/twotower/toy/tiny-bert"
+    assert_same_tables(local_root, slurm_root, {
+        "results/data/toy.parquet", "results/hidden/toy/tiny-bert/pooled.parquet",
+        "results/hidden/toy/tiny-roberta/tokens.parquet", "results/hidden/toy/tiny-bert-ft/pooled.parquet",
+        f"{compression}/summary.csv", f"{compression}/pairs.csv", f"{compression}/tiny-bert-ft/pca_curve.csv",
+        f"{twotower}/preference.csv", f"{twotower}/consistency.csv", f"{twotower}/history.csv",
+        f"{twotower}/seed0/logprobs_step20.parquet"})
     stable = ("model", "dataset", "architecture", "n_layers", "hidden_size", "token_layers", "store_dtype",
               "compute_dtype", "device", "weights_sha256")
-    for model in ("tiny-bert", "tiny-roberta"):
+    for model in ("tiny-bert", "tiny-bert-ft", "tiny-roberta"):
         ours = storage.read_hidden_metadata(local_root / storage.pooled_path("toy", model))
         theirs = storage.read_hidden_metadata(slurm_root / storage.pooled_path("toy", model))
         assert {k: ours.get(k) for k in stable} == {k: theirs.get(k) for k in stable}
         assert ours["model"] == model and ours["device"] == "cpu"  # the fake GPU job fell back to the CPU
         assert (read_provenance(local_root / storage.model_dir(model))["weights_sha256"]
                 == read_provenance(slurm_root / storage.model_dir(model))["weights_sha256"])
-
-
-def test_finetuned_model_and_analysis_tables_on_slurm_equal_the_local_run(cluster_runs):
-    """Fine-tuning, extraction of the fine-tuned model, compression and two-tower training give the same tables in
-    SLURM jobs as locally: every job runs with threads=1 (torch.set_num_threads) and seeded, on the CPU in both."""
-    from workflow_scripts.model_loading import read_provenance
-
-    assert cluster_runs["stages"].returncode == 0, cluster_runs["stages"].output[-6000:]
-    local_root, slurm_root = cluster_runs["base"] / "local-stages", cluster_runs["base"] / "slurm-stages"
-    compression, twotower = "results/analysis/compression/toy/first_layer-1", "results/analysis/twotower/toy/tiny-bert"
-    assert_same_tables(local_root, slurm_root, {
-        "results/hidden/toy/tiny-bert-ft/pooled.parquet", f"{compression}/summary.csv", f"{compression}/pairs.csv",
-        f"{compression}/tiny-bert-ft/pca_curve.csv", f"{twotower}/preference.csv", f"{twotower}/consistency.csv",
-        f"{twotower}/history.csv", f"{twotower}/seed0/logprobs_step20.parquet"})
-    # the fine-tuned weights themselves are bit-identical, and the fine-tuning and two-tower jobs ran on the CPU
+    # the fine-tuning record and the trained two-tower weights are the same too
     ours, theirs = (read_provenance(root / storage.model_dir("tiny-bert-ft")) for root in (local_root, slurm_root))
-    assert ours["source"] == "finetune" and ours["weights_sha256"] == theirs["weights_sha256"]
-    assert {k: ours[k] for k in ("train_accuracy", "test_accuracy", "steps")} == {
-        k: theirs[k] for k in ("train_accuracy", "test_accuracy", "steps")}
-    assert storage.read_hidden_metadata(slurm_root / storage.pooled_path("toy", "tiny-bert-ft"))["device"] == "cpu"
-    import torch
-
+    assert ours["source"] == "finetune"
+    assert {k: ours[k] for k in ("steps", "train_accuracy", "test_accuracy")} == {
+        k: theirs[k] for k in ("steps", "train_accuracy", "test_accuracy")}
     ours, theirs = (torch.load(root / twotower / "seed0" / "step20.pt", map_location="cpu", weights_only=False)["model"]
                     for root in (local_root, slurm_root))
     assert sorted(ours) == sorted(theirs)
