@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -127,8 +129,6 @@ def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_mo
 
 
 def test_provenance_table_has_a_row_per_model_with_source_revision_and_sha256(full_run):
-    import pandas as pd
-
     workdir, config = full_run
     table = pd.read_csv(workdir / "results/report/models.csv", dtype=str, keep_default_na=False)
     assert list(table.columns) == ["model", "source", "origin", "revision", "architecture", "weights_sha256",
@@ -149,8 +149,6 @@ def test_provenance_table_has_a_row_per_model_with_source_revision_and_sha256(fu
 def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, tmp_path):
     import os
 
-    import pandas as pd
-
     workdir, config = full_run
     scratch = scratch_copy(workdir, tmp_path)
     # a config edit that changes no table (a scheduler request): only the record of the config is rewritten
@@ -169,3 +167,20 @@ def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, t
     table.to_csv(regression, index=False)
     os.utime(regression, (later + 60, later + 60))
     assert "summary_figure" in {rule for rule, _ in pending_jobs(scratch)}
+
+
+def test_twotower_summary_bars_are_one_per_row_with_the_control_where_measured():
+    """Split halves at two checkpoints of one seed used to share a label, so their bars were drawn on top of each other."""
+    from workflow_scripts.summary_figure import twotower_consistency_bars
+
+    table = pd.DataFrame({
+        "comparison": ["split_half", "split_half", "split_half", "checkpoint", "seed"],
+        "seed": [0, 0, 0, 0, 0], "step": [300, 600, 600, 300, np.nan], "other_step": [np.nan, np.nan, np.nan, 600, np.nan],
+        "measure": ["pearson", "pearson", "spearman", "pearson", "abs_pearson"],
+        "value": [0.65, 0.71, 0.68, 0.29, 0.08], "null_q95": [0.34, 0.34, 0.26, np.nan, np.nan],
+    })
+    bars = twotower_consistency_bars(table)
+    assert list(bars["label"]) == ["split_half seed 0 step 300", "split_half seed 0 step 600",
+                                   "checkpoint seed 0 step 300 vs 600"]
+    assert list(bars["value"]) == [0.65, 0.71, 0.29]
+    np.testing.assert_array_equal(bars["control_q95"].to_numpy(), [0.34, 0.34, np.nan])

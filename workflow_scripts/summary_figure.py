@@ -142,27 +142,41 @@ def panel_geometry(ax, paths):
                  fontweight="bold")
 
 
+def twotower_consistency_bars(table: pd.DataFrame) -> pd.DataFrame:
+    """The Pearson rows of the two-tower consistency table, one labelled bar each (label unique per row), with
+    the shuffled-assignment control's 95% quantile where the row has one (split halves)."""
+    rows = table[table["measure"] == "pearson"] if "measure" in table else table
+    bars = []
+    for _, row in rows.iterrows():
+        seed = f" seed {int(row['seed'])}" if pd.notna(row.get("seed")) else ""
+        step = f" step {int(row['step'])}" if pd.notna(row.get("step")) else ""
+        versus = f" vs {int(row['other_step'])}" if pd.notna(row.get("other_step")) else ""
+        bars.append({"label": f"{row['comparison']}{seed}{step}{versus}", "value": row["value"],
+                     "control_q95": row.get("null_q95", np.nan)})
+    return pd.DataFrame(bars, columns=["label", "value", "control_q95"])
+
+
 def panel_twotower(ax, paths):
     title = "Two-tower LM: is the token preference consistent?"
     table, path = _first_table(paths)
     if table is None or "comparison" not in table:
         return _note(ax, title, "The two-tower language model is not enabled in config.yaml.")
-    rows = table[table["measure"] == "pearson"] if "measure" in table else table
-    labels, values = [], []
-    for _, row in rows.iterrows():
-        seed = f" seed {int(row['seed'])}" if "seed" in row and pd.notna(row.get("seed")) else ""
-        labels.append(f"{row['comparison']}{seed}")
-        values.append(row["value"])
-    if not values:
+    bars = twotower_consistency_bars(table)
+    if bars.empty:
         return _note(ax, title, "No consistency rows were written.")
-    colours = [NEGATIVE if "control" in label else colour(2) for label in labels]
-    ax.barh(labels, values, color=colours)
+    y = np.arange(len(bars))
+    ax.barh(y, bars["value"], color=colour(2))
+    control = bars["control_q95"].notna().to_numpy()
+    if control.any():
+        ax.scatter(bars["control_q95"][control], y[control], marker="|", s=300, linewidths=2.5, color=NEGATIVE,
+                   zorder=3, label="shuffled-assignment control, 95% quantile")
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_yticks(y, bars["label"])
     ax.axvline(0, color="0.3", linewidth=0.8)
     ax.set_xlim(-1, 1)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("Pearson r of per-token preferences")
-    ax.set_title(f"{title}\n{_where(path, 'twotower')} (orange = control)", fontsize=10, loc="left",
-                 fontweight="bold")
+    ax.set_title(f"{title}\n{_where(path, 'twotower')}", fontsize=10, loc="left", fontweight="bold")
 
 
 def panel_models(ax, provenance: pd.DataFrame, datasets: list):
