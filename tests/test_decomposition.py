@@ -596,6 +596,16 @@ def write_models(tmp_path, values: dict, ids, split, row_group_size=None):
             for m, v in values.items()}
 
 
+def written_latent_models(tmp_path, seed: int, n: int, dims: dict, noise=0.3, row_group_size=None):
+    """latent_models for {model: dims}, a quarter of the units in the test split, written as pooled Parquet:
+    (ids, split, values, paths)."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.25, "test", "train")
+    values = dict(zip(dims, latent_models(rng, n, list(dims.values()), noise=noise)))
+    return ids, split, values, write_models(tmp_path, values, ids, split, row_group_size=row_group_size)
+
+
 def pair_files(tmp_path, paths, models, fraction=0.2, seed=0, tag=""):
     pair_paths = {}
     for a, b in lmd.model_pairs(models):
@@ -637,13 +647,9 @@ def test_validation_split_is_deterministic_per_example_and_seeded():
 
 
 def test_train_moments_are_fit_plus_valid_and_paper_results_are_unchanged(tmp_path):
-    rng = np.random.default_rng(12)
-    n = 700
-    ids = np.arange(n)
-    split = np.where(rng.random(n) < 0.25, "test", "train")
     models = ["p", "q", "r"]
-    values = dict(zip(models, latent_models(rng, n, [4, 6, 5])))
-    paths = write_models(tmp_path, values, ids, split, row_group_size=90)
+    ids, split, values, paths = written_latent_models(tmp_path, 12, 700, dict(zip(models, [4, 6, 5])),
+                                                      row_group_size=90)
     cut = pair_files(tmp_path, paths, models, fraction=0.2, tag="cut")
     whole = pair_files(tmp_path, paths, models, fraction=0.0, tag="whole")  # the train split in one piece
     pair = lmd.PairMoments.load(cut[("p", "q")])
@@ -664,13 +670,8 @@ def test_train_moments_are_fit_plus_valid_and_paper_results_are_unchanged(tmp_pa
 
 
 def test_validated_alpha_is_the_sklearn_argmin_and_refits_on_the_whole_train_split(tmp_path):
-    rng = np.random.default_rng(13)
-    n = 500
-    ids = np.arange(n)
-    split = np.where(rng.random(n) < 0.25, "test", "train")
     models = ["a", "b", "c"]
-    values = dict(zip(models, latent_models(rng, n, [6, 30, 25], noise=1.0)))
-    paths = write_models(tmp_path, values, ids, split)
+    ids, split, values, paths = written_latent_models(tmp_path, 13, 500, dict(zip(models, [6, 30, 25])), noise=1.0)
     pair_paths = pair_files(tmp_path, paths, models)
     grid = [1e-6, 1e-4, 1e-2, 1e-1, 1.0, 10.0, 100.0]
     group, pairs = lmd.decompose(pair_paths, models, "validation", "paper", alpha_grid=grid)

@@ -116,7 +116,7 @@ def test_parquet_of_another_model_is_refused(pair_run):
     with pytest.raises(WorkflowInputError, match="model='tiny-roberta' but 'tiny-bert' was expected"):
         storage.check_hidden_metadata(foreign, model="tiny-bert")
     with pytest.raises(WorkflowInputError, match="dataset='toy' but 'other' was expected"):
-        storage.read_hidden_metadata(foreign, dataset="other", model="tiny-roberta")
+        storage.check_hidden_metadata(foreign, dataset="other", model="tiny-roberta")
     assert storage.hidden_path_owner(foreign) == ("toy", "tiny-roberta")
 
 

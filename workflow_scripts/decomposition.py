@@ -532,7 +532,7 @@ def view_layers(target_layer: int, basis_layer: int, n_layers: int, model: str) 
 
 
 def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: int) -> ViewSpec:
-    meta = storage.read_hidden_metadata(path, model=model)  # a file of another model is refused (storage's message)
+    meta = storage.check_hidden_metadata(path, model=model)  # a file of another model is refused
     n_layers = int(meta["n_layers"])
     layers = view_layers(target_layer, basis_layer, n_layers, model)
     if unit in ("word", "paper"):

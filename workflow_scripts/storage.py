@@ -80,14 +80,9 @@ def hidden_path_owner(path: str | os.PathLike) -> tuple[str, str] | None:
     return (match["dataset"], match["model"]) if match else None
 
 
-def read_hidden_metadata(path: str | os.PathLike, *, dataset: str | None = None, model: str | None = None) -> dict:
-    """The metadata an extraction wrote into a hidden-state Parquet file (model, dataset, n_layers, hidden_size, ...).
-
-    With `dataset` and/or `model`, the file must have been extracted for them (check_hidden_metadata): a file of
-    another model or dataset (copied, moved or left over) is refused instead of being analysed under a wrong name.
-    """
-    if dataset is not None or model is not None:
-        return check_hidden_metadata(path, dataset=dataset, model=model)
+def read_hidden_metadata(path: str | os.PathLike) -> dict:
+    """The metadata an extraction wrote into a hidden-state Parquet file (model, dataset, n_layers, hidden_size, ...);
+    check_hidden_metadata also refuses a file of another model or dataset (copied, moved or left over)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as err:
@@ -129,7 +124,7 @@ def check_hidden_inputs(snakemake) -> None:
     for path in getattr(snakemake, "input", ()):
         owner = hidden_path_owner(path) if isinstance(path, (str, os.PathLike)) else None
         if owner is not None:
-            read_hidden_metadata(path, dataset=owner[0], model=owner[1])
+            check_hidden_metadata(path, dataset=owner[0], model=owner[1])
 
 
 def vectors(table: pa.Table | pa.RecordBatch, column: str, dtype=np.float32) -> np.ndarray:
