@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.bad_configs import CASES, bad_config, validation_message
-from tests.conftest import pending_jobs, run_workflow, tiny_config
+from tests.conftest import PROJECT, pending_jobs, run_workflow, tiny_config
 from workflow_scripts import storage
 from workflow_scripts.materialise_model import materialise
 from workflow_scripts.model_loading import read_provenance, weights_sha256
@@ -250,18 +250,12 @@ def _env_packages(path):
 
 def _requirements():
     pins = {}
-    for line in (_project() / "requirements.txt").read_text().splitlines():
+    for line in (PROJECT / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
             pins[_normalise(name)] = version
     return pins
-
-
-def _project():
-    from tests.conftest import PROJECT
-
-    return PROJECT
 
 
 def _third_party_imports(script, seen=None):
@@ -286,7 +280,7 @@ def _third_party_imports(script, seen=None):
             parts = name.strip(".").split(".")
             if parts[0] == "workflow_scripts":
                 for depth in range(2, len(parts) + 1):
-                    module = _project().joinpath(*parts[:depth]).with_suffix(".py")
+                    module = PROJECT.joinpath(*parts[:depth]).with_suffix(".py")
                     if module.exists():
                         found |= _third_party_imports(module, seen)
             elif parts[0] not in sys.stdlib_module_names and parts[0] != "snakemake":
@@ -302,8 +296,8 @@ def rule_envs(tmp_path_factory):
     import sys
 
     workdir = tmp_path_factory.mktemp("conda-envs")
-    shutil.copy(_project() / "config.yaml", workdir / "config.yaml")
-    result = subprocess.run([sys.executable, "-c", RULE_ENVS_SCRIPT, str(_project() / "Snakefile")], cwd=workdir,
+    shutil.copy(PROJECT / "config.yaml", workdir / "config.yaml")
+    result = subprocess.run([sys.executable, "-c", RULE_ENVS_SCRIPT, str(PROJECT / "Snakefile")], cwd=workdir,
                             capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RULES=")]
     assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
@@ -315,7 +309,7 @@ def test_conda_envs_parse_and_pin_exactly_the_requirements():
     from importlib.metadata import version
 
     pins = _requirements()
-    envs = sorted((_project() / "envs").glob("*.yaml"))
+    envs = sorted((PROJECT / "envs").glob("*.yaml"))
     assert envs
     for path in envs:
         for name, pinned in _env_packages(path).items():
@@ -336,12 +330,12 @@ def test_every_rule_has_a_conda_env_with_every_package_its_script_imports(rule_e
         if not rule["runs_code"]:
             continue
         assert rule["conda"], f"rule {name} has no conda: directive"
-        env_path = (_project() / "rules" / rule["conda"]).resolve()
-        assert env_path.exists() and env_path.parent == _project() / "envs", f"rule {name}: {rule['conda']}"
+        env_path = (PROJECT / "rules" / rule["conda"]).resolve()
+        assert env_path.exists() and env_path.parent == PROJECT / "envs", f"rule {name}: {rule['conda']}"
         used.add(env_path.name)
         assert rule["script"], f"rule {name}: the import check covers script: rules only"
         packages = _env_packages(env_path)
-        for module in _third_party_imports((_project() / "rules" / rule["script"]).resolve()):
+        for module in _third_party_imports((PROJECT / "rules" / rule["script"]).resolve()):
             dists = [_normalise(d) for d in distributions.get(module, [module])]
             assert any(d in packages for d in dists), f"rule {name} imports {module} ({dists}), not in {env_path.name}"
-    assert used == {path.name for path in (_project() / "envs").glob("*.yaml")}, "an envs/*.yaml no rule uses"
+    assert used == {path.name for path in (PROJECT / "envs").glob("*.yaml")}, "an envs/*.yaml no rule uses"
