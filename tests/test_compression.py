@@ -208,6 +208,7 @@ def test_analyse_summary_on_synthetic_data(tmp_path):
     assert row["single_dim_argmax_test"] == 5
     # k* (paired test against the full vector) with the test size beside it
     assert row["k_star"] == 1 and row["k_star_n_test"] == 60 and row["alpha"] == 0.05
+    assert row["full_beats_majority"] and row["full_vs_majority_mcnemar_p"] < 1e-6
     assert list(summary.columns).index("k_star_n_test") == list(summary.columns).index("k_star") + 1
     at = curve[(curve["kind"] == "pca") & (curve["k"] == 1)].iloc[0]
     assert row["k_star_mcnemar_p"] == at["mcnemar_p"] and row["k_star_accuracy"] == at["accuracy"]
@@ -246,6 +247,8 @@ def test_pairs_table_and_figures(tmp_path):
     summary = pd.concat([frames[m][3] for m in frames], ignore_index=True)
     curves = pd.concat([frames[m][0] for m in frames], ignore_index=True)
     dims = pd.concat([frames[m][1] for m in frames], ignore_index=True)
+    # label-free vectors: k* = 1 is trivial, and the summary says the full vector does not beat the majority class
+    assert list(summary["full_beats_majority"]) == [False, True]
     table = compression.pairs_table(summary, [("pre", "ft")], {"ft": {"epochs": 2, "test_accuracy": 0.9}})
     assert len(table) == 1
     row = table.iloc[0]

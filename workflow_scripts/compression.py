@@ -221,7 +221,7 @@ def mcnemar_exact(reference_correct, candidate_correct, alpha: float = 0.05) -> 
 
 
 def pca_curve(train_x, train_y, test_x, test_y, ks, *, seed: int = 0, c_grid=C_GRID, folds: int = 3,
-              alpha: float = 0.05) -> pd.DataFrame:
+              alpha: float = 0.05, return_full_correct: bool = False):
     """Probe accuracy on the top-k principal components (PCA fitted on train) for each k, and on the full vector,
     each k tested against the full vector on the same test examples (`mcnemar_exact`, level `alpha`).
 
@@ -229,6 +229,7 @@ def pca_curve(train_x, train_y, test_x, test_y, ks, *, seed: int = 0, c_grid=C_G
     accuracy, ci_low, ci_high (Wilson 95%), n_train, n_test, C, and the paired comparison with the full vector:
     only_full_correct, only_k_correct (the discordant test examples), mcnemar_p, accuracy_diff (k minus full),
     diff_ci_low, diff_ci_high (its exact 1 - alpha interval), worse_than_full (the full row compares with itself).
+    With `return_full_correct`, returns (curve, the full-vector probe's per-test-example outcome).
     """
     mean, components, variances = fit_pca(train_x)
     total = variances.sum()
@@ -252,7 +253,8 @@ def pca_curve(train_x, train_y, test_x, test_y, ks, *, seed: int = 0, c_grid=C_G
                  **_probe_row(full_result), **_paired_row(mcnemar_exact(full_correct, full_correct, alpha))})
     LOG.info("full vector (%d dims): accuracy %.4f (C=%g)", np.shape(train_x)[1], full_result.accuracy,
              full_result.C)
-    return pd.DataFrame(rows)
+    curve = pd.DataFrame(rows)
+    return (curve, full_correct) if return_full_correct else curve
 
 
 def _probe_row(result) -> dict:
@@ -362,9 +364,15 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
     n = len(train_y) + len(test_y)
     ks = k_grid(d, k_values)
     started = time.perf_counter()
-    curve = pca_curve(train_x, train_y, test_x, test_y, ks, seed=seed, c_grid=c_grid, folds=folds, alpha=alpha)
+    curve, full_correct = pca_curve(train_x, train_y, test_x, test_y, ks, seed=seed, c_grid=c_grid, folds=folds,
+                                    alpha=alpha, return_full_correct=True)
     pca_seconds = time.perf_counter() - started
     best_k, at_best_k = k_star(curve)
+    # k* is only informative when the full vector itself beats always predicting the train majority class
+    values, counts = np.unique(train_y, return_counts=True)
+    majority_correct = np.asarray(test_y) == values[counts.argmax()]
+    versus_majority = mcnemar_exact(majority_correct, full_correct, alpha)
+    beats_majority = bool(versus_majority["p_value"] < alpha and versus_majority["accuracy_diff"] > 0)
     started = time.perf_counter()
     dims = single_dim_scan(train_x, train_y, test_x, test_y, C=single_dim_c)
     scan_seconds = time.perf_counter() - started
@@ -379,6 +387,11 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
     full = float(full_row["accuracy"])
     LOG.info("k* = %s: the smallest PCA k not significantly worse than the full vector (exact McNemar, alpha %g, "
              "%d test examples)", best_k, alpha, len(test_y))
+    if not beats_majority:
+        LOG.warning("%s / %s: the full vector (%.4f) is not significantly better than the majority class (%.4f; "
+                    "exact McNemar p=%.3g on %d test examples): k* = %s says nothing about compression here",
+                    dataset, model, full, majority_accuracy(train_y, test_y), versus_majority["p_value"],
+                    len(test_y), best_k)
     summary = pd.DataFrame([{
         **ids,
         "n": n,
@@ -390,6 +403,8 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
         "full_accuracy": full,
         "full_ci_low": float(full_row["ci_low"]),
         "full_ci_high": float(full_row["ci_high"]),
+        "full_vs_majority_mcnemar_p": versus_majority["p_value"],
+        "full_beats_majority": beats_majority,
         "alpha": alpha,
         "k_star": best_k if best_k is not None else pd.NA,
         "k_star_n_test": len(test_y),
@@ -507,6 +522,8 @@ def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: 
             n_test = int(info["k_star_n_test"])
             best_k = info["k_star"]
             star = f"k*={int(best_k)}" if pd.notna(best_k) else "no k*"
+            if not bool(info["full_beats_majority"]):
+                star += f"; full not above majority, p={info['full_vs_majority_mcnemar_p']:.2g}"
             ax.fill_between(rows["k"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.12, linewidth=0)
             ax.plot(rows["k"], rows["accuracy"], marker="o", markersize=4, color=colour,
                     label=f"{model}: full {info['full_accuracy']:.3f}, {star} (n_test={n_test})")
