@@ -116,7 +116,7 @@ def bench_finetune(args):
                                                                      + ["full"]].to_markdown(floatfmt=".3f"))
     print()
     columns = ["model", "dims", "n_train", "n_test", "majority_accuracy", "full_accuracy", "full_ci_low",
-               "full_ci_high", "smallest_k_within_tolerance", "pca_k1_accuracy", "best_dim", "best_dim_accuracy",
+               "full_ci_high", "k_star", "k_star_n_test", "pca_k1_accuracy", "best_dim", "best_dim_accuracy",
                "best_dims_together_accuracy", "single_dim_median_accuracy", "single_dim_max_test_accuracy", "seconds"]
     print(summary[columns].to_markdown(index=False, floatfmt=".3f"))
 

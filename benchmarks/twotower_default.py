@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/twotower_default.py [--workdir DIR] [--threads N] [snakemake args...]
 
 Runs only the twotower targets (the tokenizer model and the dataset are materialised/prepared first), then
-prints each job's wall time (Snakemake benchmark files), the validation-loss curve and the consistency table.
+prints each job's wall time (Snakemake benchmark files), the test-split loss curve and the consistency table.
 Other stages are disabled; the models list is cut to the tokenizer model.
 """
 import subprocess

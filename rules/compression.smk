@@ -99,7 +99,7 @@ rule compression_model:
         view=r"(first|mean)_layer-?[0-9]+",
     params:
         k_values=COMPRESSION["k_values"],
-        tolerance=COMPRESSION["tolerance"],
+        alpha=COMPRESSION["alpha"],
         single_dim_c=COMPRESSION["single_dim_c"],
         n_best=COMPRESSION["n_best"],
         seed=COMPRESSION["seed"],
@@ -147,7 +147,7 @@ rule compression_dataset:
         view=r"(first|mean)_layer-?[0-9]+",
     params:
         pairs=COMPRESSION_PAIRS,
-        tolerance=COMPRESSION["tolerance"],
+        alpha=COMPRESSION["alpha"],
     log:
         "results/logs/compression_dataset/{dataset}/{view}.log",
     threads: 1

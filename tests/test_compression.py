@@ -87,7 +87,7 @@ def test_k1_pca_keeps_the_label_when_its_dimension_carries_most_variance():
     assert full["accuracy"] >= 0.99
     assert k1["accuracy"] >= 0.99
     assert k1["explained_variance"] > 0.9  # the label dimension holds ~ 100 / (100 + 7) of the variance
-    assert compression.smallest_k_within(curve, 0.01) == (1, full["accuracy"])
+    assert compression.k_star(curve)[0] == 1
 
 
 def test_k1_pca_loses_the_label_when_its_dimension_carries_the_least_variance():
@@ -100,15 +100,7 @@ def test_k1_pca_loses_the_label_when_its_dimension_carries_the_least_variance():
     for k in (1, 2, 4):
         assert pca[k] < 0.65
     assert pca[8] >= 0.99
-    assert compression.smallest_k_within(curve, 0.01)[0] == 8
-
-
-def test_smallest_k_within_tolerance_on_a_known_table():
-    curve = pd.DataFrame({"kind": ["pca"] * 4 + ["full"], "k": [1, 2, 4, 8, 8],
-                          "accuracy": [0.70, 0.985, 0.99, 1.0, 1.0]})
-    assert compression.smallest_k_within(curve, 0.01) == (4, 1.0)
-    assert compression.smallest_k_within(curve, 0.02) == (2, 1.0)
-    assert compression.smallest_k_within(curve.assign(accuracy=[0.5, 0.5, 0.5, 0.5, 1.0]), 0.01) == (None, 1.0)
+    assert compression.k_star(curve)[0] == 8
 
 
 # ------------------------------------------------------------------------------------- single dims
@@ -214,6 +206,12 @@ def test_analyse_summary_on_synthetic_data(tmp_path):
     assert list(curve["k"]) == [1, 2, 4, 8, 8]
     assert row["best_dims"].split(";")[0] == "5"
     assert row["single_dim_argmax_test"] == 5
+    # k* (paired test against the full vector) with the test size beside it
+    assert row["k_star"] == 1 and row["k_star_n_test"] == 60 and row["alpha"] == 0.05
+    assert row["full_beats_majority"] and row["full_vs_majority_mcnemar_p"] < 1e-6
+    assert list(summary.columns).index("k_star_n_test") == list(summary.columns).index("k_star") + 1
+    at = curve[(curve["kind"] == "pca") & (curve["k"] == 1)].iloc[0]
+    assert row["k_star_mcnemar_p"] == at["mcnemar_p"] and row["k_star_accuracy"] == at["accuracy"]
     for frame in (curve, dims, best, summary):
         assert {"model", "dataset", "layer", "pooling"} <= set(frame.columns)
         assert (frame["layer"] == 1).all()
@@ -249,6 +247,8 @@ def test_pairs_table_and_figures(tmp_path):
     summary = pd.concat([frames[m][3] for m in frames], ignore_index=True)
     curves = pd.concat([frames[m][0] for m in frames], ignore_index=True)
     dims = pd.concat([frames[m][1] for m in frames], ignore_index=True)
+    # label-free vectors: k* = 1 is trivial, and the summary says the full vector does not beat the majority class
+    assert list(summary["full_beats_majority"]) == [False, True]
     table = compression.pairs_table(summary, [("pre", "ft")], {"ft": {"epochs": 2, "test_accuracy": 0.9}})
     assert len(table) == 1
     row = table.iloc[0]

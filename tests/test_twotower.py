@@ -148,7 +148,7 @@ def test_loss_goes_down_on_toy_corpus(tmp_path):
     train = tt.TrainConfig(steps=200, batch_size=8, learning_rate=3e-3, warmup_steps=10, eval_every=100,
                            eval_max_windows=32, checkpoint_every=100)
     _, history = tt.train_two_tower(corpus, cfg, train, seed=0, work_dir=tmp_path / "work")
-    start, end = history[0]["val_loss"], history[-1]["val_loss"]
+    start, end = history[0]["test_loss"], history[-1]["test_loss"]
     assert start > 0.9 * np.log(24)
     # patterns of 6 tokens + separator: the first token of a sentence is a 1-in-4 guess, the rest determined
     assert end < 0.4 * start, history
@@ -166,13 +166,13 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path):
     resumed, hist_resumed = tt.train_two_tower(corpus, cfg, train, seed=5, work_dir=tmp_path / "b")
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
-    assert [h["val_loss"] for h in hist_straight] == [h["val_loss"] for h in hist_resumed]
+    assert [h["test_loss"] for h in hist_straight] == [h["test_loss"] for h in hist_resumed]
     assert (tmp_path / "b" / tt.snapshot_name(20)).exists() and (tmp_path / "b" / tt.snapshot_name(30)).exists()
     assert not (tmp_path / "b" / ".last.pt.tmp-999").exists()
     # other settings never resume from a foreign checkpoint
     other = tt.TrainConfig(**{**train.__dict__, "learning_rate": 5e-4})
     _, hist_other = tt.train_two_tower(corpus, cfg, other, seed=5, work_dir=tmp_path / "b")
-    assert hist_other[0]["step"] == 0 and hist_other[-1]["val_loss"] != hist_resumed[-1]["val_loss"]
+    assert hist_other[0]["step"] == 0 and hist_other[-1]["test_loss"] != hist_resumed[-1]["test_loss"]
 
 
 def _measure(model, corpus, steps=60):
@@ -333,10 +333,10 @@ def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
         assert (base / f"seed{seed}/logprobs_step40.parquet").exists()
         assert not (base / f"seed{seed}/checkpoints").exists()  # cleaned after a finished run
     train_log = (tmp_path / "results/logs/twotower/train/toy/tiny-bert/seed0.log").read_text()
-    assert "step 40/40" in train_log and "validation loss" in train_log
+    assert "step 40/40" in train_log and "test-split loss" in train_log
     history = pd.read_csv(base / "history.csv")
     assert sorted(history.seed.unique()) == [0, 1] and list(history[history.seed == 0].step) == [0, 20, 40]
-    assert (history.groupby("seed")["val_loss"].last() < history.groupby("seed")["val_loss"].first()).all()
+    assert (history.groupby("seed")["test_loss"].last() < history.groupby("seed")["test_loss"].first()).all()
     prefs = pd.read_csv(base / "preference.csv", keep_default_na=False)
     assert {"model", "dataset", "seed", "step", "token_id", "token", "count", "preference", "p_value"} <= set(prefs)
     assert (prefs["count"] >= 3).all() and set(prefs.step) == {40}

@@ -486,6 +486,10 @@ def test_workflow_selection_probe_robustness_and_figures(variability_run):
         argmin, recommended = var.select_layers(group["layer"], group["nu"], 0.05)
         assert (selection.loc[model, "argmin_layer"], selection.loc[model, "recommended_layer"]) == (argmin, recommended)
         assert group.loc[group["is_recommended"], "layer"].tolist() == [recommended]
+        # both numberings: the authors' --last_layer is ours minus one, none for the embedding output (layer 0)
+        assert group["authors_last_layer"].isna().tolist() == (group["layer"] == 0).tolist()
+        assert (group["authors_last_layer"].dropna() == group["layer"][group["layer"] > 0] - 1).all()
+        assert selection.loc[model, "recommended_authors_last_layer"] == recommended - 1 or recommended == 0
         ok = group["nu"].notna()
         undefined = ok.sum() < 3 or group["accuracy"][ok].nunique() < 2  # Spearman reported as NaN
         rho = np.nan if undefined else spearmanr(group["nu"][ok], group["accuracy"][ok]).statistic

@@ -4,8 +4,9 @@ Per (dataset, model, view) - a view is one pooled vector: the first token ([CLS]
 of one layer - this module measures how much of the vector a linear probe needs:
 
 - PCA curve: PCA fitted on the train split; the probe (workflow_scripts/probe.py, the shared protocol) on the top
-  k principal components for k = 1, 2, 4, ... and d, and on the full vector; the smallest k whose accuracy is
-  within `tolerance` (1 point) of the full vector's.
+  k principal components for k = 1, 2, 4, ... and d, and on the full vector. Each k is compared with the full
+  vector on the same test examples by an exact McNemar test (two-sided, level `alpha`); k* is the smallest k
+  that is not significantly worse than the full vector, reported with the test size it was decided on.
 - Single dimensions: every dimension alone, through a fast fixed-C variant of the shared protocol (standardise
   on train, logistic regression with C = `single_dim_c`, no C search); dimensions ranked on the train split
   (train accuracy, then train log-loss), never on test. The `n_best` best dimensions are then probed with the
@@ -151,28 +152,109 @@ def fit_pca(train_x: np.ndarray):
     return mean, components * signs[:, None], values
 
 
-def pca_curve(train_x, train_y, test_x, test_y, ks, *, seed: int = 0, c_grid=C_GRID, folds: int = 3) -> pd.DataFrame:
-    """Probe accuracy on the top-k principal components (PCA fitted on train) for each k, and on the full vector.
+def probe_with_predictions(train_x, train_y, test_x, test_y, *, seed: int = 0, c_grid=C_GRID, folds: int = 3):
+    """The shared probe (`probe.linear_probe`) and, per test example, whether it was classified correctly.
+
+    linear_probe returns counts only; the paired test needs the per-example outcome, so the probe is refitted
+    with the C it chose on the same standardised train split (lbfgs is deterministic) and its test predictions
+    are checked against linear_probe's accuracy. Returns (ProbeResult, correct: bool array of n_test).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from workflow_scripts.probe import _standardise
+
+    result = linear_probe(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds)
+    train_x = np.asarray(train_x, dtype=np.float64)
+    test_x = np.asarray(test_x, dtype=np.float64)
+    if train_x.ndim == 1:
+        train_x, test_x = train_x[:, None], test_x[:, None]
+    train_z, test_z = _standardise(train_x, test_x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = LogisticRegression(C=result.C, max_iter=1000).fit(train_z, np.asarray(train_y))
+    correct = model.predict(test_z) == np.asarray(test_y)
+    if int(correct.sum()) != int(round(result.accuracy * result.n_test)):
+        raise RuntimeError(
+            f"compression: the refitted probe gets {int(correct.sum())} of {result.n_test} test examples right, "
+            f"linear_probe {result.accuracy * result.n_test:.0f}; probe.linear_probe and probe_with_predictions "
+            f"no longer fit the same model (keep their solver settings in step)."
+        )
+    return result, correct
+
+
+def mcnemar_exact(reference_correct, candidate_correct, alpha: float = 0.05) -> dict:
+    """Exact McNemar test of a candidate classifier against a reference on the same test examples.
+
+    b = examples only the reference gets right, c = only the candidate; under H0 (equal accuracy) c given the
+    m = b + c discordant pairs is Binomial(m, 1/2). Returns
+      only_reference_correct (b), only_candidate_correct (c), n,
+      p_value: two-sided exact p, min(1, 2 P(X <= min(b, c))) with X ~ Bin(m, 1/2) (= scipy.stats.binomtest);
+      accuracy_diff: candidate minus reference accuracy, (c - b) / n;
+      diff_ci_low, diff_ci_high: the exact conditional (1 - alpha) interval of that difference: the
+        Clopper-Pearson interval [pi_lo, pi_hi] of pi = c / m, mapped by (m / n)(2 pi - 1); [0, 0] when m = 0;
+      worse: the candidate is significantly worse (p < alpha and b > c), which happens exactly when
+        diff_ci_high < 0, so the drawn interval and the decision agree.
+    """
+    from scipy.stats import beta, binom
+
+    reference = np.asarray(reference_correct, dtype=bool)
+    candidate = np.asarray(candidate_correct, dtype=bool)
+    if reference.shape != candidate.shape or reference.ndim != 1 or len(reference) == 0:
+        raise ValueError(f"mcnemar_exact needs two equal-length outcome vectors, got {reference.shape} and "
+                         f"{candidate.shape}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    n = len(reference)
+    b = int((reference & ~candidate).sum())
+    c = int((~reference & candidate).sum())
+    m = b + c
+    if m == 0:
+        p_value, low, high = 1.0, 0.0, 0.0
+    else:
+        p_value = float(min(1.0, 2.0 * binom.cdf(min(b, c), m, 0.5)))
+        pi_low = float(beta.ppf(alpha / 2, c, m - c + 1)) if c > 0 else 0.0
+        pi_high = float(beta.ppf(1 - alpha / 2, c + 1, m - c)) if c < m else 1.0
+        low, high = m * (2 * pi_low - 1) / n, m * (2 * pi_high - 1) / n
+    return {"n": n, "only_reference_correct": b, "only_candidate_correct": c, "p_value": p_value,
+            "accuracy_diff": (c - b) / n, "diff_ci_low": low, "diff_ci_high": high,
+            "worse": bool(p_value < alpha and b > c)}
+
+
+def pca_curve(train_x, train_y, test_x, test_y, ks, *, seed: int = 0, c_grid=C_GRID, folds: int = 3,
+              alpha: float = 0.05, return_full_correct: bool = False):
+    """Probe accuracy on the top-k principal components (PCA fitted on train) for each k, and on the full vector,
+    each k tested against the full vector on the same test examples (`mcnemar_exact`, level `alpha`).
 
     Rows: kind ('pca' or 'full'), k (dims), explained_variance (cumulative ratio of the train variance kept),
-    accuracy, ci_low, ci_high, n_train, n_test, C.
+    accuracy, ci_low, ci_high (Wilson 95%), n_train, n_test, C, and the paired comparison with the full vector:
+    only_full_correct, only_k_correct (the discordant test examples), mcnemar_p, accuracy_diff (k minus full),
+    diff_ci_low, diff_ci_high (its exact 1 - alpha interval), worse_than_full (the full row compares with itself).
+    With `return_full_correct`, returns (curve, the full-vector probe's per-test-example outcome).
     """
     mean, components, variances = fit_pca(train_x)
     total = variances.sum()
     cumulative = np.cumsum(variances) / total if total > 0 else np.ones_like(variances)
     train_centred = np.asarray(train_x, dtype=np.float64) - mean
     test_centred = np.asarray(test_x, dtype=np.float64) - mean
+    full_result, full_correct = probe_with_predictions(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid,
+                                                       folds=folds)
     rows = []
     for k in ks:
         basis = components[:k].T
-        result = linear_probe(train_centred @ basis, train_y, test_centred @ basis, test_y,
-                              seed=seed, c_grid=c_grid, folds=folds)
-        rows.append({"kind": "pca", "k": int(k), "explained_variance": float(cumulative[k - 1]), **_probe_row(result)})
-        LOG.info("PCA k=%d: accuracy %.4f (C=%g)", k, result.accuracy, result.C)
-    result = linear_probe(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds)
-    rows.append({"kind": "full", "k": int(np.shape(train_x)[1]), "explained_variance": 1.0, **_probe_row(result)})
-    LOG.info("full vector (%d dims): accuracy %.4f (C=%g)", np.shape(train_x)[1], result.accuracy, result.C)
-    return pd.DataFrame(rows)
+        result, correct = probe_with_predictions(train_centred @ basis, train_y, test_centred @ basis, test_y,
+                                                 seed=seed, c_grid=c_grid, folds=folds)
+        paired = mcnemar_exact(full_correct, correct, alpha)
+        rows.append({"kind": "pca", "k": int(k), "explained_variance": float(cumulative[k - 1]), **_probe_row(result),
+                     **_paired_row(paired)})
+        LOG.info("PCA k=%d: accuracy %.4f (C=%g); vs full: %d/%d discordant test examples, exact McNemar p=%.3g%s",
+                 k, result.accuracy, result.C, paired["only_reference_correct"], paired["only_candidate_correct"],
+                 paired["p_value"], " (significantly worse)" if paired["worse"] else "")
+    rows.append({"kind": "full", "k": int(np.shape(train_x)[1]), "explained_variance": 1.0,
+                 **_probe_row(full_result), **_paired_row(mcnemar_exact(full_correct, full_correct, alpha))})
+    LOG.info("full vector (%d dims): accuracy %.4f (C=%g)", np.shape(train_x)[1], full_result.accuracy,
+             full_result.C)
+    curve = pd.DataFrame(rows)
+    return (curve, full_correct) if return_full_correct else curve
 
 
 def _probe_row(result) -> dict:
@@ -180,13 +262,21 @@ def _probe_row(result) -> dict:
             "n_train": result.n_train, "n_test": result.n_test, "C": result.C}
 
 
-def smallest_k_within(curve: pd.DataFrame, tolerance: float = 0.01):
-    """Smallest k of the PCA rows whose accuracy is at least (full accuracy - tolerance); None if there is none."""
-    full = float(curve.loc[curve["kind"] == "full", "accuracy"].iloc[0])
+def _paired_row(paired: dict) -> dict:
+    return {"only_full_correct": paired["only_reference_correct"], "only_k_correct": paired["only_candidate_correct"],
+            "mcnemar_p": paired["p_value"], "accuracy_diff": paired["accuracy_diff"],
+            "diff_ci_low": paired["diff_ci_low"], "diff_ci_high": paired["diff_ci_high"],
+            "worse_than_full": paired["worse"]}
+
+
+def k_star(curve: pd.DataFrame):
+    """k*: the smallest k of the PCA rows not significantly worse than the full vector (paired exact McNemar test
+    of `pca_curve`); None if every probed k is. Returns (k*, its row or None)."""
     pca = curve[curve["kind"] == "pca"].sort_values("k")
-    # a small epsilon so that an accuracy exactly one point below the full one (e.g. 0.99 vs 1.00) counts
-    ok = pca[pca["accuracy"] >= full - tolerance - 1e-9]
-    return (int(ok["k"].iloc[0]) if len(ok) else None), full
+    ok = pca[~pca["worse_than_full"].astype(bool)]
+    if not len(ok):
+        return None, None
+    return int(ok["k"].iloc[0]), ok.iloc[0]
 
 
 # ------------------------------------------------------------------------------------- single dims
@@ -265,7 +355,7 @@ def majority_accuracy(train_y, test_y) -> float:
 
 
 # ----------------------------------------------------------------------------------- one model run
-def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None, tolerance: float = 0.01,
+def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None, alpha: float = 0.05,
             single_dim_c: float = 1.0, n_best: int = 5, seed: int = 0, folds: int = 3, c_grid=C_GRID):
     """All measurements for one (dataset, model, view). Returns (curve, dims, best, summary) DataFrames."""
     train_x, train_y, test_x, test_y = train_test(view, model=model, dataset=dataset)
@@ -274,9 +364,15 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
     n = len(train_y) + len(test_y)
     ks = k_grid(d, k_values)
     started = time.perf_counter()
-    curve = pca_curve(train_x, train_y, test_x, test_y, ks, seed=seed, c_grid=c_grid, folds=folds)
+    curve, full_correct = pca_curve(train_x, train_y, test_x, test_y, ks, seed=seed, c_grid=c_grid, folds=folds,
+                                    alpha=alpha, return_full_correct=True)
     pca_seconds = time.perf_counter() - started
-    best_k, full = smallest_k_within(curve, tolerance)
+    best_k, at_best_k = k_star(curve)
+    # k* is only informative when the full vector itself beats always predicting the train majority class
+    values, counts = np.unique(train_y, return_counts=True)
+    majority_correct = np.asarray(test_y) == values[counts.argmax()]
+    versus_majority = mcnemar_exact(majority_correct, full_correct, alpha)
+    beats_majority = bool(versus_majority["p_value"] < alpha and versus_majority["accuracy_diff"] > 0)
     started = time.perf_counter()
     dims = single_dim_scan(train_x, train_y, test_x, test_y, C=single_dim_c)
     scan_seconds = time.perf_counter() - started
@@ -288,7 +384,14 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
     top_probe = best[best["kind"] == "single"].iloc[0]
     together = best[best["kind"] == "top_together"].iloc[0]
     full_row = curve[curve["kind"] == "full"].iloc[0]
-    at_best_k = curve[(curve["kind"] == "pca") & (curve["k"] == best_k)] if best_k is not None else None
+    full = float(full_row["accuracy"])
+    LOG.info("k* = %s: the smallest PCA k not significantly worse than the full vector (exact McNemar, alpha %g, "
+             "%d test examples)", best_k, alpha, len(test_y))
+    if not beats_majority:
+        LOG.warning("%s / %s: the full vector (%.4f) is not significantly better than the majority class (%.4f; "
+                    "exact McNemar p=%.3g on %d test examples): k* = %s says nothing about compression here",
+                    dataset, model, full, majority_accuracy(train_y, test_y), versus_majority["p_value"],
+                    len(test_y), best_k)
     summary = pd.DataFrame([{
         **ids,
         "n": n,
@@ -300,9 +403,14 @@ def analyse(view: dict, *, model: str, dataset: str, pooling: str, k_values=None
         "full_accuracy": full,
         "full_ci_low": float(full_row["ci_low"]),
         "full_ci_high": float(full_row["ci_high"]),
-        "tolerance": tolerance,
-        "smallest_k_within_tolerance": best_k if best_k is not None else pd.NA,
-        "accuracy_at_smallest_k": float(at_best_k["accuracy"].iloc[0]) if best_k is not None else np.nan,
+        "full_vs_majority_mcnemar_p": versus_majority["p_value"],
+        "full_beats_majority": beats_majority,
+        "alpha": alpha,
+        "k_star": best_k if best_k is not None else pd.NA,
+        "k_star_n_test": len(test_y),
+        "k_star_accuracy": float(at_best_k["accuracy"]) if best_k is not None else np.nan,
+        "k_star_accuracy_diff": float(at_best_k["accuracy_diff"]) if best_k is not None else np.nan,
+        "k_star_mcnemar_p": float(at_best_k["mcnemar_p"]) if best_k is not None else np.nan,
         "pca_k1_accuracy": float(curve.loc[(curve["kind"] == "pca") & (curve["k"] == ks[0]), "accuracy"].iloc[0]),
         "best_dim": int(top["dim"]),
         "best_dim_accuracy": float(top_probe["accuracy"]),
@@ -349,7 +457,7 @@ def pairs_table(summary: pd.DataFrame, pairs, provenance: dict | None = None) ->
     pretrained differences; the fine-tuning provenance (epochs, lr, final accuracies) when known."""
     provenance = provenance or {}
     by_model = summary.set_index("model")
-    measures = ["full_accuracy", "smallest_k_within_tolerance", "pca_k1_accuracy", "best_dim_accuracy",
+    measures = ["full_accuracy", "k_star", "k_star_n_test", "pca_k1_accuracy", "best_dim_accuracy",
                 "best_dims_together_accuracy", "single_dim_median_accuracy", "single_dim_max_test_accuracy"]
     rows = []
     for pretrained, finetuned in pairs:
@@ -362,7 +470,7 @@ def pairs_table(summary: pd.DataFrame, pairs, provenance: dict | None = None) ->
         for measure in measures:
             row[f"{measure}_pretrained"] = a[measure]
             row[f"{measure}_finetuned"] = b[measure]
-            if measure != "smallest_k_within_tolerance":
+            if measure not in ("k_star", "k_star_n_test"):
                 row[f"{measure}_gain"] = float(b[measure]) - float(a[measure])
         record = provenance.get(finetuned, {})
         for key in ("dataset", "epochs", "learning_rate", "seed", "train_accuracy", "test_accuracy"):
@@ -389,8 +497,10 @@ def _colours(models):
 
 
 def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: str, view: str, paths) -> None:
-    """Accuracy vs k (log2 axis), one panel per pretrained/fine-tuned pair, with the full-vector accuracy
-    (dashed), its 95% interval (band), the smallest k within tolerance (star) and the majority-class line."""
+    """Top row: accuracy vs k (log2 axis), one panel per pretrained/fine-tuned pair, with each k's Wilson 95%
+    interval (band), the full-vector accuracy (dashed), k* (star, labelled with the test size it was decided on)
+    and the majority-class line. Bottom row: the paired difference accuracy(k) - accuracy(full) on the same test
+    examples with its exact (1 - alpha) interval per k (error bars; hollow marker: significantly worse)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,35 +509,56 @@ def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: 
     models = list(summary["model"])
     colours = _colours(models)
     panels = _pair_panels(models, pairs)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 7.4), squeeze=False, sharex="col",
+                             sharey="row", gridspec_kw={"height_ratios": [3, 2]})
     by_model = summary.set_index("model")
-    for ax, (title, members) in zip(axes[0], panels):
-        for model in members:
+    alpha = float(summary["alpha"].iloc[0])
+    for column, (title, members) in enumerate(panels):
+        ax, diff_ax = axes[0][column], axes[1][column]
+        for index, model in enumerate(members):
             colour = colours[model]
             rows = curves[(curves["model"] == model) & (curves["kind"] == "pca")].sort_values("k")
             info = by_model.loc[model]
+            n_test = int(info["k_star_n_test"])
+            best_k = info["k_star"]
+            star = f"k*={int(best_k)}" if pd.notna(best_k) else "no k*"
+            if not bool(info["full_beats_majority"]):
+                star += f"; full not above majority, p={info['full_vs_majority_mcnemar_p']:.2g}"
             ax.fill_between(rows["k"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.12, linewidth=0)
             ax.plot(rows["k"], rows["accuracy"], marker="o", markersize=4, color=colour,
-                    label=f"{model}: PCA k (full {info['full_accuracy']:.3f})")
+                    label=f"{model}: full {info['full_accuracy']:.3f}, {star} (n_test={n_test})")
             ax.axhline(info["full_accuracy"], color=colour, linestyle="--", linewidth=1)
-            best_k = info["smallest_k_within_tolerance"]
             if pd.notna(best_k):
-                ax.plot([best_k], [info["accuracy_at_smallest_k"]], marker="*", markersize=13, color=colour,
+                ax.plot([best_k], [info["k_star_accuracy"]], marker="*", markersize=13, color=colour,
                         markeredgecolor="black", linestyle="none")
-                ax.annotate(f"k={int(best_k)}", (best_k, info["accuracy_at_smallest_k"]), textcoords="offset points",
-                            xytext=(6, -12), fontsize=8, color=colour)
+                ax.annotate(f"k*={int(best_k)} (n={n_test})", (best_k, info["k_star_accuracy"]),
+                            textcoords="offset points", xytext=(6, -12), fontsize=8, color=colour)
+            # the paired differences, the models of a panel side by side around each k
+            shift = 2.0 ** (0.12 * (index - (len(members) - 1) / 2))
+            x = rows["k"].to_numpy(dtype=float) * shift
+            diff = rows["accuracy_diff"].to_numpy(dtype=float)
+            errors = np.vstack([diff - rows["diff_ci_low"].to_numpy(dtype=float),
+                                rows["diff_ci_high"].to_numpy(dtype=float) - diff])
+            diff_ax.errorbar(x, diff, yerr=errors, fmt="none", ecolor=colour, elinewidth=1.2, capsize=2)
+            worse = rows["worse_than_full"].astype(bool).to_numpy()
+            diff_ax.plot(x[~worse], diff[~worse], "o", markersize=5, color=colour, linestyle="none", label=model)
+            diff_ax.plot(x[worse], diff[worse], "o", markersize=5, markerfacecolor="white", markeredgecolor=colour,
+                         linestyle="none")
         chance = by_model.loc[members[0], "majority_accuracy"]
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"majority class ({chance:.3f})")
         ax.set_xscale("log", base=2)
         ax.margins(x=0.1)
-        ax.set_xlabel("PCA dimensions k (log2 scale)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("test accuracy (fraction correct)")
-    fig.suptitle(f"Probe accuracy vs PCA dimensions - {dataset}, {view}\n"
-                 f"(dashed: full vector; star: smallest k within {summary['tolerance'].iloc[0] * 100:g} point(s))",
-                 fontsize=10)
+        diff_ax.axhline(0.0, color="black", linewidth=0.8)
+        diff_ax.set_xlabel("PCA dimensions k (log2 scale)")
+        diff_ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (95% Wilson band)")
+    axes[1][0].set_ylabel(f"accuracy(k) - accuracy(full),\nsame test examples ({(1 - alpha) * 100:g}% exact)")
+    fig.suptitle(f"Probe accuracy vs PCA dimensions - {dataset}, {view}\ndashed: full vector; star: k*, the smallest "
+                 f"k not worse than the full vector\n(exact McNemar test on the same test examples, alpha={alpha:g}; "
+                 f"hollow: significantly worse)", fontsize=9)
     fig.tight_layout()
     storage.save_figure(fig, paths)
 
@@ -486,7 +617,7 @@ def run_model(snakemake) -> None:
     LOG.info("read %d labelled rows x %d dims (%s), classes %s", len(view["y"]), view["x"].shape[1],
              view["column"], view["classes"])
     curve, dims, best, summary = analyse(
-        view, model=model, dataset=dataset, pooling=pooling, k_values=params.k_values, tolerance=params.tolerance,
+        view, model=model, dataset=dataset, pooling=pooling, k_values=params.k_values, alpha=params.alpha,
         single_dim_c=params.single_dim_c, n_best=params.n_best, seed=params.seed, folds=params.folds,
     )
     storage.write_table(curve, snakemake.output.curve)

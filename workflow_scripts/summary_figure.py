@@ -111,15 +111,16 @@ def panel_compression(ax, paths):
     for index, (column, label) in enumerate(columns):
         ax.bar(x + (index - (len(columns) - 1) / 2) * width, table[column], width, label=label,
                color=colour(index))
-    if "smallest_k_within_tolerance" in table:
-        for xi, (k, full) in enumerate(zip(table["smallest_k_within_tolerance"], table["full_accuracy"])):
-            ax.text(xi, min(full + 0.03, 1.02), f"k*={int(k)}" if pd.notna(k) else "k*=–", ha="center", fontsize=7)
+    if "k_star" in table:
+        for xi, (k, n, full) in enumerate(zip(table["k_star"], table["k_star_n_test"], table["full_accuracy"])):
+            ax.text(xi, min(full + 0.03, 1.02), f"k*={int(k)}\nn={int(n)}" if pd.notna(k) else f"k*=–\nn={int(n)}",
+                    ha="center", fontsize=7)
     ax.set_xticks(x, table["model"], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7, frameon=False, loc="lower right")
-    ax.set_title(f"{title}\n{_where(path, 'compression')} (k* = fewest PCA dims within 1 point)", fontsize=10,
-                 loc="left", fontweight="bold")
+    ax.set_title(f"{title}\n{_where(path, 'compression')} (k* = fewest PCA dims not worse than all dims, "
+                 f"paired test on n test examples)", fontsize=10, loc="left", fontweight="bold")
 
 
 def panel_geometry(ax, paths):

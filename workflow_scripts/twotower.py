@@ -5,8 +5,10 @@ states are concatenated -> LayerNorm -> Dense + GELU -> LayerNorm -> output proj
 embedding (+ bias); one softmax; trained jointly on the causal next-token objective.
 
 Per-tower measurement: the trained towers are frozen; one untied head per tower is trained on that tower's
-own half of the representation; on held-out text each head's log-probability of the true next token is
-recorded per occurrence (twotower_preference.py turns these into per-type preferences).
+own half of the representation - by default (`head.input: joint_layernorm`, the authors') the tower's half of
+the frozen joint LayerNorm output LN_1([h_a ; h_b]); on held-out text (the test split) each head's
+log-probability of the true next token is recorded per occurrence (twotower_preference.py turns these into
+per-type preferences).
 
 This module holds the maths as plain functions (corpus building, the model, training with resumable
 checkpoints, per-tower heads, held-out log-probabilities) and the thin Snakemake glue of three rules:
@@ -31,7 +33,7 @@ from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the joint model's held-out loss is named test_loss (the split it is computed on)
 UNSEEN = -1  # original id recorded for the compact vocabulary's "unseen in training" class
 
 
@@ -250,6 +252,14 @@ class TwoTowerLM(nn.Module):
         """Final hidden state (after each tower's ln_f) of both towers: two (B, T, d) tensors."""
         return tuple(tower(input_ids=input_ids).last_hidden_state for tower in self.towers)
 
+    def joint_layernorm_halves(self, input_ids):
+        """The joint head's first LayerNorm on the concatenated tower states, LN_1([h_a ; h_b]), cut into
+        tower a's and tower b's d-dimensional halves. Normalised over all 2d values with the trained affine
+        weights, so a tower whose states are larger keeps its larger share (the authors' per-tower head input)."""
+        joint = self.ln_concat(torch.cat(self.tower_states(input_ids), dim=-1))
+        d = self.cfg.n_embd
+        return joint[..., :d], joint[..., d:]
+
     def forward(self, input_ids):
         a, b = self.tower_states(input_ids)
         h = self.ln_out(self.act(self.dense(self.ln_concat(torch.cat([a, b], dim=-1)))))
@@ -261,19 +271,32 @@ class TwoTowerLM(nn.Module):
         return [p for p in self.towers[which].parameters() if id(p) not in shared]
 
 
-class TowerHead(nn.Module):
-    """Untied per-tower head on one tower's d-dimensional state.
+HEAD_INPUTS = ("joint_layernorm", "fresh_layernorm")
 
-    mlp    (the joint head's structure on one half): LayerNorm -> Dense + GELU -> LayerNorm -> Linear(d, V) + bias.
-    linear: LayerNorm -> Linear(d, V) + bias.
+
+class TowerHead(nn.Module):
+    """Untied per-tower head on one tower's d-dimensional input.
+
+    input joint_layernorm (default, the authors'): the head reads the tower's half of the frozen joint
+      LayerNorm output (`TwoTowerLM.joint_layernorm_halves`), already normalised:
+      mlp    = Dense + GELU -> LayerNorm -> Linear(d, V) + bias (the rest of the joint head, on one half);
+      linear = Linear(d, V) + bias.
+    input fresh_layernorm (our former variant): the head reads the raw tower state and starts with its own,
+      trainable LayerNorm, which erases scale differences between the towers:
+      mlp    = LayerNorm -> Dense + GELU -> LayerNorm -> Linear(d, V) + bias;
+      linear = LayerNorm -> Linear(d, V) + bias.
     """
 
-    def __init__(self, d: int, vocab_size: int, kind: str = "mlp"):
+    def __init__(self, d: int, vocab_size: int, kind: str = "mlp", input: str = "joint_layernorm"):
         super().__init__()
+        if input not in HEAD_INPUTS:
+            raise ValueError(f"head input must be one of {HEAD_INPUTS}, got {input!r}")
+        self.input = input
+        first = [nn.LayerNorm(d)] if input == "fresh_layernorm" else []
         if kind == "mlp":
-            self.body = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+            self.body = nn.Sequential(*first, nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         elif kind == "linear":
-            self.body = nn.LayerNorm(d)
+            self.body = nn.Sequential(*first) if first else nn.Identity()
         else:
             raise ValueError(f"head kind must be 'mlp' or 'linear', got {kind!r}")
         self.out = nn.Linear(d, vocab_size)
@@ -282,19 +305,42 @@ class TowerHead(nn.Module):
         return self.out(self.body(states))
 
 
+def head_inputs(model, input_ids, input: str = "joint_layernorm"):
+    """What the per-tower heads read (see TowerHead): (tower a's, tower b's) (B, T, d) tensors."""
+    if input == "joint_layernorm":
+        return model.joint_layernorm_halves(input_ids)
+    if input == "fresh_layernorm":
+        return model.tower_states(input_ids)
+    raise ValueError(f"head input must be one of {HEAD_INPUTS}, got {input!r}")
+
+
+def _halves(tensor, d: int):
+    return tensor[..., :d], tensor[..., d:]
+
+
 def swap_towers(model) -> None:
-    """Exchange the two towers' own parameters in place (shared embeddings stay)."""
+    """Relabel the towers in place: exchange their own parameters (shared embeddings stay) and the two halves of
+    the joint head's parameters that act on them (LN_1's weight and bias, the Dense's input columns), so the joint
+    model computes the same function and tower a's head input becomes tower b's."""
+    d = model.cfg.n_embd
     with torch.no_grad():
-        for pa_, pb in zip(model.tower_parameters(0), model.tower_parameters(1)):
+        pairs = list(zip(model.tower_parameters(0), model.tower_parameters(1)))
+        pairs += [_halves(model.ln_concat.weight, d), _halves(model.ln_concat.bias, d),
+                  _halves(model.dense.weight, d)]
+        for pa_, pb in pairs:
             tmp = pa_.detach().clone()
             pa_.copy_(pb)
             pb.copy_(tmp)
 
 
 def make_towers_identical(model) -> None:
-    """The forced-identical control: copy tower a's own parameters into tower b (in place)."""
+    """The forced-identical control: copy tower a's own parameters into tower b, and the first half of the joint
+    LayerNorm's weight and bias into the second, so both heads read identical inputs (in place)."""
+    d = model.cfg.n_embd
     with torch.no_grad():
-        for pa_, pb in zip(model.tower_parameters(0), model.tower_parameters(1)):
+        pairs = list(zip(model.tower_parameters(0), model.tower_parameters(1)))
+        pairs += [_halves(model.ln_concat.weight, d), _halves(model.ln_concat.bias, d)]
+        for pa_, pb in pairs:
             pb.copy_(pa_)
 
 
@@ -341,7 +387,8 @@ def make_optimizer(model, train: TrainConfig):
 
 def evaluate_loss(model, ids: np.ndarray, window: int, device, max_windows: int | None = None,
                   batch_size: int = 32) -> float:
-    """Mean next-token cross-entropy (nats) of the joint model on consecutive held-out windows."""
+    """Mean next-token cross-entropy (nats) of the joint model on consecutive windows of `ids` (the workflow
+    passes the test split: the history's `test_loss`)."""
     windows, mask, _ = eval_windows(ids, window, max_windows)
     total, count = 0.0, 0
     was_training = model.training
@@ -429,9 +476,9 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
                             "seed": int(seed), "freeze_tower": train.freeze_tower}, work_dir / snapshot_name(step))
 
     if step == 0 and not history:
-        val = evaluate_loss(model, corpus.test_ids, model_cfg.window, device, train.eval_max_windows)
-        history.append({"step": 0, "train_loss": float("nan"), "val_loss": val, "elapsed_s": 0.0})
-        LOG.info("step 0: validation loss %.4f (ln V = %.4f)", val, math.log(model_cfg.vocab_size))
+        test_loss = evaluate_loss(model, corpus.test_ids, model_cfg.window, device, train.eval_max_windows)
+        history.append({"step": 0, "train_loss": float("nan"), "test_loss": test_loss, "elapsed_s": 0.0})
+        LOG.info("step 0: test-split loss %.4f (ln V = %.4f)", test_loss, math.log(model_cfg.vocab_size))
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     running, running_n, done_now = 0.0, 0, 0
     while step < train.steps:
@@ -459,11 +506,11 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
             LOG.info("step %d/%d  train loss %.4f  %.2f s/step  eta %.0f s", step, train.steps, loss.item(),
                      elapsed / max(step, 1), elapsed / max(step, 1) * (train.steps - step))
         if step % train.eval_every == 0 or step == train.steps:
-            val = evaluate_loss(model, corpus.test_ids, model_cfg.window, device, train.eval_max_windows)
-            history.append({"step": step, "train_loss": running / max(running_n, 1), "val_loss": val,
+            test_loss = evaluate_loss(model, corpus.test_ids, model_cfg.window, device, train.eval_max_windows)
+            history.append({"step": step, "train_loss": running / max(running_n, 1), "test_loss": test_loss,
                             "elapsed_s": time.perf_counter() - started})
             running, running_n = 0.0, 0
-            LOG.info("step %d: validation loss %.4f", step, val)
+            LOG.info("step %d: test-split loss %.4f", step, test_loss)
         if step in train.snapshot_steps or step == train.steps:
             snapshot()
         if step % train.checkpoint_every == 0 or step == train.steps:
@@ -489,6 +536,7 @@ def load_snapshot(path, device=None):
 @dataclass
 class HeadConfig:
     kind: str = "mlp"
+    input: str = "joint_layernorm"  # the authors'; fresh_layernorm: our former variant (see TowerHead)
     steps: int = 300
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -497,7 +545,8 @@ class HeadConfig:
 
 
 def train_tower_heads(model, corpus: Corpus, head: HeadConfig, device=None):
-    """Freeze the towers; train one untied head per tower on that tower's own d-dim state.
+    """Freeze the towers; train one untied head per tower on that tower's own d-dim input (`head.input`: by
+    default its half of the frozen joint LayerNorm output).
 
     Both heads start from the same initial weights and see the same batches, so the measurement treats
     the two towers identically: swapping the towers swaps the heads exactly.
@@ -508,8 +557,8 @@ def train_tower_heads(model, corpus: Corpus, head: HeadConfig, device=None):
         p.requires_grad_(False)
     d, vocab = model.cfg.n_embd, model.cfg.vocab_size
     torch.manual_seed(int(head.seed))
-    first = TowerHead(d, vocab, head.kind)
-    heads = [first, TowerHead(d, vocab, head.kind)]
+    first = TowerHead(d, vocab, head.kind, head.input)
+    heads = [first, TowerHead(d, vocab, head.kind, head.input)]
     heads[1].load_state_dict(first.state_dict())
     heads = [h.to(device).train() for h in heads]
     optimizers = [torch.optim.AdamW(h.parameters(), lr=head.learning_rate, weight_decay=head.weight_decay)
@@ -520,7 +569,7 @@ def train_tower_heads(model, corpus: Corpus, head: HeadConfig, device=None):
         batch = torch.as_tensor(random_windows(corpus.train_ids, model.cfg.window, head.batch_size,
                                                head.seed + 7919, step), device=device)
         with torch.no_grad():
-            states = model.tower_states(batch[:, :-1])
+            states = head_inputs(model, batch[:, :-1], head.input)
         for k in (0, 1):
             logits = heads[k](states[k])
             loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), batch[:, 1:])
@@ -537,9 +586,11 @@ def train_tower_heads(model, corpus: Corpus, head: HeadConfig, device=None):
 
 
 def heldout_logprobs(model, heads, corpus: Corpus, device=None, batch_size: int = 32):
-    """Per held-out target token: its example id, stream position, model-vocab id and the log-probability of
-    it under head a, head b and the joint model. Returns a dict of equal-length numpy arrays."""
+    """Per held-out target token (the test split): its example id, stream position, model-vocab id and the
+    log-probability of it under head a, head b and the joint model. Returns a dict of equal-length numpy arrays."""
     device = device or torch.device("cpu")
+    if heads[0].input != heads[1].input:
+        raise ValueError(f"the two heads read different inputs ({heads[0].input!r}, {heads[1].input!r})")
     windows, mask, index = eval_windows(corpus.test_ids, model.cfg.window)
     out = {"position": [], "class": [], "logp_a": [], "logp_b": [], "logp_joint": []}
     model.eval()
@@ -548,7 +599,7 @@ def heldout_logprobs(model, heads, corpus: Corpus, device=None, batch_size: int 
             batch = torch.as_tensor(windows[start:start + batch_size], device=device)
             m = mask[start:start + batch_size]
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            states = model.tower_states(inputs)
+            states = head_inputs(model, inputs, heads[0].input)
             joint = model(inputs)
 
             def true_logp(logits):
@@ -586,7 +637,7 @@ def train_config(section: dict) -> TrainConfig:
 
 def head_config(section: dict) -> HeadConfig:
     head = section["head"]
-    return HeadConfig(kind=head["kind"], steps=head["steps"], batch_size=head["batch_size"],
+    return HeadConfig(kind=head["kind"], input=head["input"], steps=head["steps"], batch_size=head["batch_size"],
                       learning_rate=head["learning_rate"], weight_decay=head["weight_decay"], seed=head["seed"])
 
 
@@ -639,15 +690,15 @@ def main_train(snakemake) -> None:
     frame.insert(0, "model", snakemake.wildcards.model)
     frame.insert(1, "dataset", snakemake.wildcards.dataset)
     frame.insert(2, "seed", seed)
-    frame["n_val_tokens"] = int(min(len(corpus.test_ids) - 1,
+    frame["n_test_loss_tokens"] = int(min(len(corpus.test_ids) - 1,
                                     (train.eval_max_windows or 10**12) * model_cfg.window))
     for step, target in zip(measure_steps(section), snakemake.output.snapshots):
         with storage.atomic_path(target) as tmp:
             shutil.copyfile(work_dir / snapshot_name(step), tmp)
     storage.write_table(frame, snakemake.output.history)
     shutil.rmtree(work_dir, ignore_errors=True)  # finished: a later rerun must not resume a finished run
-    LOG.info("final validation loss %.4f (step 0: %.4f); %d train tokens", history[-1]["val_loss"],
-             history[0]["val_loss"], len(corpus.train_ids))
+    LOG.info("final test-split loss %.4f (step 0: %.4f); %d train tokens", history[-1]["test_loss"],
+             history[0]["test_loss"], len(corpus.train_ids))
 
 
 def main_measure(snakemake) -> None:
@@ -662,7 +713,9 @@ def main_measure(snakemake) -> None:
             f"{snakemake.input.snapshot} was trained on another vocabulary than {snakemake.input.corpus}; "
             f"delete the two-tower results of this dataset/model and rerun."
         )
-    heads = train_tower_heads(model, corpus, head_config(section), device)
+    head = head_config(section)
+    LOG.info("per-tower heads: kind %s, input %s, %d steps", head.kind, head.input, head.steps)
+    heads = train_tower_heads(model, corpus, head, device)
     result = heldout_logprobs(model, heads, corpus, device)
     frame = pd.DataFrame({
         "example_id": result["example_id"], "position": result["position"], "token_id": result["token_id"],

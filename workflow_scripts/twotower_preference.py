@@ -349,7 +349,8 @@ def plot_loss(history: pd.DataFrame, title: str):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (seed, part) in enumerate(history.groupby("seed")):
         part = part.sort_values("step")
-        ax.plot(part["step"], part["val_loss"], "-o", ms=3, color=figure_style.colour(i), label=f"seed {seed} validation")
+        ax.plot(part["step"], part["test_loss"], "-o", ms=3, color=figure_style.colour(i),
+                label=f"seed {seed} test split")
         train = part[part["step"] > 0]
         ax.plot(train["step"], train["train_loss"], "--", color=figure_style.colour(i), alpha=0.7,
                 label=f"seed {seed} train (mean since last eval)")

@@ -448,6 +448,30 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
 
 
 # =========================================================================================== selection
+def authors_last_layer(layers):
+    """The authors' `--last_layer` value of our layer index (Xie et al.'s released code).
+
+    Ours counts hidden states with 0 = the embedding output, so layer k is the output of transformer block k;
+    theirs counts the blocks from 0: our layer k is their `--last_layer k - 1`. Layer 0 (the embeddings) and the
+    selection's -1 ("no eligible layer") have no authors' value: <NA>. A scalar gives an int or pandas.NA, a
+    sequence a pandas nullable-integer array."""
+    import pandas as pd
+
+    if np.ndim(layers) == 0:
+        return int(layers) - 1 if int(layers) >= 1 else pd.NA
+    values = pd.array(np.asarray(layers, dtype=np.int64) - 1, dtype="Int64")
+    values[np.asarray(layers, dtype=np.int64) < 1] = pd.NA
+    return values
+
+
+def _insert_authors_layer(table, after: str = "layer", name: str = "authors_last_layer"):
+    """Put the authors' numbering of column `after` right beside it (recomputed, so CSV round trips keep ints)."""
+    if name in table:
+        table = table.drop(columns=[name])
+    table.insert(table.columns.get_loc(after) + 1, name, authors_last_layer(table[after].to_numpy()))
+    return table
+
+
 def select_layers(layers, nu, tolerance: float) -> tuple[int, int]:
     """(argmin layer, recommended layer): the recommended layer is the smallest layer whose ν is within
     `tolerance` (relative) of the minimum. Layers with undefined ν are skipped; (-1, -1) when none is defined."""
@@ -504,8 +528,10 @@ def selection_table(nu_frame, probe_frame, tolerance: float, max_noise_fraction:
         last = int(group["layer"].max())
         rows.append({
             "model": model, "n_layers": int(len(group)), "n": int(group["n"].iloc[0]), "dims": int(group["dims"].iloc[0]),
-            "argmin_layer": argmin, "nu_min": float(nu_by_layer.get(argmin, np.nan)),
-            "recommended_layer": recommended, "nu_recommended": float(nu_by_layer.get(recommended, np.nan)),
+            "argmin_layer": argmin, "argmin_authors_last_layer": authors_last_layer(argmin),
+            "nu_min": float(nu_by_layer.get(argmin, np.nan)),
+            "recommended_layer": recommended, "recommended_authors_last_layer": authors_last_layer(recommended),
+            "nu_recommended": float(nu_by_layer.get(recommended, np.nan)),
             "between_noise_fraction_recommended": float(
                 group.set_index("layer")["between_noise_fraction"].get(recommended, np.nan)),
             "tolerance": tolerance,
@@ -513,12 +539,17 @@ def selection_table(nu_frame, probe_frame, tolerance: float, max_noise_fraction:
             "eligible_layers": int(np.isfinite(eligible_nu(group, max_noise_fraction)).sum()),
             "accuracy_recommended": float(probes.get(recommended, np.nan)),
             "accuracy_argmin": float(probes.get(argmin, np.nan)),
-            "best_probe_layer": best_probe, "accuracy_best": float(probes.get(best_probe, np.nan)),
+            "best_probe_layer": best_probe, "best_probe_authors_last_layer": authors_last_layer(best_probe),
+            "accuracy_best": float(probes.get(best_probe, np.nan)),
             "accuracy_last": float(probes.get(last, np.nan)),
             "spearman_rho": rho, "spearman_p": p_value, "spearman_n_layers": n_used,
             "undefined_layers": int((~np.isfinite(group["nu"].to_numpy(dtype=np.float64))).sum()),
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for column in ("argmin_authors_last_layer", "recommended_authors_last_layer", "best_probe_authors_last_layer"):
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 def robustness_table(nu_frame, tolerance: float, max_noise_fraction: float | None = None):
@@ -539,13 +570,17 @@ def robustness_table(nu_frame, tolerance: float, max_noise_fraction: float | Non
                 "model": model, "subset": subset, "n": int(part["n"].iloc[0]),
                 "min_class_n": int(part["min_class_n"].iloc[0]), "max_class_n": int(part["max_class_n"].iloc[0]),
                 "argmin_layer": argmin, "recommended_layer": rec,
+                "recommended_authors_last_layer": authors_last_layer(rec),
                 "argmin_shift": argmin - full_argmin if argmin >= 0 and full_argmin >= 0 else np.nan,
                 "recommended_shift": rec - full_rec if rec >= 0 and full_rec >= 0 else np.nan,
                 "spearman_vs_full": rho,
                 "median_abs_log_ratio": float(np.median(log_ratio)) if log_ratio.size else np.nan,
                 "max_abs_log_ratio": float(log_ratio.max()) if log_ratio.size else np.nan,
             })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "recommended_authors_last_layer" in table:
+        table["recommended_authors_last_layer"] = table["recommended_authors_last_layer"].astype("Int64")
+    return table
 
 
 # ============================================================================================== figure
@@ -594,7 +629,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     bottom.set_ylabel("linear-probe test accuracy (95% CI)")
-    bottom.set_xlabel("layer (0 = embedding output)")
+    bottom.set_xlabel("layer (ours: 0 = embedding output; the authors' --last_layer = layer − 1)")
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=8)
     bottom.xaxis.get_major_locator().set_params(integer=True)
@@ -623,6 +658,7 @@ def run_nu(pooled_path, out_path, *, dataset: str, model: str, pooling: str, spl
     table.insert(1, "dataset", dataset)
     table.insert(2, "pooling", pooling)
     table.insert(3, "split", split)
+    table = _insert_authors_layer(table)
     undefined = table[(table["subset"] == "full") & table["degenerate"]]["layer"].tolist()
     if undefined:
         LOG.warning("layers %s: class means coincide, ν undefined (NaN) and excluded from selection", undefined)
@@ -638,7 +674,7 @@ def run_probe(pooled_path, out_path, *, dataset: str, model: str, pooling: str, 
     table = pd.DataFrame(rows)
     for position, (key, value) in enumerate((("model", model), ("dataset", dataset), ("pooling", pooling))):
         table.insert(position, key, value)
-    storage.write_table(table, out_path)
+    storage.write_table(_insert_authors_layer(table), out_path)
 
 
 def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance: float, layers_out, selection_out,
@@ -655,14 +691,16 @@ def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance:
     rec = selection.set_index("model")
     layers["is_argmin"] = layers["layer"] == layers["model"].map(rec["argmin_layer"])
     layers["is_recommended"] = layers["layer"] == layers["model"].map(rec["recommended_layer"])
+    layers = _insert_authors_layer(layers)
     noisy = selection[selection["between_noise_fraction_recommended"] > NOISY_FRACTION]["model"].tolist()
     if noisy:
         LOG.warning("%s: at the recommended layer more than half of the between-class scatter is expected from "
                     "sampling noise alone; ν is biased low there (docs/variability.md): use more examples", noisy)
     for _, row in selection.iterrows():
-        LOG.info("%s: argmin layer %d, recommended %d (acc %.4f; best probe layer %d acc %.4f); Spearman %.3f",
-                 row["model"], row["argmin_layer"], row["recommended_layer"], row["accuracy_recommended"],
-                 row["best_probe_layer"], row["accuracy_best"], row["spearman_rho"])
+        LOG.info("%s: argmin layer %d, recommended %d = the authors' --last_layer %s (acc %.4f; best probe layer %d "
+                 "acc %.4f); Spearman %.3f", row["model"], row["argmin_layer"], row["recommended_layer"],
+                 row["recommended_authors_last_layer"], row["accuracy_recommended"], row["best_probe_layer"],
+                 row["accuracy_best"], row["spearman_rho"])
     storage.write_table(layers, layers_out)
     storage.write_table(selection, selection_out)
     storage.write_table(robustness, robustness_out)
