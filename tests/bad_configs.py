@@ -92,7 +92,7 @@ def validation_message(config: dict) -> str | None:
                 validate(config[key], str(section_schema))
         if "compression" in config:  # as rules/compression.smk
             section = config["compression"]
-            resolve_pairs(section["pairs"], config["models"], list(section["models"]) or
+            resolve_pairs(section["pairs"], config["models"], list(section["models"] or []) or
                           [entry["name"] for entry in config["models"]], section["derive_pairs"])
     except WorkflowInputError as err:
         return " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)

@@ -217,14 +217,14 @@ def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail",
     (unless small_classes == 'drop', which drops such classes and reports them).
     """
     if split not in SPLITS:
-        raise WorkflowInputError(f"variability.split must be one of {SPLITS}, got {split!r}; fix config.yaml.")
+        raise WorkflowInputError(f"variability.split must be one of {SPLITS}, got {split!r}; fix the config file.")
     labelled, names = storage.labelled_examples(frame, dataset)
     if split != "all":
         labelled = labelled[labelled["split"] == split]
     if labelled.empty:
         raise WorkflowInputError(
             f"dataset {dataset!r} has no labelled examples in split {split!r}; set variability.split in "
-            f"config.yaml to a split that has labels (train, test or all)."
+            f"the config file to a split that has labels (train, test or all)."
         )
     counts = labelled["label_code"].value_counts().sort_index()
     small = {names[code]: int(n) for code, n in counts.items() if n < min_class_examples}
@@ -233,7 +233,7 @@ def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail",
         raise WorkflowInputError(
             f"dataset {dataset!r}, split {split!r}: class(es) with fewer than {min_class_examples} examples "
             f"({listing}); a class covariance needs at least 2. Add examples, or set "
-            f"variability.small_classes: drop in config.yaml to leave such classes out."
+            f"variability.small_classes: drop in the config file to leave such classes out."
         )
     kept_codes = sorted(code for code, n in counts.items() if n >= min_class_examples)
     if len(kept_codes) < 2:
@@ -307,7 +307,7 @@ def stream_variability(pooled_path, *, codes: np.ndarray, masks: dict[str, np.nd
     (subset, layer) with n, dims, class sizes and the Variability fields.
     """
     if pooling not in POOLINGS:
-        raise WorkflowInputError(f"variability pooling must be one of {POOLINGS}, got {pooling!r}; fix config.yaml.")
+        raise WorkflowInputError(f"variability pooling must be one of {POOLINGS}, got {pooling!r}; fix the config file.")
     meta = storage.read_hidden_metadata(pooled_path)
     n_layers, dim = int(meta["n_layers"]), int(meta["hidden_size"])
     layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
@@ -415,7 +415,7 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
     if len(test) == 0 or len(train) == 0:
         raise WorkflowInputError(
             f"dataset {dataset!r} has {len(train)} labelled train and {len(test)} labelled test examples; the probe "
-            f"needs both splits. Give the dataset a test split (splits / split_column / test_fraction in config.yaml)."
+            f"needs both splits. Give the dataset a test split (splits / split_column / test_fraction in the config file)."
         )
     if len(np.unique(train_codes)) < 2:
         raise WorkflowInputError(f"dataset {dataset!r}: the train split holds a single class; the probe needs two.")
@@ -561,7 +561,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     models = list(dict.fromkeys(full["model"]))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for index, model in enumerate(models):
-        colour, marker = figure_style.colour(index), figure_style.marker(index)
+        colour, marker = figure_style.model_style(model, index)
         curve = full[full["model"] == model].sort_values("layer")
         probes = probe_frame[probe_frame["model"] == model].sort_values("layer")
         pick = selection[selection["model"] == model].iloc[0]
@@ -673,6 +673,7 @@ def main(snakemake) -> None:
     with storage.job_logging(snakemake):
         p = snakemake.params
         w = snakemake.wildcards
+        figure_style.use_model_order(getattr(p, "model_index", None))
         if snakemake.rule == "variability_nu":
             run_nu(snakemake.input.pooled, snakemake.output.nu, dataset=w.dataset, model=w.model, pooling=w.pooling,
                    split=p.split, small_classes=p.small_classes, min_class_examples=p.min_class_examples,
