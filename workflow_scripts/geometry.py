@@ -35,6 +35,9 @@ from workflow_scripts import figure_style, storage
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
+# faiss logs at INFO which of its builds it tried ("No module named 'faiss.swigfaiss_avx2'" on CPUs without the build):
+# noise in every geometry log, so only its warnings and errors are kept
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 QUANTIZERS = ("product", "additive")
 QUANTIZER_MEASURES = (

@@ -473,7 +473,12 @@ def spearman(x, y) -> tuple[float, float, int]:
     if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return float("nan"), float("nan"), n
     result = spearmanr(x[ok], y[ok])
-    return float(result.statistic), float(result.pvalue), n
+    rho, p_value = float(result.statistic), float(result.pvalue)
+    if p_value == 0.0 and len(np.unique(x[ok])) == n and len(np.unique(y[ok])) == n:
+        # |rho| = 1: the t approximation gives exactly 0; without ties only the identity and the reversed ordering
+        # of n ranks reach |rho| = 1, so the exact two-sided permutation p-value is 2 / n!
+        p_value = 2.0 / math.factorial(n)
+    return rho, p_value, n
 
 
 def eligible_nu(frame, max_noise_fraction: float | None):
@@ -584,20 +589,23 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     # label the minor ticks only when the curves span less than a decade (otherwise they crowd)
     top.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
     top.tick_params(axis="y", which="minor", labelsize=7)
-    top.set_ylabel("variability ν (log scale, lower = more specialised)")
+    # two-line labels aligned on one x: the long single-line ones ran into each other across the two panels
+    top.set_ylabel("variability ν\n(log scale, lower = more specialised)")
     rule = f"tolerance {float(selection['tolerance'].iloc[0]):g}"
     guard = float(selection["max_noise_fraction"].iloc[0])
     if np.isfinite(guard):
         rule += f", noise guard {guard:g}"
     top.set_title(f"Hidden-state variability and probe accuracy by layer\n{dataset}, {pooling} pooling; "
                   f"★ = recommended layer ({rule})")
-    top.legend(fontsize=8)
+    # legends beside the panels (outside the axes): long model names neither cover curves nor labels
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     top.grid(alpha=0.3)
-    bottom.set_ylabel("linear-probe test accuracy (95% CI)")
+    bottom.set_ylabel("linear-probe test\naccuracy (95% CI)")
     bottom.set_xlabel("layer (0 = embedding output)")
     bottom.grid(alpha=0.3)
-    bottom.legend(fontsize=8)
+    bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     bottom.xaxis.get_major_locator().set_params(integer=True)
+    fig.align_ylabels([top, bottom])
     storage.save_figure(fig, paths)
 
 
