@@ -230,3 +230,59 @@ def test_a_model_has_one_colour_in_every_figure(monkeypatch):
     subset = compression._colours(["fourth", "other"])
     assert subset == {"fourth": summary["fourth"], "other": summary["other"]}
     assert subset["fourth"] == figure_style.colour(3) and subset["other"] == figure_style.colour(2)
+
+
+# ------------------------------------------------------------------------------------------- small things
+def test_batches_bound_the_padding_of_short_texts():
+    from workflow_scripts.extract_hidden_states import MIN_LENGTH_RATIO, plan_batches
+
+    lengths = [int(x) for x in np.clip(np.random.default_rng(0).lognormal(2.7, 0.5, 512).astype(int) + 2, 3, 128)]
+    batches = plan_batches(lengths, 8192)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert longest * len(batch) <= 8192 and min(lengths[i] for i in batch) >= MIN_LENGTH_RATIO * longest
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) - 1 <= 1 / MIN_LENGTH_RATIO - 1
+
+
+def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
+    import itertools
+    import math
+
+    from scipy.stats import spearmanr
+
+    from workflow_scripts.variability import spearman
+
+    x, y = np.arange(6.0), np.array([0.1, 0.3, 0.35, 0.5, 0.8, 0.9])
+    rho, p, n = spearman(x, y)
+    # brute force over all 6! orderings: the share with |rho| >= 1
+    extreme = sum(abs(spearmanr(x, perm).statistic) >= 1 - 1e-12 for perm in itertools.permutations(y))
+    assert rho == 1.0 and n == 6 and p == pytest.approx(extreme / math.factorial(6)) and p > 0
+    noisy = spearman(x, np.array([0.1, 0.5, 0.3, 0.2, 0.8, 0.9]))
+    assert noisy[1] == pytest.approx(spearmanr(x, [0.1, 0.5, 0.3, 0.2, 0.8, 0.9]).pvalue)
+
+
+def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(tiny_models, tmp_path):
+    import shutil
+
+    from workflow_scripts.perturb_model import perturb_model_folder
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["bert"], base)
+    (base / ".snakemake_timestamp").write_text("")
+    record = perturb_model_folder(base, tmp_path / "out", alpha=0.1, seed=0, base_name="base")
+    assert record["architecture"] == "BertModel" and record["model_type"] == "bert"
+    assert ".snakemake_timestamp" not in record["copied_files"] and "config.json" in record["copied_files"]
+
+
+def test_the_transformers_load_report_reaches_the_job_log(tiny_models, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from workflow_scripts.model_loading import load_model
+
+    log = tmp_path / "job.log"
+    with storage.job_logging(log):
+        load_model(tiny_models["bert"], auto_class=AutoModelForSequenceClassification, num_labels=3)
+    text = log.read_text()
+    assert "LOAD REPORT" in text and "classifier" in text, text[-2000:]
