@@ -49,7 +49,7 @@ def own_config(models: dict, csv: Path) -> dict:
 def snakemake(workdir: Path, configfiles, *extra, check=True):
     command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
                "--configfile", *map(str, configfiles), *extra]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=2400)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
     return result

@@ -31,12 +31,14 @@ _SOURCES = {"files": [], "cli": {}, "default": None}
 _LOADED = {}
 
 
-def record_config_sources(files, cli_overrides=None, default_file=None) -> None:
-    """Remember where the config came from: files in merge order, --config overrides, the embedded default."""
+def record_config_sources(files, cli_overrides=None, default_file=None, loaded=None) -> None:
+    """Remember where the config came from: files in merge order, --config overrides, the embedded default
+    (`loaded`: {path: already parsed content}, for callers that hold the config in memory)."""
     _SOURCES["files"] = [str(f) for f in files]
     _SOURCES["cli"] = dict(cli_overrides or {})
     _SOURCES["default"] = str(default_file) if default_file else None
     _LOADED.clear()
+    _LOADED.update({str(k): v for k, v in (loaded or {}).items()})
 
 
 def config_files_label() -> str:
