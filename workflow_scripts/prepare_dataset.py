@@ -216,22 +216,17 @@ def stratified_split(labels, test_fraction: float, seed: int) -> np.ndarray:
     return splits.astype(str)
 
 
-def stratified_subsample(splits: np.ndarray, max_examples: int, seed: int, labels=None) -> np.ndarray:
-    """Indices (in source order) of a seeded subsample of exactly `max_examples` rows that keeps the proportions
-    of every (split, label) group (largest-remainder quotas; labels=None stratifies by split only)."""
+def stratified_subsample(splits: np.ndarray, max_examples: int, seed: int) -> np.ndarray:
+    """Indices (in source order) of a seeded subsample of `max_examples` that keeps the split proportions."""
     n = len(splits)
     if max_examples >= n:
         return np.arange(n)
-    splits = np.asarray(splits).astype(str)
-    codes = _group_codes(labels) if labels is not None else np.zeros(n, dtype=np.int64)
-    groups = sorted(set(zip(splits.tolist(), codes.tolist())))
-    members = [np.flatnonzero((splits == split) & (codes == code)) for split, code in groups]
-    exact = np.array([max_examples * len(m) / n for m in members])
-    quotas = np.floor(exact).astype(int)
-    for extra in np.argsort(-(exact - quotas), kind="stable")[: max_examples - int(quotas.sum())]:
-        quotas[extra] += 1
     rng = np.random.default_rng(seed)
-    keep = [rng.permutation(m)[:q] for m, q in zip(members, quotas)]
+    keep = []
+    for split in ("train", "test"):
+        members = np.flatnonzero(splits == split)
+        quota = int(round(max_examples * len(members) / n))
+        keep.append(rng.permutation(members)[:quota])
     return np.sort(np.concatenate(keep))
 
 
@@ -284,7 +279,7 @@ def select_rows(raw: pd.DataFrame, entry: dict) -> dict:
         counts["split_from"] = "stratified by label"
     splits = np.asarray(splits).astype(str)
     if entry.get("max_examples"):
-        sub = stratified_subsample(splits[keep], entry["max_examples"], entry["seed"], [labels[i] for i in keep])
+        sub = stratified_subsample(splits[keep], entry["max_examples"], entry["seed"])
         counts["subsampled_out"] = int(len(keep) - len(sub))
         keep = keep[sub]
     counts["rows_out"] = len(keep)
