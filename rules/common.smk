@@ -2,14 +2,28 @@
 import os
 
 from workflow_scripts import storage
-from workflow_scripts.config_checks import check_schema
+from workflow_scripts.config_checks import check_schema, where
 
 
 def validate_section(key):
-    """Check one analysis section against schemas/<key>.schema.yaml (errors name the key path), fill defaults."""
+    """Check one analysis section against schemas/<key>.schema.yaml (errors name the key path and the file it came
+    from), fill defaults, and decide `enabled: null` (the default) from the configured names (auto_enabled)."""
     schema = os.path.join(workflow.basedir, "schemas", f"{key}.schema.yaml")
     check_schema(config[key], schema, section=key)
     validate(config[key], schema)
+    if config[key].get("enabled", True) is None:
+        config[key]["enabled"] = auto_enabled(key, config[key])
+
+
+def auto_enabled(key, section):
+    """`enabled: null`: on when what the stage needs is configured (the schema descriptions say what)."""
+    if key == "decomposition":
+        return len(section.get("models") or MODEL_NAMES) >= 2
+    if key in ("variability", "compression"):
+        return bool(labelled_datasets())
+    if key == "geometry":
+        return section["score"]["source"] == "table" or bool(labelled_datasets())
+    return True
 
 
 MODELS = {entry["name"]: entry for entry in config["models"]}
@@ -17,6 +31,12 @@ DATASETS = {entry["name"]: entry for entry in config["datasets"]}
 MODEL_NAMES = list(MODELS)
 DATASET_NAMES = list(DATASETS)
 EXTERNAL_SOURCES = ("hub", "local", "package", "archive")
+
+
+def model_index(names):
+    """Each model's index in the configured model list: the `model_index` param of a figure rule, so a model has one
+    colour in every figure (workflow_scripts/figure_style.py). Adding a model at the end changes no entry."""
+    return {name: MODEL_NAMES.index(name) for name in names}
 
 
 def models_of_source(*sources):

@@ -49,21 +49,22 @@ rule finetune_model:
 
 # ------------------------------------------------------------------------------------- selection
 def _compression_models():
-    unknown = [m for m in COMPRESSION["models"] if m not in MODELS]
+    unknown = [m for m in COMPRESSION["models"] or [] if m not in MODELS]
     if unknown:
         raise storage.WorkflowInputError(
-            f"config: compression.models lists {unknown}, which are not configured model names; "
-            f"use names from 'models' (or leave the list empty for all models)."
+            f"config: compression.models lists {unknown}, which are not configured model names; fix "
+            f"{where('compression.models')}: use names from 'models' (or remove the key for all models)."
         )
-    return list(COMPRESSION["models"]) or MODEL_NAMES
+    return list(COMPRESSION["models"] or MODEL_NAMES)
 
 
 def _compression_datasets():
-    chosen = list(COMPRESSION["datasets"]) or labelled_datasets()
+    chosen = list(COMPRESSION["datasets"] or labelled_datasets())
     for name in chosen:
         if name not in DATASETS:
             raise storage.WorkflowInputError(
-                f"config: compression.datasets lists {name!r}, which is not a configured dataset name."
+                f"config: compression.datasets lists {name!r}, which is not a configured dataset name; fix "
+                f"{where('compression.datasets')}."
             )
         if not DATASETS[name].get("label_column"):
             raise storage.WorkflowInputError(
@@ -148,6 +149,7 @@ rule compression_dataset:
     params:
         pairs=COMPRESSION_PAIRS,
         alpha=COMPRESSION["alpha"],
+        model_index=model_index(COMPRESSION_MODELS),
     log:
         "results/logs/compression_dataset/{dataset}/{view}.log",
     threads: 1

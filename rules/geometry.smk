@@ -42,7 +42,7 @@ def geometry_datasets():
     if unknown:
         raise storage.WorkflowInputError(
             f"config: geometry.datasets names {unknown}, which are not configured datasets ({DATASET_NAMES}); "
-            f"fix geometry.datasets or set it to null for all datasets."
+            f"fix {where('geometry.datasets')} or set it to null for all datasets."
         )
     return list(names)
 
@@ -55,7 +55,8 @@ def geometry_score_dataset():
         if wanted not in labelled:
             raise storage.WorkflowInputError(
                 f"config: geometry.score.dataset {wanted!r} is not a configured dataset with a label_column "
-                f"(labelled datasets: {labelled}); fix it, or use geometry.score.source: table."
+                f"(labelled datasets: {labelled}); fix {where('geometry.score.dataset')}, or use "
+                f"geometry.score.source: table."
             )
         return wanted
     if not labelled:
@@ -189,6 +190,7 @@ rule geometry_figures:
     params:
         score_name=geometry_score_name() if GEOMETRY["enabled"] else "score",
         top_k=GEOMETRY_TOP_K,
+        model_index=model_index(MODEL_NAMES),
     log:
         "results/logs/geometry/figures/{dataset}.log",
     threads: 1

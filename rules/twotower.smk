@@ -13,7 +13,8 @@ def _twotower_choice(key, known, what):
         return known[0]
     if chosen not in known:
         raise storage.WorkflowInputError(
-            f"twotower.{key} is {chosen!r}, which is not {what} ({known}); fix config.yaml."
+            f"twotower.{key} is {chosen!r}, which is not {what} ({known}); fix {where('twotower.' + key)} "
+            f"(or remove it: the default takes the first configured one)."
         )
     return chosen
 
@@ -25,11 +26,12 @@ TT_STEPS = sorted({int(s) for s in TT["measure_steps"]} | {int(TT["steps"])})
 if max(TT_STEPS) != int(TT["steps"]):
     raise storage.WorkflowInputError(
         f"twotower.measure_steps {TT['measure_steps']} holds steps beyond twotower.steps = {TT['steps']}; "
-        f"measured snapshots must come from training: fix config.yaml."
+        f"measured snapshots must come from training: fix {where('twotower.measure_steps')}."
     )
 if TT["n_embd"] % TT["n_head"]:
     raise storage.WorkflowInputError(
-        f"twotower.n_embd = {TT['n_embd']} is not a multiple of twotower.n_head = {TT['n_head']}; fix config.yaml."
+        f"twotower.n_embd = {TT['n_embd']} is not a multiple of twotower.n_head = {TT['n_head']}; fix "
+        f"{where('twotower.n_embd')} or {where('twotower.n_head')}."
     )
 TT_RUN = f"{TT_DIR}/{{dataset}}/{{model}}/seed{{seed}}"
 TT_FIG = "results/figures/twotower/{dataset}/{model}"

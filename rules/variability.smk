@@ -13,7 +13,8 @@ def _variability_names(key, known, what):
     unknown = [name for name in chosen if name not in known]
     if unknown:
         raise storage.WorkflowInputError(
-            f"variability.{key} names {unknown}, which are not {what} ({list(known)}); fix config.yaml."
+            f"variability.{key} names {unknown}, which are not {what} ({list(known)}); fix "
+            f"{where('variability.' + key)} (or remove it: the default is every one of them)."
         )
     return list(chosen)
 
@@ -93,6 +94,7 @@ rule variability_summary:
     params:
         tolerance=VAR["tolerance"],
         max_noise_fraction=VAR["selection"]["max_noise_fraction"],
+        model_index=model_index(VAR_MODELS),
     log:
         "results/logs/variability/summary/{dataset}/{pooling}.log",
     threads: 1

@@ -77,10 +77,12 @@ def validation_message(config: dict) -> str | None:
     from snakemake.utils import validate
 
     from workflow_scripts.compression import resolve_pairs
-    from workflow_scripts.config_checks import check_config, check_schema
+    from workflow_scripts.config_checks import check_config, check_schema, record_config_sources
     from workflow_scripts.storage import WorkflowInputError
 
     schema = PROJECT / "schemas/config.schema.yaml"
+    # as if the user had passed it with --configfile my-config.yaml: the messages name that file
+    record_config_sources(["my-config.yaml"], loaded={"my-config.yaml": copy.deepcopy(config)})
     try:
         check_schema(config, schema)
         validate(config, str(schema))
@@ -92,10 +94,12 @@ def validation_message(config: dict) -> str | None:
                 validate(config[key], str(section_schema))
         if "compression" in config:  # as rules/compression.smk
             section = config["compression"]
-            resolve_pairs(section["pairs"], config["models"], list(section["models"]) or
+            resolve_pairs(section["pairs"], config["models"], list(section["models"] or []) or
                           [entry["name"] for entry in config["models"]], section["derive_pairs"])
     except WorkflowInputError as err:
         return " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
+    finally:
+        record_config_sources([])
     return None
 
 

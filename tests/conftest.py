@@ -133,8 +133,12 @@ def tiny_models(tmp_path_factory, tiny_corpus):
     return build_tiny_models(tmp_path_factory.mktemp("models"), texts)
 
 
+ANALYSES = ("decomposition", "variability", "compression", "geometry", "twotower")
+
+
 def tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **sections) -> dict:
-    """A workflow config over tiny models (local sources) and the tiny corpus; extra sections merged in."""
+    """A workflow config over tiny models (local sources) and the tiny corpus; extra sections merged in. The
+    analyses not given are switched off (their schema default, `enabled: null`, would run every one of them)."""
     config = {
         "models": [{"name": f"tiny-{name}", "source": "local", "path": str(tiny_models[name])} for name in models],
         "datasets": [{"name": "toy", "source": "file", "path": str(tiny_corpus[0]), "text_column": "text",
@@ -142,6 +146,8 @@ def tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **sections
         "extraction": {"max_length": 32, "batch_tokens": 256, "sort_window": 32, "token_layers": [-1]},
         "resources": {"threads": 1},
     }
+    for key in ANALYSES:
+        config[key] = {"enabled": False}
     for key, value in sections.items():
         config[key] = value
     return config

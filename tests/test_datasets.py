@@ -33,13 +33,14 @@ def write_source(path, fmt):
     return path
 
 
-def check_prepared(path, expected_rows):
-    """The output file follows the dataset contract and holds expected_rows (text, label, split) in order."""
+def check_prepared(path, expected_rows, example_ids=None):
+    """The output file follows the dataset contract and holds expected_rows (text, label, split) in order, with
+    their source row indices as example_id (default 0..n-1: no row dropped)."""
     table = pq.read_table(path)
     assert table.schema.remove_metadata().equals(DATASET_SCHEMA)
     assert b"dataset" in table.schema.metadata
     columns = table.to_pydict()  # nulls as None (pandas would give NaN or NA depending on the dtype)
-    assert columns["example_id"] == list(range(len(expected_rows)))
+    assert columns["example_id"] == (list(range(len(expected_rows))) if example_ids is None else example_ids)
     assert list(zip(columns["text"], columns["label"], columns["split"])) == expected_rows
     for text, starts, ends in zip(columns["text"], columns["word_starts"], columns["word_ends"]):
         assert (starts, ends) == word_offsets(text)
@@ -80,9 +81,12 @@ def test_txt_source_is_one_unlabelled_example_per_nonempty_line(tmp_path):
     entry = {**ENTRY, "name": "lines", "path": str(source), "text_column": "text", "label_column": None,
              "split_column": None, "test_fraction": 0.0}
     counts = prepare(entry, tmp_path / "out.parquet")
-    assert counts["rows_in"] == 3 and counts["unlabelled_rows"] == 3
+    # every line is a row (example_id = its line number); the two blank ones are dropped and listed
+    assert counts["rows_in"] == 5 and counts["empty_texts_dropped"] == 2 and counts["unlabelled_rows"] == 3
     check_prepared(tmp_path / "out.parquet", [("first line", None, "train"), ("second line", None, "train"),
-                                              ("third, with punctuation.", None, "train")])
+                                              ("third, with punctuation.", None, "train")], example_ids=[0, 3, 4])
+    dropped = pd.read_csv(tmp_path / "out.dropped.csv")
+    assert dropped["example_id"].tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("name, message", [("reviews.xlsx", "cannot tell the format"),

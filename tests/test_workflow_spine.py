@@ -144,7 +144,8 @@ def test_untrusted_text_is_handled_counted_and_reconciled(tmp_path):
     frame = pd.read_parquet(tmp_path / "messy.parquet")
     assert counts["rows_in"] == 5 and counts["empty_texts_dropped"] == 1 and counts["rows_out"] == 4
     assert counts["control_characters_replaced"] == 1 and counts["replacement_characters"] == 2
-    assert frame["example_id"].tolist() == [0, 1, 2, 3]
+    assert frame["example_id"].tolist() == [0, 1, 3, 4]  # the source rows: row 2 (empty text) is dropped
+    assert pd.read_csv(tmp_path / "messy.dropped.csv")["example_id"].tolist() == [2]
     assert "\x07" not in frame["text"][1] and "\t" in frame["text"][1]
     assert clean_text("a\x00b") == ("a b", 1)
 

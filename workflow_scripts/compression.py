@@ -37,7 +37,7 @@ POOLINGS = ("first", "mean")
 def view_name(pooling: str, layer: int) -> str:
     """The path segment naming one pooled vector, e.g. 'first_layer-1' or 'mean_layer6'."""
     if pooling not in POOLINGS:
-        raise WorkflowInputError(f"compression: pooling {pooling!r} is not one of {POOLINGS}; fix config.yaml.")
+        raise WorkflowInputError(f"compression: pooling {pooling!r} is not one of {POOLINGS}; fix the config file.")
     return f"{pooling}_layer{int(layer)}"
 
 
@@ -98,7 +98,7 @@ def train_test(view: dict, *, model: str = "model", dataset: str = "dataset"):
     if len(test_y) == 0:
         raise WorkflowInputError(
             f"dataset {dataset!r} (model {model!r}) has no labelled test examples; the probe needs a test split "
-            f"(set test_fraction or splits for the dataset in config.yaml)."
+            f"(set test_fraction or splits for the dataset in the config file)."
         )
     present = np.unique(train_y)
     if len(present) < 2:
@@ -493,7 +493,7 @@ def _pair_panels(models: list[str], pairs):
 def _colours(models):
     import matplotlib.pyplot as plt
 
-    return {model: figure_style.colour(i) for i, model in enumerate(models)}
+    return {model: figure_style.model_style(model, i)[0] for i, model in enumerate(models)}
 
 
 def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: str, view: str, paths) -> None:
@@ -649,6 +649,7 @@ def run_dataset(snakemake) -> None:
 
 def main(snakemake) -> None:
     with storage.job_logging(snakemake):
+        figure_style.use_model_order(getattr(snakemake.params, "model_index", None))
         if snakemake.rule == "compression_dataset":
             run_dataset(snakemake)
         else:

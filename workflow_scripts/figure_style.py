@@ -1,11 +1,33 @@
 """The colours every figure shares: the Okabe–Ito palette, told apart with the common colour-vision deficiencies
 (tab10's red/green pair is not). Past eight series the colours repeat, and `marker` changes with each round so
-that a ninth model is still told from the first."""
+that a ninth model is still told from the first. A model keeps its colour across the figures of a run: each is
+picked by the model's index in the full configured model list (`use_model_order`, `model_style`)."""
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 POSITIVE = OKABE_ITO[0]  # blue: a positive correlation, a fit, a measured value
 NEGATIVE = OKABE_ITO[5]  # vermillion: a negative correlation, a control
 MARKERS = ("o", "s", "^", "D", "v")
+
+
+# model -> its index in the run's full configured model list (set by a figure job from its `model_index` param),
+# so that a model has one colour and marker in every figure of a run, whichever subset a figure shows.
+_MODEL_INDEX: dict = {}
+
+
+def use_model_order(model_index) -> None:
+    """Take each model's index in the configured model list (a dict model -> index, or a list of names)."""
+    if not model_index:
+        return
+    if isinstance(model_index, dict):
+        _MODEL_INDEX.update({str(k): int(v) for k, v in model_index.items()})
+    else:
+        _MODEL_INDEX.update({str(name): index for index, name in enumerate(model_index)})
+
+
+def model_style(model: str, fallback_index: int) -> tuple[str, str]:
+    """(colour, marker) of a model: from its configured index when known, else from its index in the figure."""
+    index = _MODEL_INDEX.get(str(model), fallback_index)
+    return colour(index), marker(index)
 
 
 def colour(index: int) -> str:

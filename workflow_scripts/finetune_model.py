@@ -54,7 +54,7 @@ def training_examples(dataset_path, dataset: str):
     if train["label_code"].nunique() < 2:
         raise WorkflowInputError(
             f"dataset {dataset!r}: its train split holds {train['label_code'].nunique()} class(es); fine-tuning "
-            f"needs at least two (check label_column and max_examples in config.yaml)."
+            f"needs at least two (check label_column and max_examples in the config file)."
         )
     return (train["text"].tolist(), train["label_code"].to_numpy(), test["text"].tolist(),
             test["label_code"].to_numpy(), classes)
@@ -124,7 +124,7 @@ def finetune(base_dir, train_texts, train_labels, classes, *, epochs=1, learning
             if not torch.isfinite(output.loss):
                 raise WorkflowInputError(
                     f"fine-tuning {base_dir}: the loss became {output.loss.item()} at step {step + 1}; lower the "
-                    f"learning_rate of the finetune entry in config.yaml."
+                    f"learning_rate of the finetune entry in the config file."
                 )
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()

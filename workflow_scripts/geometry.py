@@ -35,6 +35,9 @@ from workflow_scripts import figure_style, storage
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
+# faiss logs at INFO which of its builds it tried ("No module named 'faiss.swigfaiss_avx2'" on CPUs without the build):
+# noise in every geometry log, so only its warnings and errors are kept
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 QUANTIZERS = ("product", "additive")
 QUANTIZER_MEASURES = (
@@ -76,7 +79,7 @@ def read_token_cloud(path, layer: int, max_points: int | None, seed: int):
         stored = sorted(int(n[len("layer_"):]) for n in names if n.startswith("layer_"))
         raise WorkflowInputError(
             f"{path} holds the token layers {stored} of model {meta.get('model')!r} but geometry.layer={layer} "
-            f"(= layer {resolved}) is not among them: add {layer} to extraction.token_layers in config.yaml "
+            f"(= layer {resolved}) is not among them: add {layer} to extraction.token_layers in the config file "
             f"(and rerun the extraction), or set geometry.layer to a stored layer."
         )
     n_total = pq.ParquetFile(path).metadata.num_rows
@@ -461,7 +464,8 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
                     elinewidth=1, capsize=3, zorder=1)
         ylabel = f"{score_name} (bars: Wilson 95% interval)"
     for index, ((x, y), models) in enumerate(groups.items()):
-        ax.scatter(x, y, color=figure_style.colour(index), marker=figure_style.marker(index), s=45, zorder=3)
+        point_colour, point_marker = figure_style.model_style(models[0], index)
+        ax.scatter(x, y, color=point_colour, marker=point_marker, s=45, zorder=3)
         ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if np.isfinite(fit.get("slope", np.nan)):
         xs = np.linspace(merged[measure].min(), merged[measure].max(), 50)
@@ -589,6 +593,7 @@ RULES = {
 
 def main(smk) -> None:
     with storage.job_logging(smk):
+        figure_style.use_model_order(getattr(smk.params, "model_index", None))
         RULES[smk.rule](smk)
 
 

@@ -39,7 +39,7 @@ def find_model_folder(root: Path, subdir: str, what: str) -> Path:
     if subdir:
         folder = root / subdir
         if not (folder / "config.json").exists():
-            raise WorkflowInputError(f"{what}: no config.json in {folder}; fix `subdir` in config.yaml.")
+            raise WorkflowInputError(f"{what}: no config.json in {folder}; fix `subdir` in the config file.")
         return folder
     found = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: (len(p.parts), str(p)))
     found = [p for p in found if any(p.glob("*.safetensors")) or any(p.glob("*.bin"))] or found

@@ -90,11 +90,21 @@ def load_tokenizer(folder):
         ) from err
 
 
+def route_transformers_logs() -> None:
+    """Send transformers' log records (its load report: "... newly initialized", unexpected keys) through the root
+    logger, i.e. into the job's log file as well as stderr, instead of transformers' own stderr-only handler."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
 def load_model(folder, *, auto_class=None, device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
     """Load a model folder offline, with SDPA attention where the architecture supports it (eager otherwise)."""
     import torch
     from transformers import AutoModel
 
+    route_transformers_logs()
     auto_class = auto_class or AutoModel
     dtype = dtype or torch.float32
     common = dict(local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)

@@ -25,7 +25,8 @@ from workflow_scripts.storage import WorkflowInputError
 LOG = logging.getLogger("workflow")
 
 TENSOR_MODES = ("encoder_weights", "encoder_parameters")
-SKIPPED_FILES = {model_loading.PROVENANCE_FILE, "README.md", ".gitattributes"}  # the README describes the base
+# the README describes the base; .snakemake_timestamp is Snakemake's marker of a directory output, not a model file
+SKIPPED_FILES = {model_loading.PROVENANCE_FILE, "README.md", ".gitattributes", ".snakemake_timestamp"}
 
 
 def encoder_module(model):
@@ -131,6 +132,9 @@ def perturb_model_folder(base_dir, out_dir, *, alpha: float, seed: int, base_nam
         record = model_loading.write_provenance(tmp, {
             "source": "perturb",
             "revision": None,
+            "name": out_dir.name,
+            "architecture": type(model).__name__,
+            "model_type": model.config.model_type,
             "base": base_name,
             "base_weights_sha256": base_sha,
             "alpha": float(alpha),

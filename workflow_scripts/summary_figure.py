@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from workflow_scripts import storage
-from workflow_scripts.figure_style import NEGATIVE, POSITIVE, colour, marker
+from workflow_scripts.figure_style import NEGATIVE, POSITIVE, colour, model_style, use_model_order
 from workflow_scripts.model_loading import read_provenance
 
 LOG = logging.getLogger("workflow")
@@ -62,7 +62,7 @@ def panel_decomposition(ax, paths):
     title = "Decomposition: group R² (test)"
     table, path = _first_table(paths)
     if table is None or "r2_test" not in table:
-        return _note(ax, title, "Language Model Decomposition is not enabled in config.yaml.")
+        return _note(ax, title, "Language Model Decomposition is not enabled in the config file.")
     table = table.sort_values("r2_test")
     ax.barh(table["model"], table["r2_test"], color=POSITIVE)
     for y, value in enumerate(table["r2_test"]):
@@ -80,17 +80,18 @@ def panel_variability(ax, layer_paths, selection_paths):
     layers, path = _first_table(layer_paths)
     selection, _ = _first_table(selection_paths)
     if layers is None or "nu" not in layers:
-        return _note(ax, title, "Hidden-state variability is not enabled in config.yaml (needs a labelled dataset).")
+        return _note(ax, title, "Hidden-state variability is not enabled in the config file (needs a labelled dataset).")
     for index, (model, group) in enumerate(layers.groupby("model", sort=True)):
         group = group.sort_values("layer")
         depth = group["layer"] / max(group["layer"].max(), 1)
-        ax.plot(depth, group["nu"], marker=marker(index), markersize=3, color=colour(index), label=model)
+        model_colour, model_marker = model_style(model, index)
+        ax.plot(depth, group["nu"], marker=model_marker, markersize=3, color=model_colour, label=model)
         if selection is not None and "recommended_layer" in selection:
             chosen = selection.loc[selection["model"] == model, "recommended_layer"]
             if len(chosen) and pd.notna(chosen.iloc[0]):
                 row = group[group["layer"] == int(chosen.iloc[0])]
                 ax.plot(row["layer"] / max(group["layer"].max(), 1), row["nu"], marker="*", markersize=12,
-                        color=colour(index), markeredgecolor="black")
+                        color=model_colour, markeredgecolor="black")
     ax.set_yscale("log")
     ax.set_xlabel("layer / number of layers (0 = embeddings)")
     ax.set_ylabel("ν (log scale; lower = more specialised)")
@@ -103,7 +104,7 @@ def panel_compression(ax, paths):
     title = "[CLS] compression: probe accuracy"
     table, path = _first_table(paths)
     if table is None or "full_accuracy" not in table:
-        return _note(ax, title, "[CLS] compression is not enabled in config.yaml (needs a labelled dataset).")
+        return _note(ax, title, "[CLS] compression is not enabled in the config file (needs a labelled dataset).")
     columns = [(c, label) for c, label in (("full_accuracy", "all dims"), ("pca_k1_accuracy", "PCA k=1"),
                                            ("best_dim_accuracy", "best single dim")) if c in table]
     x = np.arange(len(table))
@@ -127,7 +128,7 @@ def panel_geometry(ax, paths):
     title = "Geometry: which measure predicts the score"
     table, path = _first_table(paths)
     if table is None or "r2" not in table:
-        return _note(ax, title, "Latent-space geometry is not enabled in config.yaml.")
+        return _note(ax, title, "Latent-space geometry is not enabled in the config file.")
     shown = table.dropna(subset=["r2"]).sort_values("r2", ascending=False).head(8).iloc[::-1]
     if shown.empty:
         note = table["note"].dropna().iloc[0] if "note" in table and table["note"].notna().any() else "no fit"
@@ -161,7 +162,7 @@ def panel_twotower(ax, paths):
     title = "Two-tower LM: is the token preference consistent?"
     table, path = _first_table(paths)
     if table is None or "comparison" not in table:
-        return _note(ax, title, "The two-tower language model is not enabled in config.yaml.")
+        return _note(ax, title, "The two-tower language model is not enabled in the config file.")
     bars = twotower_consistency_bars(table)
     if bars.empty:
         return _note(ax, title, "No consistency rows were written.")
@@ -224,6 +225,7 @@ def write_config(snakemake) -> None:
 
 
 def draw(snakemake) -> None:
+    use_model_order(list(snakemake.params.models))  # the configured order: the colours of the per-analysis figures
     provenance = read_provenance_table(snakemake.input.provenance)
     inputs = {key: list(getattr(snakemake.input, key)) for key in snakemake.params.panels}
     draw_summary(inputs, provenance, snakemake.params.datasets, [snakemake.output.png, snakemake.output.svg])

@@ -217,14 +217,14 @@ def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail",
     (unless small_classes == 'drop', which drops such classes and reports them).
     """
     if split not in SPLITS:
-        raise WorkflowInputError(f"variability.split must be one of {SPLITS}, got {split!r}; fix config.yaml.")
+        raise WorkflowInputError(f"variability.split must be one of {SPLITS}, got {split!r}; fix the config file.")
     labelled, names = storage.labelled_examples(frame, dataset)
     if split != "all":
         labelled = labelled[labelled["split"] == split]
     if labelled.empty:
         raise WorkflowInputError(
             f"dataset {dataset!r} has no labelled examples in split {split!r}; set variability.split in "
-            f"config.yaml to a split that has labels (train, test or all)."
+            f"the config file to a split that has labels (train, test or all)."
         )
     counts = labelled["label_code"].value_counts().sort_index()
     small = {names[code]: int(n) for code, n in counts.items() if n < min_class_examples}
@@ -233,7 +233,7 @@ def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail",
         raise WorkflowInputError(
             f"dataset {dataset!r}, split {split!r}: class(es) with fewer than {min_class_examples} examples "
             f"({listing}); a class covariance needs at least 2. Add examples, or set "
-            f"variability.small_classes: drop in config.yaml to leave such classes out."
+            f"variability.small_classes: drop in the config file to leave such classes out."
         )
     kept_codes = sorted(code for code, n in counts.items() if n >= min_class_examples)
     if len(kept_codes) < 2:
@@ -307,7 +307,7 @@ def stream_variability(pooled_path, *, codes: np.ndarray, masks: dict[str, np.nd
     (subset, layer) with n, dims, class sizes and the Variability fields.
     """
     if pooling not in POOLINGS:
-        raise WorkflowInputError(f"variability pooling must be one of {POOLINGS}, got {pooling!r}; fix config.yaml.")
+        raise WorkflowInputError(f"variability pooling must be one of {POOLINGS}, got {pooling!r}; fix the config file.")
     meta = storage.read_hidden_metadata(pooled_path)
     n_layers, dim = int(meta["n_layers"]), int(meta["hidden_size"])
     layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
@@ -415,7 +415,7 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
     if len(test) == 0 or len(train) == 0:
         raise WorkflowInputError(
             f"dataset {dataset!r} has {len(train)} labelled train and {len(test)} labelled test examples; the probe "
-            f"needs both splits. Give the dataset a test split (splits / split_column / test_fraction in config.yaml)."
+            f"needs both splits. Give the dataset a test split (splits / split_column / test_fraction in the config file)."
         )
     if len(np.unique(train_codes)) < 2:
         raise WorkflowInputError(f"dataset {dataset!r}: the train split holds a single class; the probe needs two.")
@@ -497,7 +497,12 @@ def spearman(x, y) -> tuple[float, float, int]:
     if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return float("nan"), float("nan"), n
     result = spearmanr(x[ok], y[ok])
-    return float(result.statistic), float(result.pvalue), n
+    rho, p_value = float(result.statistic), float(result.pvalue)
+    if p_value == 0.0 and len(np.unique(x[ok])) == n and len(np.unique(y[ok])) == n:
+        # |rho| = 1: the t approximation gives exactly 0; without ties only the identity and the reversed ordering
+        # of n ranks reach |rho| = 1, so the exact two-sided permutation p-value is 2 / n!
+        p_value = 2.0 / math.factorial(n)
+    return rho, p_value, n
 
 
 def eligible_nu(frame, max_noise_fraction: float | None):
@@ -596,7 +601,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     models = list(dict.fromkeys(full["model"]))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for index, model in enumerate(models):
-        colour, marker = figure_style.colour(index), figure_style.marker(index)
+        colour, marker = figure_style.model_style(model, index)
         curve = full[full["model"] == model].sort_values("layer")
         probes = probe_frame[probe_frame["model"] == model].sort_values("layer")
         pick = selection[selection["model"] == model].iloc[0]
@@ -619,20 +624,23 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     # label the minor ticks only when the curves span less than a decade (otherwise they crowd)
     top.yaxis.set_minor_formatter(plain if high / low < 10 else matplotlib.ticker.NullFormatter())
     top.tick_params(axis="y", which="minor", labelsize=7)
-    top.set_ylabel("variability ν (log scale, lower = more specialised)")
+    # two-line labels aligned on one x: the long single-line ones ran into each other across the two panels
+    top.set_ylabel("variability ν\n(log scale, lower = more specialised)")
     rule = f"tolerance {float(selection['tolerance'].iloc[0]):g}"
     guard = float(selection["max_noise_fraction"].iloc[0])
     if np.isfinite(guard):
         rule += f", noise guard {guard:g}"
     top.set_title(f"Hidden-state variability and probe accuracy by layer\n{dataset}, {pooling} pooling; "
                   f"★ = recommended layer ({rule})")
-    top.legend(fontsize=8)
+    # legends beside the panels (outside the axes): long model names neither cover curves nor labels
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     top.grid(alpha=0.3)
-    bottom.set_ylabel("linear-probe test accuracy (95% CI)")
+    bottom.set_ylabel("linear-probe test\naccuracy (95% CI)")
     bottom.set_xlabel("layer (ours: 0 = embedding output; the authors' --last_layer = layer − 1)")
     bottom.grid(alpha=0.3)
-    bottom.legend(fontsize=8)
+    bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     bottom.xaxis.get_major_locator().set_params(integer=True)
+    fig.align_ylabels([top, bottom])
     storage.save_figure(fig, paths)
 
 
@@ -711,6 +719,7 @@ def main(snakemake) -> None:
     with storage.job_logging(snakemake):
         p = snakemake.params
         w = snakemake.wildcards
+        figure_style.use_model_order(getattr(p, "model_index", None))
         if snakemake.rule == "variability_nu":
             run_nu(snakemake.input.pooled, snakemake.output.nu, dataset=w.dataset, model=w.model, pooling=w.pooling,
                    split=p.split, small_classes=p.small_classes, min_class_examples=p.min_class_examples,

@@ -1,0 +1,289 @@
+"""A researcher's own run: a config file with only `models` and `datasets` (two tiny local models, a local CSV with
+three classes), passed with --configfile; the start-up checks of local sources; example_id kept through drops;
+the stratified split; one colour per model across figures."""
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, PROJECT, SNAKEMAKE
+from workflow_scripts import figure_style, storage
+from workflow_scripts.prepare_dataset import (MIN_CLASS_EXAMPLES, build_dataset, hashed_split, n_test_rows,
+                                              stratified_split)
+
+MIDDLE = "fine okay average decent middling plain usual standard fair ordinary".split()
+EMPTY_ROWS = (5, 17)  # source rows whose text is empty / whitespace only
+# The two-tower LM's training budget, in a second file: the schema defaults (1000 steps, two seeds, 128-token
+# windows) take many minutes on a CPU; no dataset or model name is in it.
+BUDGET = {"twotower": {"steps": 20, "seeds": [0], "window": 16, "n_embd": 16, "batch_size": 4, "eval_every": 10,
+                       "checkpoint_every": 10, "min_count": 3, "control_permutations": 20,
+                       "head": {"steps": 10, "batch_size": 4}}}
+
+
+def three_class_rows(n=90, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for index in range(n):
+        label = ("pos", "neg", "mid")[index % 3]
+        own = {"pos": POSITIVE, "neg": NEGATIVE, "mid": MIDDLE}[label]
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(5, 11))] + [rng.choice(own) for _ in range(2)]
+        rng.shuffle(words)
+        rows.append({"body": " ".join(words), "klass": label})
+    for index, text in zip(EMPTY_ROWS, ("   ", "")):
+        rows[index]["body"] = text
+    return rows
+
+
+def own_config(models: dict, csv: Path) -> dict:
+    return {"models": [{"name": "bert-a", "source": "local", "path": str(models["bert"])},
+                       {"name": "roberta-b", "source": "local", "path": str(models["roberta"])}],
+            "datasets": [{"name": "mine", "source": "file", "path": str(csv), "text_column": "body",
+                          "label_column": "klass"}]}
+
+
+def snakemake(workdir: Path, configfiles, *extra, check=True):
+    command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+               "--configfile", *map(str, configfiles), *extra]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=2400)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def own_files(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("own")
+    csv = root / "mine.csv"
+    pd.DataFrame(three_class_rows()).to_csv(csv, index=False)
+    (root / "my.yaml").write_text(yaml.safe_dump(own_config(tiny_models, csv), sort_keys=False))
+    (root / "budget.yaml").write_text(yaml.safe_dump(BUDGET, sort_keys=False))
+    return root, csv
+
+
+@pytest.fixture(scope="module")
+def own_run(own_files):
+    root, csv = own_files
+    workdir = root / "run"
+    workdir.mkdir()
+    files = [root / "my.yaml", root / "budget.yaml"]
+    snakemake(workdir, files)
+    report = snakemake(workdir, files, "--report", "results/report.html")
+    return workdir, csv, report
+
+
+def test_own_config_runs_every_analysis_and_the_report(own_run):
+    workdir, _, _ = own_run
+    used = yaml.safe_load((workdir / "results/report/config_used.yaml").read_text())
+    for section in ("decomposition", "variability", "compression", "geometry", "twotower", "figures"):
+        assert used[section]["enabled"] is True, section
+    # nothing of the shipped default: no name of its datasets or models anywhere in the effective config
+    shipped = yaml.safe_load((PROJECT / "config.yaml").read_text())
+    shipped_names = {e["name"] for e in shipped["models"] + shipped["datasets"]}
+    text = (workdir / "results/report/config_used.yaml").read_text()
+    assert not [name for name in shipped_names | {"reviews", "minilm"} if re.search(rf"\b{re.escape(name)}\b", text)]
+    assert [d["name"] for d in used["datasets"]] == ["mine"] and used["twotower"]["dataset"] is None
+    results = workdir / "results"
+    for table in ("analysis/variability/mine/mean/selection.csv", "analysis/compression/mine/first_layer-1/summary.csv",
+                  "analysis/geometry/mine/regression.csv", "analysis/twotower/mine/bert-a/consistency.csv",
+                  "figures/summary.png", "report/models.csv"):
+        assert (results / table).exists(), table
+    assert list(results.glob("analysis/decomposition/mine/**/group.csv"))
+    selection = pd.read_csv(results / "analysis/variability/mine/mean/selection.csv")
+    assert sorted(selection["model"]) == ["bert-a", "roberta-b"]
+    html = (results / "report.html")
+    assert html.exists() and html.stat().st_size > 10_000
+
+
+def test_dropped_rows_keep_the_other_ids_and_are_listed(own_run):
+    workdir, csv, _ = own_run
+    source = pd.read_csv(csv, keep_default_na=False)
+    dataset = pd.read_parquet(workdir / storage.dataset_path("mine"))
+    kept = [i for i in range(len(source)) if i not in EMPTY_ROWS]
+    assert dataset["example_id"].tolist() == kept
+    # each id is the source row: its text and label
+    assert dataset["text"].tolist() == source.loc[kept, "body"].tolist()
+    assert dataset["label"].tolist() == source.loc[kept, "klass"].tolist()
+    dropped = pd.read_csv(workdir / "results/data/mine.dropped.csv")
+    assert dropped["example_id"].tolist() == list(EMPTY_ROWS)
+    assert set(dropped["reason"]) == {"empty or whitespace-only text"}
+    log = (workdir / "results/logs/prepare_dataset/mine.log").read_text()
+    assert "empty texts dropped 2" in log and "mine.dropped.csv" in log
+    # every consumer joins by these ids: the hidden states carry exactly the dataset's ids
+    pooled = pd.read_parquet(workdir / storage.pooled_path("mine", "bert-a"), columns=["example_id"])
+    assert pooled["example_id"].tolist() == kept
+
+
+def test_run_split_is_stratified(own_run):
+    workdir, _, _ = own_run
+    dataset = pd.read_parquet(workdir / storage.dataset_path("mine"))
+    counts = dataset.groupby(["label", "split"]).size().unstack()
+    for label, row in counts.iterrows():
+        n = int(row.sum())
+        assert row["test"] == n_test_rows(n, 0.2) == round(n * 0.2), (label, row.to_dict())
+
+
+# ---------------------------------------------------------------------------------------- the split, directly
+def test_stratified_split_gives_each_class_its_share_and_is_seeded():
+    labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 7 + ["d"] * 3 + [None] * 10
+    rng = np.random.default_rng(1)
+    labels = list(rng.permutation(np.array(labels, dtype=object)))
+    splits = stratified_split(labels, 0.2, seed=4)
+    frame = pd.DataFrame({"label": [str(x) for x in labels], "split": splits})
+    test = frame[frame["split"] == "test"].groupby("label").size().to_dict()
+    # round(n x 0.2), clipped to >= MIN_CLASS_EXAMPLES per split for n >= 4, >= 1 for 2-3 rows
+    assert test == {"a": 10, "b": 6, "c": 2, "d": 1, "None": 2}
+    assert MIN_CLASS_EXAMPLES == 2
+    np.testing.assert_array_equal(splits, stratified_split(labels, 0.2, seed=4))
+    assert not np.array_equal(splits, stratified_split(labels, 0.2, seed=5))
+
+
+def test_hashed_split_is_kept_as_an_option():
+    raw = pd.DataFrame({"text": [f"text {i}" for i in range(200)], "label": ["x", "y", "z", "w"] * 50})
+    entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.25, "seed": 2}
+    hashed, counts = build_dataset(raw, {**entry, "split_method": "hashed"})
+    assert hashed["split"].tolist() == hashed_split(200, 0.25, 2).tolist() and counts["split_from"] == "hashed"
+    stratified, counts = build_dataset(raw, entry)  # the default
+    assert counts["split_from"] == "stratified by label"
+    assert (stratified[stratified["split"] == "test"].groupby("label").size() == 12).all()  # round(50 x 0.25)
+
+
+def test_subsample_keeps_source_ids_and_class_shares():
+    raw = pd.DataFrame({"text": [f"text {i}" if i % 9 else " " for i in range(300)], "label": ["p", "q", "r"] * 100})
+    entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.2, "seed": 0,
+             "max_examples": 90}
+    frame, counts = build_dataset(raw, entry)
+    assert len(frame) == 90 and counts["empty_texts_dropped"] == 34
+    assert frame["example_id"].is_monotonic_increasing and not (frame["example_id"] % 9 == 0).any()
+    assert (frame["text"] == [f"text {i}" for i in frame["example_id"]]).all()
+    # the subsample keeps the split proportions of the 266 kept rows (the split: stratified by label)
+    kept_split, _ = build_dataset(raw, {**entry, "max_examples": None})
+    share = (kept_split["split"] == "test").mean()
+    assert abs((frame["split"] == "test").mean() - share) < 1 / 90 + 1e-9
+
+
+# ------------------------------------------------------------------------------------------ start-up checks
+def _entry(config, kind="datasets"):
+    return config[kind][0]
+
+
+START_UP_CASES = {
+    "model folder missing": (lambda c, root: _entry(c, "models").update(path=str(root / "nowhere")),
+                             "models[0].path", "does not exist", "nowhere"),
+    "model folder without config.json": (lambda c, root: _entry(c, "models").update(path=str(root / "not-a-model")),
+                                         "models[0].path", "no config.json", "not-a-model"),
+    "dataset file missing": (lambda c, root: _entry(c).update(path=str(root / "gone.csv")),
+                             "datasets[0].path", "does not exist", "gone.csv"),
+    "text column missing": (lambda c, root: _entry(c).update(text_column="review"),
+                            "datasets[0].text_column", "no column 'review'", "mine.csv"),
+    "label column missing": (lambda c, root: _entry(c).update(label_column="stars"),
+                             "datasets[0].label_column", "no column 'stars'", "mine.csv"),
+    "too few examples of a class": (lambda c, root: _entry(c).update(path=str(root / "rare.csv")),
+                                    "datasets[0].label_column", "fewer than 2 examples", "rare.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(START_UP_CASES))
+def test_each_start_up_check_stops_before_any_job(case, own_files, tiny_models, tmp_path):
+    root, csv = own_files
+    mutate, key, problem, path_part = START_UP_CASES[case]
+    rows = three_class_rows(30) + [{"body": "a lone example", "klass": "rare"}]
+    pd.DataFrame(rows).to_csv(root / "rare.csv", index=False)
+    (root / "not-a-model").mkdir(exist_ok=True)
+    (root / "not-a-model" / "weights.txt").write_text("not a model")
+    config = own_config(tiny_models, csv)
+    mutate(config, root)
+    (tmp_path / "mine-bad.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, [tmp_path / "mine-bad.yaml"], "-n", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert problem in output and path_part in output, output[-3000:]
+    assert key in output and "mine-bad.yaml" in output and "fix" in output, output[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_schema_error_names_the_users_file(own_files, tiny_models, tmp_path):
+    root, csv = own_files
+    config = own_config(tiny_models, csv)
+    config["geometry"] = {"max_points": "many"}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(tmp_path, [tmp_path / "mine.yaml"], "-n", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "geometry.max_points" in output and "mine.yaml" in output, output[-3000:]
+    assert "config.yaml" not in output.replace("config.schema.yaml", "").replace("geometry.schema.yaml", "")
+
+
+# ------------------------------------------------------------------------------------------------ colours
+def test_a_model_has_one_colour_in_every_figure(monkeypatch):
+    from workflow_scripts import compression
+
+    monkeypatch.setattr(figure_style, "_MODEL_INDEX", {})
+    configured = ["base", "tuned", "other", "fourth"]
+    # the summary figure takes the configured list; a per-analysis figure its subset's configured indices
+    figure_style.use_model_order(configured)
+    summary = {m: figure_style.model_style(m, i)[0] for i, m in enumerate(sorted(configured))}
+    figure_style._MODEL_INDEX.clear()
+    figure_style.use_model_order({m: configured.index(m) for m in ("other", "fourth")})
+    subset = compression._colours(["fourth", "other"])
+    assert subset == {"fourth": summary["fourth"], "other": summary["other"]}
+    assert subset["fourth"] == figure_style.colour(3) and subset["other"] == figure_style.colour(2)
+
+
+# ------------------------------------------------------------------------------------------- small things
+def test_batches_bound_the_padding_of_short_texts():
+    from workflow_scripts.extract_hidden_states import MIN_LENGTH_RATIO, plan_batches
+
+    lengths = [int(x) for x in np.clip(np.random.default_rng(0).lognormal(2.7, 0.5, 512).astype(int) + 2, 3, 128)]
+    batches = plan_batches(lengths, 8192)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert longest * len(batch) <= 8192 and min(lengths[i] for i in batch) >= MIN_LENGTH_RATIO * longest
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) - 1 <= 1 / MIN_LENGTH_RATIO - 1
+
+
+def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
+    import itertools
+    import math
+
+    from scipy.stats import spearmanr
+
+    from workflow_scripts.variability import spearman
+
+    x, y = np.arange(6.0), np.array([0.1, 0.3, 0.35, 0.5, 0.8, 0.9])
+    rho, p, n = spearman(x, y)
+    # brute force over all 6! orderings: the share with |rho| >= 1
+    extreme = sum(abs(spearmanr(x, perm).statistic) >= 1 - 1e-12 for perm in itertools.permutations(y))
+    assert rho == 1.0 and n == 6 and p == pytest.approx(extreme / math.factorial(6)) and p > 0
+    noisy = spearman(x, np.array([0.1, 0.5, 0.3, 0.2, 0.8, 0.9]))
+    assert noisy[1] == pytest.approx(spearmanr(x, [0.1, 0.5, 0.3, 0.2, 0.8, 0.9]).pvalue)
+
+
+def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(tiny_models, tmp_path):
+    import shutil
+
+    from workflow_scripts.perturb_model import perturb_model_folder
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["bert"], base)
+    (base / ".snakemake_timestamp").write_text("")
+    record = perturb_model_folder(base, tmp_path / "out", alpha=0.1, seed=0, base_name="base")
+    assert record["architecture"] == "BertModel" and record["model_type"] == "bert"
+    assert ".snakemake_timestamp" not in record["copied_files"] and "config.json" in record["copied_files"]
+
+
+def test_the_transformers_load_report_reaches_the_job_log(tiny_models, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from workflow_scripts.model_loading import load_model
+
+    log = tmp_path / "job.log"
+    with storage.job_logging(log):
+        load_model(tiny_models["bert"], auto_class=AutoModelForSequenceClassification, num_labels=3)
+    text = log.read_text()
+    assert "LOAD REPORT" in text and "classifier" in text, text[-2000:]
