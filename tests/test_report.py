@@ -70,6 +70,17 @@ def test_every_analysis_draws_valid_figures(full_run):
         assert path.with_suffix(".svg").exists(), f"{path} has no SVG twin"
 
 
+def test_every_summary_panel_is_drawn_from_a_table_of_the_run(full_run):
+    """Every analysis is enabled here, so no panel may show a note: the job's log names the table of each."""
+    workdir, _ = full_run
+    log = (workdir / "results/logs/summary_figure.log").read_text()
+    drawn = dict(re.findall(r"panel (\w+): drawn from (\S+)", log))
+    assert set(drawn) == {"decomposition", "variability", "compression", "geometry", "twotower"}, log
+    for panel, table in drawn.items():
+        assert table.startswith(f"results/analysis/{panel}/") and (workdir / table).exists()
+    assert drawn["decomposition"].endswith("/group.csv") and drawn["geometry"].endswith("/regression.csv")
+
+
 def test_the_report_embeds_every_figure_with_its_caption(full_run):
     workdir, _ = full_run
     entries = report_entries(workdir)
