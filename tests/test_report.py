@@ -9,11 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import pending_jobs, run_workflow, tiny_config
-from tests.test_decomposition import LMD_SECTION
-from tests.test_geometry import GEOMETRY_TEST_SECTION
-from tests.test_twotower import TINY_STAGE
-from tests.test_variability import VARIABILITY_SECTION
+from tests.conftest import TINY_SECTIONS, pending_jobs, run_workflow, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,11 +18,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def every_analysis_config(tiny_models, tiny_corpus):
     config = tiny_config(
         tiny_models, tiny_corpus, models=("bert", "roberta"),
-        decomposition={**LMD_SECTION, "units": ["word"]},
-        variability=VARIABILITY_SECTION,
+        decomposition={**TINY_SECTIONS["decomposition"], "units": ["word"]},
+        variability=TINY_SECTIONS["variability"],
         compression={"enabled": True},
-        geometry={**GEOMETRY_TEST_SECTION},
-        twotower={**TINY_STAGE, "seeds": [0]},
+        geometry={**TINY_SECTIONS["geometry"]},
+        twotower={**TINY_SECTIONS["twotower"], "seeds": [0]},
         figures={"enabled": True},
     )
     config["models"] += [

@@ -97,6 +97,14 @@ def test_materialise_from_an_installed_package(tmp_path, tiny_models, monkeypatc
     record = materialise({"name": "pkg", "source": "package", "package": "tiny_model_pkg", "subdir": ""},
                          tmp_path / "out")
     assert record["path"].endswith("weights") and (tmp_path / "out" / "config.json").exists()
+    # the package's own weights, by hash: sha256 over (name, bytes) of each weight file of the package, in name order
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((package / "weights").glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    assert record["weights_sha256"] == digest.hexdigest()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (package / "weights/model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("entry, message", [
