@@ -126,3 +126,39 @@ def test_a_tokenizer_without_offsets_stops_extraction_before_the_model_is_loaded
         extract(folder, tmp_path / "toy.parquet", tmp_path / "p.parquet", tmp_path / "t.parquet",
                 ExtractionSettings(max_length=16), model_name="slow-bert", dataset_name="toy", progress=False)
     assert loaded == []
+
+
+RULE_PARAMS_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=Path(sys.argv[1]),
+                            config_settings=ConfigSettings(configfiles=[Path(sys.argv[2])]), workdir=Path("."))
+    rule = workflow._workflow.get_rule("decomposition_moments")
+    params = {name: value for name, value in rule.params.items() if not callable(value)}
+    print("PARAMS=" + json.dumps(params, default=str))
+"""
+
+
+def test_the_moments_file_format_is_a_parameter_of_its_rule(tmp_path):
+    """docs/decomposition.md: "a format-1 file ... the workflow recomputes it by itself (the format is a parameter
+    of the moments rule)": Snakemake reruns a job whose recorded params differ (its default rerun triggers)."""
+    import subprocess
+    import sys
+
+    from workflow_scripts.decomposition import MOMENTS_FORMAT
+
+    config = {"models": [{"name": "a", "source": "local", "path": "/a"}, {"name": "b", "source": "local", "path": "/b"}],
+              "datasets": [{"name": "toy", "source": "file", "path": "/t.csv", "label_column": "label"}],
+              "decomposition": {"enabled": True}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-c", RULE_PARAMS_SCRIPT, str(PROJECT / "Snakefile"),
+                             str(tmp_path / "config.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("PARAMS=")] or [result.stderr[-2000:]]
+    assert json.loads(line[len("PARAMS="):])["format"] == MOMENTS_FORMAT
+    from snakemake.settings.enums import RerunTrigger
+    from snakemake.settings.types import DAGSettings
+
+    assert RerunTrigger.PARAMS in DAGSettings().rerun_triggers
