@@ -10,13 +10,19 @@ def analysis_tables(prefix, suffix):
     return sorted(tables, key=lambda t: ("alpha-validation" not in t, t))
 
 
+def summary_tables(prefix, suffix):
+    """An input function: it reads ALL_TARGETS when the DAG is built, after every rule file has been read, so the
+    tables a panel is given do not depend on the order of the `include:` lines in the Snakefile."""
+    return lambda wildcards: analysis_tables(prefix, suffix)
+
+
 SUMMARY_PANELS = {
-    "decomposition": analysis_tables("results/analysis/decomposition/", "/group.csv"),
-    "variability_layers": analysis_tables("results/analysis/variability/", "/layers.csv"),
-    "variability_selection": analysis_tables("results/analysis/variability/", "/selection.csv"),
-    "compression": analysis_tables("results/analysis/compression/", "/summary.csv"),
-    "geometry": analysis_tables("results/analysis/geometry/", "/regression.csv"),
-    "twotower": analysis_tables("results/analysis/twotower/", "/consistency.csv"),
+    "decomposition": summary_tables("results/analysis/decomposition/", "/group.csv"),
+    "variability_layers": summary_tables("results/analysis/variability/", "/layers.csv"),
+    "variability_selection": summary_tables("results/analysis/variability/", "/selection.csv"),
+    "compression": summary_tables("results/analysis/compression/", "/summary.csv"),
+    "geometry": summary_tables("results/analysis/geometry/", "/regression.csv"),
+    "twotower": summary_tables("results/analysis/twotower/", "/consistency.csv"),
 }
 
 

@@ -71,40 +71,71 @@ def bad_config(mutation) -> dict:
     return config
 
 
-def validation_message(config: dict) -> str | None:
-    """The message the workflow stops with at start-up (schema, then the semantic checks, then the checks the rule
-    files run while they are read: each analysis section against its schema, compression pairs); None when valid."""
-    from snakemake.utils import validate
-
-    from workflow_scripts.compression import resolve_pairs
-    from workflow_scripts.config_checks import check_config, check_schema, record_config_sources
-    from workflow_scripts.storage import WorkflowInputError
-
-    schema = PROJECT / "schemas/config.schema.yaml"
-    # as if the user had passed it with --configfile my-config.yaml: the messages name that file
-    record_config_sources(["my-config.yaml"], loaded={"my-config.yaml": copy.deepcopy(config)})
+# Reads the project's Snakefile once per config with Snakemake's API, in one process for all the configs (the
+# import of Snakemake is most of the cost): exactly the start-up a `snakemake` command goes through (the schema,
+# the semantic checks, every rule file's section checks), stopping before the job graph.
+PARSE_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+snakefile, configs = Path(sys.argv[1]), sys.argv[2:]
+found = []
+for path in configs:
+    os.chdir(Path(path).parent)  # named as a user names it: `--configfile my-config.yaml` in the run folder
     try:
-        check_schema(config, schema)
-        validate(config, str(schema))
-        check_config(config)
-        for key in SECTIONS:  # as rules/common.smk validate_section
-            if key in config:
-                section_schema = PROJECT / "schemas" / f"{key}.schema.yaml"
-                check_schema(config[key], section_schema, section=key)
-                validate(config[key], str(section_schema))
-        if "compression" in config:  # as rules/compression.smk
-            section = config["compression"]
-            resolve_pairs(section["pairs"], config["models"], list(section["models"] or []) or
-                          [entry["name"] for entry in config["models"]], section["derive_pairs"])
-    except WorkflowInputError as err:
-        return " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
-    finally:
-        record_config_sources([])
-    return None
+        with SnakemakeApi(OutputSettings()) as api:
+            workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=snakefile,
+                                    config_settings=ConfigSettings(configfiles=[Path(Path(path).name)]),
+                                    workdir=Path(path).parent)
+            workflow._workflow  # the Snakefile and its rule files are read here
+        found.append(None)
+    except Exception as err:
+        found.append([type(err).__name__, str(err)])
+print("MESSAGES=" + json.dumps(found))
+"""
+
+
+def validation_messages(configs: list) -> list:
+    """The message Snakemake stops with at start-up for each config (None when the config is accepted), from the
+    project's real Snakefile read by Snakemake, one subprocess for all the configs."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for index, config in enumerate(configs):
+            path = Path(folder) / f"case{index}" / "my-config.yaml"
+            path.parent.mkdir()
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            paths.append(str(path))
+        result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(PROJECT / "Snakefile"), *paths],
+                                capture_output=True, text=True, timeout=600, cwd=folder)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("MESSAGES=")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"reading the Snakefile failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    messages = []
+    for found in json.loads(lines[0][len("MESSAGES="):]):
+        if found is None:
+            messages.append(None)
+            continue
+        kind, text = found
+        if kind == "WorkflowInputError":  # the first line says which file; the rest is the message
+            text = " ".join(line.strip() for line in text.splitlines()[1:]) or text
+        messages.append(text)
+    return messages
+
+
+def validation_message(config: dict) -> str | None:
+    """The message the workflow stops with at start-up; None when valid."""
+    return validation_messages([config])[0]
 
 
 if __name__ == "__main__":
     print("| what is wrong | message at start-up (before any job runs) |\n| --- | --- |")
-    for what, mutation, _ in CASES:
-        message = validation_message(bad_config(mutation))
+    for (what, _, _), message in zip(CASES, validation_messages([bad_config(m) for _, m, _ in CASES])):
         print(f"| {what} | `{(message or 'accepted').replace('|', '/')}` |")

@@ -153,8 +153,28 @@ def tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **sections
     return config
 
 
-def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, timeout=900):
-    """Run Snakemake on the project's Snakefile in `workdir` with `config` (written to workdir/config.yaml)."""
+# Small, fast settings of each analysis for the tests that run several analyses together (the report, the
+# cluster): here, so that no test module imports another's constants (each stage's own tests keep their own).
+TINY_SECTIONS = {
+    "decomposition": {"enabled": True, "units": ["example", "word"], "modes": ["paper"],
+                      "alpha": [1e-6, "validation"], "min_train_units": 5, "min_test_units": 5},
+    "variability": {"enabled": True, "poolings": ["mean"], "datasets": ["toy"], "tolerance": 0.05,
+                    "robustness": {"imbalanced_keep": 0.3, "subsample_fraction": 0.25, "seed": 0},
+                    "probe": {"max_train_examples": None, "seed": 0}},
+    "geometry": {"enabled": True, "max_points": None, "regression": {"top_k": 2},
+                 "quantizer": {"M": 4, "nbits": 8, "small_cloud": "shrink", "lsq_train_iters": 3}},
+    "twotower": {"enabled": True, "dataset": "toy", "tokenizer_model": "tiny-bert", "vocabulary": "corpus",
+                 "window": 16, "n_layer": 1, "n_embd": 16, "n_head": 2, "seeds": [0, 1], "steps": 40,
+                 "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 5, "eval_every": 20, "eval_max_windows": 8,
+                 "checkpoint_every": 20, "measure_steps": [], "min_count": 3, "top_k": 5,
+                 "control_permutations": 20, "device": "cpu",
+                 "head": {"steps": 20, "batch_size": 4, "learning_rate": 3e-3}},
+}
+
+
+def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, timeout=900, env=None):
+    """Run Snakemake on the project's Snakefile in `workdir` with `config` (written to workdir/config.yaml);
+    `env` replaces the environment (default: this one with PYTHONHASHSEED=0)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config is not None:
@@ -162,7 +182,7 @@ def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, t
     # targets before the options: `--quiet` takes optional values and would swallow them
     command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
                "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets, *extra]
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, PYTHONHASHSEED="0") if env is None else env
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

@@ -393,9 +393,10 @@ FIRST_JOBS = [
 def cluster_config(tiny_models, tiny_corpus, models) -> dict:
     """Tiny models, a fine-tuned copy of tiny-bert (as in tests/test_compression.py, 2 epochs), compression on
     tiny-bert and its fine-tuned copy, and a one-seed, 20-step two-tower run on tiny-bert's tokenizer
-    (tests/test_twotower.py's TINY_STAGE, shortened); the other analyses and the summary figure switched off."""
-    from tests.conftest import tiny_config
-    from tests.test_twotower import TINY_STAGE
+    (conftest's TINY_SECTIONS, shortened); the other analyses and the summary figure switched off."""
+    from tests.conftest import TINY_SECTIONS, tiny_config
+
+    TINY_STAGE = TINY_SECTIONS["twotower"]
 
     config = tiny_config(tiny_models, tiny_corpus, models=models, **{stage: {"enabled": False} for stage in STAGES})
     config["models"].insert(1, {"name": "tiny-bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",

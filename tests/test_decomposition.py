@@ -147,7 +147,12 @@ def test_r2_matches_analytic_value_within_sampling_error():
     fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:20000], z[:20000]), 1e-6)
     r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[20000:], z[20000:]))[0]
     assert 0.3 < expected < 0.8
-    assert abs(r2 - expected) < 0.01  # standard error of R² here is ~0.003
+    # the test R²'s standard deviation over 30 seeds of this setup is 0.0019 (one-off measurement): 4 of them
+    assert abs(r2 - expected) < 0.008
+    # the tolerance tells the estimators apart: authors_code's uncentred fit and SST is 0.25 off here
+    authors = lmd.r_squared(lmd.fit_ridge(lmd.SplitStats.from_rows(u[:20000], z[:20000]), 1e-6, "authors_code"),
+                            lmd.SplitStats.from_rows(u[20000:], z[20000:]), "authors_code")[0]
+    assert abs(authors - expected) > 0.1
 
 
 def test_exact_copy_in_basis_gives_r2_one_and_noise_gives_zero():

@@ -1,10 +1,9 @@
-"""Faults injected on purpose: killed jobs, corrupt and foreign files, determinism."""
+"""Faults injected on purpose: killed jobs, corrupt and foreign files (determinism: tests/test_determinism.py)."""
 import os
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -71,23 +70,6 @@ DETERMINISM_ANALYSES = dict(
     compression={"enabled": True, "n_best": 2},
     figures={"enabled": False},
 )
-
-
-def test_two_runs_from_scratch_give_byte_identical_outputs(tiny_models, tiny_corpus, tmp_path):
-    """Dataset, hidden states and every analysis table (variability, compression) byte for byte: the documented
-    tolerance is zero (docs/reliability.md)."""
-    config = tiny_config(tiny_models, tiny_corpus, models=("bert",), **DETERMINISM_ANALYSES)
-    run_workflow(tmp_path / "a", config)
-    run_workflow(tmp_path / "b", config)
-    tables = sorted(path.relative_to(tmp_path / "a").as_posix()
-                    for path in (tmp_path / "a/results/analysis").rglob("*.csv"))
-    # per model: nu, probe (variability); pca_curve, single_dims, best_dims, summary (compression); per dataset:
-    # layers, selection, robustness (variability); summary, pairs (compression)
-    assert len(tables) == 11, tables
-    assert {Path(t).parts[2] for t in tables} == {"variability", "compression"}
-    for relative in (storage.dataset_path("toy"), storage.pooled_path("toy", "tiny-bert"),
-                     storage.tokens_path("toy", "tiny-bert"), *tables):
-        assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
 
 @pytest.fixture(scope="module")

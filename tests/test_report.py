@@ -9,11 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import pending_jobs, run_workflow, tiny_config
-from tests.test_decomposition import LMD_SECTION
-from tests.test_geometry import GEOMETRY_TEST_SECTION
-from tests.test_twotower import TINY_STAGE
-from tests.test_variability import VARIABILITY_SECTION
+from tests.conftest import TINY_SECTIONS, pending_jobs, run_workflow, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,11 +18,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def every_analysis_config(tiny_models, tiny_corpus):
     config = tiny_config(
         tiny_models, tiny_corpus, models=("bert", "roberta"),
-        decomposition={**LMD_SECTION, "units": ["word"]},
-        variability=VARIABILITY_SECTION,
+        decomposition={**TINY_SECTIONS["decomposition"], "units": ["word"]},
+        variability=TINY_SECTIONS["variability"],
         compression={"enabled": True},
-        geometry={**GEOMETRY_TEST_SECTION},
-        twotower={**TINY_STAGE, "seeds": [0]},
+        geometry={**TINY_SECTIONS["geometry"]},
+        twotower={**TINY_SECTIONS["twotower"], "seeds": [0]},
         figures={"enabled": True},
     )
     config["models"] += [
@@ -68,6 +64,17 @@ def test_every_analysis_draws_valid_figures(full_run):
         height, width = matplotlib.image.imread(path).shape[:2]
         assert height > 200 and width > 200, path
         assert path.with_suffix(".svg").exists(), f"{path} has no SVG twin"
+
+
+def test_every_summary_panel_is_drawn_from_a_table_of_the_run(full_run):
+    """Every analysis is enabled here, so no panel may show a note: the job's log names the table of each."""
+    workdir, _ = full_run
+    log = (workdir / "results/logs/summary_figure.log").read_text()
+    drawn = dict(re.findall(r"panel (\w+): drawn from (\S+)", log))
+    assert set(drawn) == {"decomposition", "variability", "compression", "geometry", "twotower"}, log
+    for panel, table in drawn.items():
+        assert table.startswith(f"results/analysis/{panel}/") and (workdir / table).exists()
+    assert drawn["decomposition"].endswith("/group.csv") and drawn["geometry"].endswith("/regression.csv")
 
 
 def test_the_report_embeds_every_figure_with_its_caption(full_run):

@@ -546,7 +546,13 @@ def test_workflow_caching_and_bad_config(variability_run, tmp_path):
     bad = {**config, "variability": {**config["variability"], "datasets": ["nosuch"]}}
     result = run_workflow(tmp_path, bad, extra=["-n"], check=False)
     assert result.returncode != 0 and "variability.datasets names ['nosuch']" in result.stdout + result.stderr
-    # a changed tolerance reruns only the light summary, never the streaming or the probes (last: edits config)
-    changed = {**config, "variability": {**config["variability"], "tolerance": 0.5}}
-    run_workflow(workdir, changed, extra=["-n"])
-    assert {rule for rule, _ in pending_jobs(workdir)} == {"variability_summary"}
+    # a changed tolerance or selection reruns only the light summary, never the streaming or the probes; on a
+    # copy (mtimes and .snakemake records kept), so the shared run keeps its config
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    for change in ({"tolerance": 0.5}, {"selection": {"max_noise_fraction": 0.5}}):
+        changed = {**config, "variability": {**config["variability"], **change}}
+        run_workflow(copy, changed, extra=["-n"])
+        assert {rule for rule, _ in pending_jobs(copy)} == {"variability_summary"}, change

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.bad_configs import CASES, bad_config, validation_message
+from tests.bad_configs import CASES, bad_config, validation_messages
 from tests.conftest import PROJECT, pending_jobs, run_workflow, tiny_config
 from workflow_scripts import storage
 from workflow_scripts.materialise_model import materialise
@@ -97,6 +97,14 @@ def test_materialise_from_an_installed_package(tmp_path, tiny_models, monkeypatc
     record = materialise({"name": "pkg", "source": "package", "package": "tiny_model_pkg", "subdir": ""},
                          tmp_path / "out")
     assert record["path"].endswith("weights") and (tmp_path / "out" / "config.json").exists()
+    # the package's own weights, by hash: sha256 over (name, bytes) of each weight file of the package, in name order
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((package / "weights").glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    assert record["weights_sha256"] == digest.hexdigest()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (package / "weights/model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -182,15 +190,22 @@ def test_empty_dataset_fails(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- config
+@pytest.fixture(scope="module")
+def startup_messages():
+    """What Snakemake, reading the real Snakefile, stops with for every bad config (one process for all)."""
+    messages = validation_messages([bad_config(mutation) for _, mutation, _ in CASES] + [bad_config(lambda c: None)])
+    return dict(zip([what for what, _, _ in CASES] + ["base"], messages))
+
+
 @pytest.mark.parametrize("what, mutation, message", CASES, ids=[case[0] for case in CASES])
-def test_every_bad_config_gets_a_message_naming_the_key(what, mutation, message):
-    found = validation_message(bad_config(mutation))
+def test_every_bad_config_gets_a_message_naming_the_key(what, mutation, message, startup_messages):
+    found = startup_messages[what]
     assert found is not None, f"{what}: accepted"
     assert re.search(message, found), found
 
 
-def test_the_base_of_the_bad_configs_is_valid():
-    assert validation_message(bad_config(lambda config: None)) is None
+def test_the_base_of_the_bad_configs_is_valid(startup_messages):
+    assert startup_messages["base"] is None
 
 
 @pytest.mark.parametrize("mutate, message", [

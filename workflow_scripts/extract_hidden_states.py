@@ -131,6 +131,17 @@ def forward_batch(model, input_ids, pad_id, device):
     return hidden, mask
 
 
+def mean_pool(states, content):
+    """Mean of the rows of `states` (B, T, d) where `content` (B, T) is 1, in float32 whatever the dtype of the
+    states (bf16/fp16 on a GPU). The count of content tokens is taken in int64 and divided in float32: bf16 holds
+    integers exactly only up to 256, so a count in the hidden-state dtype mis-scales longer inputs."""
+    import torch
+
+    weights = content.to(dtype=torch.float32)
+    n_content = content.to(dtype=torch.int64).sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    return (states.to(torch.float32) * weights.unsqueeze(-1)).sum(dim=1) / n_content
+
+
 def encoder_of(model):
     """Encoder-decoder models are read through their encoder."""
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
@@ -283,8 +294,7 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
             content = mask.clone()
             for row, i in enumerate(batch):
                 content[row, : lengths[i]] &= ~torch.tensor(special[i], dtype=torch.bool).to(torch.long)
-            content = content.to(device=device, dtype=hidden[0].dtype)
-            n_content = content.sum(dim=1, keepdim=True).clamp(min=1)
+            content = content.to(device=device)
             valid = mask.to(device=device, dtype=torch.bool)
             for layer, states in enumerate(hidden):
                 states = states.float()
@@ -293,8 +303,7 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
                     for row in torch.nonzero(bad.any(dim=1)).flatten().tolist():
                         finite[batch[row]] = False
                 first[layer, batch] = states[:, 0, :].cpu().numpy()
-                mean[layer, batch] = ((states * content.float().unsqueeze(-1)).sum(dim=1) / n_content.float()
-                                      ).cpu().numpy()
+                mean[layer, batch] = mean_pool(states, content).cpu().numpy()
                 if layer in token_layers:
                     cpu_states = states.cpu().numpy()
                     for row, i in enumerate(batch):

@@ -3,8 +3,10 @@ provenance table and the effective configuration.
 
 Three rules run this script (`snakemake.rule` picks the job): `model_provenance` writes the provenance table,
 `effective_config` the config, `summary_figure` draws the page from the aggregated tables and the provenance
-table only, so that a config edit that changes no table redraws nothing. Each panel reads the aggregated table
-its analysis writes; a disabled analysis leaves its panel with a note.
+table only, so that a config edit that changes no table redraws nothing. Each panel reads the first of the
+aggregated tables the rule gives it and returns what it drew (the table's path and the values); a panel given no
+table (its analysis is disabled) shows a note, a panel given a table that is missing or lacks a column it draws is
+an error naming the table and the column.
 """
 import logging
 import textwrap
@@ -17,6 +19,7 @@ import yaml
 from workflow_scripts import storage
 from workflow_scripts.figure_style import NEGATIVE, POSITIVE, colour, model_style, use_model_order
 from workflow_scripts.model_loading import read_provenance
+from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -37,11 +40,24 @@ def provenance_table(model_dirs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _first_table(paths):
-    for path in paths:
-        if Path(path).exists():
-            return pd.read_csv(path), Path(path)
-    return None, None
+def panel_table(paths, panel: str, columns):
+    """(table, path) of the first table the rule gave this panel, or (None, None) when it gave none (the analysis
+    is disabled). A table that was given but is missing, or lacks one of `columns`, is an error: the summary never
+    draws a placeholder over an enabled analysis."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        return None, None
+    path = paths[0]
+    if not path.exists():
+        raise WorkflowInputError(f"summary panel {panel!r}: its table {path} is missing although its analysis is "
+                                 f"enabled; run the analysis first (snakemake {path}).")
+    table = pd.read_csv(path)
+    missing = [column for column in columns if column not in table]
+    if missing:
+        raise WorkflowInputError(f"summary panel {panel!r}: table {path} has no column(s) {', '.join(missing)} "
+                                 f"(it has {', '.join(map(str, table.columns))}); the table was written by another "
+                                 f"version of the analysis: rerun it (snakemake --forcerun on its rule).")
+    return table, path
 
 
 def _note(ax, title, message):
@@ -49,19 +65,20 @@ def _note(ax, title, message):
     ax.text(0.5, 0.5, textwrap.fill(message, 40), ha="center", va="center", fontsize=9, color="0.35",
             transform=ax.transAxes)
     ax.set_axis_off()
+    return {"table": None, "note": message}
 
 
-def _where(path: Path, analysis: str) -> str:
-    """The part of a table's path between results/analysis/<analysis>/ and the file name (dataset, variant)."""
+def _source(path) -> str:
+    """The table's path as a panel names it: below results/analysis/."""
     parts = Path(path).parts
-    start = parts.index(analysis) + 1 if analysis in parts else 0
-    return "/".join(parts[start:-1])
+    start = parts.index("analysis") + 1 if "analysis" in parts else 0
+    return "/".join(parts[start:])
 
 
 def panel_decomposition(ax, paths):
     title = "Decomposition: group R² (test)"
-    table, path = _first_table(paths)
-    if table is None or "r2_test" not in table:
+    table, path = panel_table(paths, "decomposition", ["model", "r2_test"])
+    if table is None:
         return _note(ax, title, "Language Model Decomposition is not enabled in the config file.")
     table = table.sort_values("r2_test")
     ax.barh(table["model"], table["r2_test"], color=POSITIVE)
@@ -71,39 +88,46 @@ def panel_decomposition(ax, paths):
     ax.axvline(mean, color="0.3", linestyle="--", linewidth=1)
     ax.set_xlim(min(0, table["r2_test"].min()), 1.12)
     ax.set_xlabel("R² of the model from all others (held-out units)")
-    ax.set_title(f"{title}\nmean {mean:.3f}  ({_where(path, 'decomposition')})", fontsize=10, loc="left",
+    ax.set_title(f"{title}\nmean {mean:.3f}  (from {_source(path)})", fontsize=10, loc="left",
                  fontweight="bold")
+    return {"table": str(path), "model": table["model"].tolist(), "r2_test": table["r2_test"].tolist(),
+            "mean": float(mean)}
 
 
 def panel_variability(ax, layer_paths, selection_paths):
     title = "Variability: ν by relative depth"
-    layers, path = _first_table(layer_paths)
-    selection, _ = _first_table(selection_paths)
-    if layers is None or "nu" not in layers:
+    layers, path = panel_table(layer_paths, "variability", ["model", "layer", "nu"])
+    if layers is None:
         return _note(ax, title, "Hidden-state variability is not enabled in the config file (needs a labelled dataset).")
+    selection, selection_path = panel_table(selection_paths, "variability", ["model", "recommended_layer"])
+    drawn = {"table": str(path), "selection_table": None if selection_path is None else str(selection_path),
+             "curves": {}, "recommended": {}}
     for index, (model, group) in enumerate(layers.groupby("model", sort=True)):
         group = group.sort_values("layer")
         depth = group["layer"] / max(group["layer"].max(), 1)
         model_colour, model_marker = model_style(model, index)
         ax.plot(depth, group["nu"], marker=model_marker, markersize=3, color=model_colour, label=model)
-        if selection is not None and "recommended_layer" in selection:
+        drawn["curves"][model] = {"depth": depth.tolist(), "nu": group["nu"].tolist()}
+        if selection is not None:
             chosen = selection.loc[selection["model"] == model, "recommended_layer"]
             if len(chosen) and pd.notna(chosen.iloc[0]):
                 row = group[group["layer"] == int(chosen.iloc[0])]
+                drawn["recommended"][model] = int(chosen.iloc[0])
                 ax.plot(row["layer"] / max(group["layer"].max(), 1), row["nu"], marker="*", markersize=12,
                         color=model_colour, markeredgecolor="black")
     ax.set_yscale("log")
     ax.set_xlabel("layer / number of layers (0 = embeddings)")
     ax.set_ylabel("ν (log scale; lower = more specialised)")
     ax.legend(fontsize=7, frameon=False)
-    ax.set_title(f"{title}  (★ recommended)\n{_where(path, 'variability')}", fontsize=10, loc="left",
+    ax.set_title(f"{title}  (★ recommended)\nfrom {_source(path)}", fontsize=10, loc="left",
                  fontweight="bold")
+    return drawn
 
 
 def panel_compression(ax, paths):
     title = "[CLS] compression: probe accuracy"
-    table, path = _first_table(paths)
-    if table is None or "full_accuracy" not in table:
+    table, path = panel_table(paths, "compression", ["model", "full_accuracy"])
+    if table is None:
         return _note(ax, title, "[CLS] compression is not enabled in the config file (needs a labelled dataset).")
     columns = [(c, label) for c, label in (("full_accuracy", "all dims"), ("pca_k1_accuracy", "PCA k=1"),
                                            ("best_dim_accuracy", "best single dim")) if c in table]
@@ -112,7 +136,11 @@ def panel_compression(ax, paths):
     for index, (column, label) in enumerate(columns):
         ax.bar(x + (index - (len(columns) - 1) / 2) * width, table[column], width, label=label,
                color=colour(index))
+    drawn = {"table": str(path), "model": table["model"].tolist(),
+             "bars": {column: table[column].tolist() for column, _ in columns}, "k_star": None}
     if "k_star" in table:
+        drawn["k_star"] = table["k_star"].tolist()
+        drawn["k_star_n_test"] = table["k_star_n_test"].tolist()
         for xi, (k, n, full) in enumerate(zip(table["k_star"], table["k_star_n_test"], table["full_accuracy"])):
             ax.text(xi, min(full + 0.03, 1.02), f"k*={int(k)}\nn={int(n)}" if pd.notna(k) else f"k*=–\nn={int(n)}",
                     ha="center", fontsize=7)
@@ -120,19 +148,21 @@ def panel_compression(ax, paths):
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7, frameon=False, loc="lower right")
-    ax.set_title(f"{title}\n{_where(path, 'compression')} (k* = fewest PCA dims not worse than all dims, "
+    ax.set_title(f"{title}\nfrom {_source(path)} (k* = fewest PCA dims not worse than all dims, "
                  f"paired test on n test examples)", fontsize=10, loc="left", fontweight="bold")
+    return drawn
 
 
 def panel_geometry(ax, paths):
     title = "Geometry: which measure predicts the score"
-    table, path = _first_table(paths)
-    if table is None or "r2" not in table:
+    table, path = panel_table(paths, "geometry", ["measure", "r2", "pearson_r", "n"])
+    if table is None:
         return _note(ax, title, "Latent-space geometry is not enabled in the config file.")
     shown = table.dropna(subset=["r2"]).sort_values("r2", ascending=False).head(8).iloc[::-1]
     if shown.empty:
         note = table["note"].dropna().iloc[0] if "note" in table and table["note"].notna().any() else "no fit"
-        return _note(ax, title, f"No regression could be fitted: {note}")
+        return {**_note(ax, title, f"No regression could be fitted: {note} (from {_source(path)})"),
+                "table": str(path)}
     colours = [POSITIVE if r >= 0 else NEGATIVE for r in shown["pearson_r"]]
     ax.barh(shown["measure"], shown["r2"], color=colours)
     for y, (r2, r) in enumerate(zip(shown["r2"], shown["pearson_r"])):
@@ -140,8 +170,10 @@ def panel_geometry(ax, paths):
     ax.set_xlim(0, 1.15)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel(f"R² of score on measure across n={int(shown['n'].max())} models")
-    ax.set_title(f"{title}\n{_where(path, 'geometry')} (blue r>0, orange r<0)", fontsize=10, loc="left",
+    ax.set_title(f"{title}\nfrom {_source(path)} (blue r>0, orange r<0)", fontsize=10, loc="left",
                  fontweight="bold")
+    return {"table": str(path), "measure": shown["measure"].tolist()[::-1], "r2": shown["r2"].tolist()[::-1],
+            "pearson_r": shown["pearson_r"].tolist()[::-1]}
 
 
 def twotower_consistency_bars(table: pd.DataFrame) -> pd.DataFrame:
@@ -160,12 +192,12 @@ def twotower_consistency_bars(table: pd.DataFrame) -> pd.DataFrame:
 
 def panel_twotower(ax, paths):
     title = "Two-tower LM: is the token preference consistent?"
-    table, path = _first_table(paths)
-    if table is None or "comparison" not in table:
+    table, path = panel_table(paths, "twotower", ["comparison", "value"])
+    if table is None:
         return _note(ax, title, "The two-tower language model is not enabled in the config file.")
     bars = twotower_consistency_bars(table)
     if bars.empty:
-        return _note(ax, title, "No consistency rows were written.")
+        return {**_note(ax, title, f"No consistency rows were written (in {_source(path)})."), "table": str(path)}
     y = np.arange(len(bars))
     ax.barh(y, bars["value"], color=colour(2))
     control = bars["control_q95"].notna().to_numpy()
@@ -178,7 +210,8 @@ def panel_twotower(ax, paths):
     ax.set_xlim(-1, 1)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("Pearson r of per-token preferences")
-    ax.set_title(f"{title}\n{_where(path, 'twotower')}", fontsize=10, loc="left", fontweight="bold")
+    ax.set_title(f"{title}\nfrom {_source(path)}", fontsize=10, loc="left", fontweight="bold")
+    return {"table": str(path), "bars": bars}
 
 
 def panel_models(ax, provenance: pd.DataFrame, datasets: list):
@@ -189,22 +222,27 @@ def panel_models(ax, provenance: pd.DataFrame, datasets: list):
     ax.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=7.5, family="monospace", transform=ax.transAxes)
 
 
-def draw_summary(inputs: dict, provenance: pd.DataFrame, datasets: list, paths: list) -> None:
+def draw_summary(inputs: dict, provenance: pd.DataFrame, datasets: list, paths: list) -> dict:
+    """Draw the page; returns, per panel, what it drew (the table's path and the values, or the note)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 10.5))
-    panel_decomposition(axes[0, 0], inputs.get("decomposition", []))
-    panel_variability(axes[0, 1], inputs.get("variability_layers", []), inputs.get("variability_selection", []))
-    panel_compression(axes[0, 2], inputs.get("compression", []))
-    panel_geometry(axes[1, 0], inputs.get("geometry", []))
-    panel_twotower(axes[1, 1], inputs.get("twotower", []))
+    drawn = {
+        "decomposition": panel_decomposition(axes[0, 0], inputs.get("decomposition", [])),
+        "variability": panel_variability(axes[0, 1], inputs.get("variability_layers", []),
+                                         inputs.get("variability_selection", [])),
+        "compression": panel_compression(axes[0, 2], inputs.get("compression", [])),
+        "geometry": panel_geometry(axes[1, 0], inputs.get("geometry", [])),
+        "twotower": panel_twotower(axes[1, 1], inputs.get("twotower", [])),
+    }
     panel_models(axes[1, 2], provenance, datasets)
     fig.suptitle("How the configured language models relate inside: the headline of each analysis", fontsize=13)
     fig.tight_layout()
     storage.save_figure(fig, paths)
+    return drawn
 
 
 def read_provenance_table(path) -> pd.DataFrame:
@@ -227,9 +265,13 @@ def write_config(snakemake) -> None:
 def draw(snakemake) -> None:
     use_model_order(list(snakemake.params.models))  # the configured order: the colours of the per-analysis figures
     provenance = read_provenance_table(snakemake.input.provenance)
-    inputs = {key: list(getattr(snakemake.input, key)) for key in snakemake.params.panels}
-    draw_summary(inputs, provenance, snakemake.params.datasets, [snakemake.output.png, snakemake.output.svg])
-    LOG.info("summary of %d models drawn from %d tables", len(provenance), sum(map(len, inputs.values())))
+    inputs = {}
+    for key in snakemake.params.panels:  # a panel whose analysis is disabled is given an empty list
+        value = getattr(snakemake.input, key, [])
+        inputs[key] = [value] if isinstance(value, str) else list(value)
+    drawn = draw_summary(inputs, provenance, snakemake.params.datasets, [snakemake.output.png, snakemake.output.svg])
+    for panel, what in drawn.items():
+        LOG.info("panel %s: %s", panel, f"drawn from {what['table']}" if what["table"] else what["note"])
 
 
 JOBS = {"model_provenance": write_provenance, "effective_config": write_config, "summary_figure": draw}
