@@ -5,11 +5,24 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+# Local paths are relative to the run folder; `write_local_sources` puts them there, so that the start-up checks of
+# local sources pass and each case is refused for its own fault only.
 BASE = {
-    "models": [{"name": "a", "source": "local", "path": "/models/a"},
-               {"name": "b", "source": "local", "path": "/models/b"}],
-    "datasets": [{"name": "toy", "source": "file", "path": "/data/toy.csv", "label_column": "label"}],
+    "models": [{"name": "a", "source": "local", "path": "models/a"},
+               {"name": "b", "source": "local", "path": "models/b"}],
+    "datasets": [{"name": "toy", "source": "file", "path": "data/toy.csv", "label_column": "label"}],
 }
+
+
+def write_local_sources(folder: Path) -> None:
+    """The local model folders and data files BASE and the cases name, in a run folder."""
+    for name in ("a", "b"):
+        (folder / "models" / name).mkdir(parents=True, exist_ok=True)
+        (folder / "models" / name / "config.json").write_text("{}")
+    (folder / "data").mkdir(exist_ok=True)
+    rows = [f"text number {i} about {'good' if i % 2 else 'bad'} things,{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    (folder / "data" / "toy.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (folder / "data" / "r.txt").write_text("some raw text\nmore raw text\n")
 
 
 def _set(path, value):
@@ -46,7 +59,7 @@ CASES = [
     ("perturbation weight outside [0, 1]",
      _append("models", {"name": "p", "source": "perturb", "base": "a", "alpha": 1.5}), r"1.5 is greater than the maximum of 1"),
     ("fine-tune on an unlabelled dataset",
-     lambda c: (c["datasets"].append({"name": "raw", "source": "file", "path": "/r.txt"}),
+     lambda c: (c["datasets"].append({"name": "raw", "source": "file", "path": "data/r.txt"}),
                 c["models"].append({"name": "f", "source": "finetune", "base": "a", "dataset": "raw"})),
      r"dataset 'raw' has no label_column; fine-tuning needs labels"),
     ("fine-tune on an unknown dataset",
@@ -111,6 +124,7 @@ def validation_messages(configs: list) -> list:
         for index, config in enumerate(configs):
             path = Path(folder) / f"case{index}" / "my-config.yaml"
             path.parent.mkdir()
+            write_local_sources(path.parent)
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             paths.append(str(path))
         result = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(PROJECT / "Snakefile"), *paths],
