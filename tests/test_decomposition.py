@@ -24,17 +24,18 @@ def relative(a, b):
 
 
 def direct_r2(u_train, z_train, u_test, z_test, alpha, mode="paper"):
-    """Unstreamed reference: materialised arrays, the card's formulas written out literally."""
+    """Unstreamed reference: materialised arrays, the formulas written out literally (paper: sample covariances
+    divided by n - 1, as torch.cov in nlp.lmd 0.2.0; uncentred: raw moments divided by the basis dims)."""
     if mode == "paper":
         mu, mz = u_train.mean(0), z_train.mean(0)
-        czz = (z_train - mz).T @ (z_train - mz) / len(z_train)
-        cuz = (u_train - mu).T @ (z_train - mz) / len(z_train)
+        czz = (z_train - mz).T @ (z_train - mz) / (len(z_train) - 1)
+        cuz = (u_train - mu).T @ (z_train - mz) / (len(z_train) - 1)
         W = np.linalg.solve(czz + alpha * np.eye(czz.shape[0]), cuz.T).T
         b = mu - W @ mz
         sst = ((u_test - u_test.mean(0)) ** 2).sum()
     else:
-        ezz = z_train.T @ z_train / len(z_train)
-        euz = u_train.T @ z_train / len(z_train)
+        ezz = z_train.T @ z_train / z_train.shape[1]
+        euz = u_train.T @ z_train / z_train.shape[1]
         W = np.linalg.solve(ezz + alpha * np.eye(ezz.shape[0]), euz.T).T
         b = np.zeros(u_train.shape[1])
         sst = (u_test ** 2).sum()
@@ -107,9 +108,9 @@ def test_ridge_matches_sklearn(alpha):
     u, z = latent_models(rng, 3000, [5, 12])
     train, test = slice(0, 2000), slice(2000, 3000)
     fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), alpha)
-    # sklearn's alpha multiplies ||w||² next to the *sum* of squares; the card's alpha the *mean* (covariance):
-    # alpha_sklearn = n_train * alpha.
-    reference = Ridge(alpha=alpha * 2000, fit_intercept=True, solver="cholesky").fit(z[train], u[train])
+    # sklearn's alpha multiplies ||w||² next to the *sum* of squares; ours (as nlp.lmd's) next to the sample
+    # covariance (sum / (n - 1)): alpha_sklearn = (n_train - 1) * alpha.
+    reference = Ridge(alpha=alpha * 1999, fit_intercept=True, solver="cholesky").fit(z[train], u[train])
     assert relative(fit.W, reference.coef_) < 1e-6
     assert relative(fit.b, reference.intercept_) < 1e-6
     r2_test = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]))[0]
@@ -122,13 +123,13 @@ def test_ridge_matches_sklearn(alpha):
     assert abs(r2_train - sk_train) / sk_train < 1e-6
 
 
-def test_authors_code_mode_is_uncentred_and_differs_from_paper():
+def test_uncentred_mode_is_raw_moments_and_differs_from_paper():
     rng = np.random.default_rng(2)
     u, z = latent_models(rng, 2000, [4, 9], offset=3.0)
     train, test = slice(0, 1500), slice(1500, 2000)
-    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6, "authors_code")
-    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]), "authors_code")[0]
-    expected, W, b = direct_r2(u[train], z[train], u[test], z[test], 1e-6, "authors_code")
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6, "uncentred")
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]), "uncentred")[0]
+    expected, W, b = direct_r2(u[train], z[train], u[test], z[test], 1e-6, "uncentred")
     assert relative(fit.W, W) < 1e-8 and np.all(fit.b == 0)
     assert abs(r2 - expected) < 1e-9
     paper = lmd.r_squared(lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6),
@@ -274,7 +275,7 @@ def token_table(words_per_example, tokens_per_word, split_of):
     return pd.DataFrame(rows, columns=["example_id", "split", "position", "word_id", "is_special"])
 
 
-def test_word_and_paper_units_aggregate_tokens_and_align_words(tmp_path):
+def test_word_and_chunk_units_aggregate_tokens_and_align_words(tmp_path):
     rng = np.random.default_rng(8)
     words = rng.integers(1, 6, size=40)
     split_of = lambda e: "test" if e % 3 == 0 else "train"  # noqa: E731
@@ -303,8 +304,8 @@ def test_word_and_paper_units_aggregate_tokens_and_align_words(tmp_path):
     codes = np.concatenate([c for c, _, _ in blocks])
     assert codes.tolist() == [int(split_of(e) == "test") for e, _ in shared]
 
-    # paper unit: every token of the example (special included) summed and divided by T
-    units = list(lmd.iter_units(view_b, "paper", chunk_tokens=16))
+    # chunk unit: every token of the example (special included) summed and divided by T
+    units = list(lmd.iter_units(view_b, "chunk", chunk_tokens=16))
     keys = np.concatenate([k for k, _, _ in units])
     sums = pd.DataFrame(vb_tok.astype(np.float64)).groupby(rows_b.example_id.to_numpy()).sum() / 16
     assert keys.tolist() == list(range(40))
@@ -584,7 +585,7 @@ def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
         _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40]), lmd.SplitStats.from_rows(u[40:], z[40:]),
                                        1e-6, "paper", "target 'u'")
     assert scores["underdetermined"] and scores["r2_train"] > 0.999 and scores["r2_test"] < scores["r2_train"] - 0.1
-    assert "40 train units for 50 basis dimensions" in caplog.text
+    assert "40 train units from 40 independent examples for 50 basis dimensions" in caplog.text
     _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
                                    1e-6, "paper", "target 'u'")
     assert not scores["underdetermined"]
@@ -621,7 +622,7 @@ def sklearn_choice(u_fit, z_fit, u_valid, z_valid, grid):
     """The argmin of the validation error with scikit-learn on materialised rows (same centring: intercept)."""
     scores = []
     for alpha in grid:
-        model = Ridge(alpha=alpha * len(u_fit), fit_intercept=True, solver="cholesky").fit(z_fit, u_fit)
+        model = Ridge(alpha=alpha * (len(u_fit) - 1), fit_intercept=True, solver="cholesky").fit(z_fit, u_fit)
         residual = ((u_valid - model.predict(z_valid)) ** 2).sum()
         scores.append(1 - residual / ((u_valid - u_valid.mean(0)) ** 2).sum())
     best = max(scores)

@@ -40,6 +40,7 @@ class ExtractionSettings:
     compute_dtype: str = "float32"
     device: str = "auto"
     nonfinite: str = "fail"
+    truncation_note: str = ""  # set for datasets whose truncation is the protocol (chunks datasets)
 
     @classmethod
     def from_config(cls, section: dict) -> "ExtractionSettings":
@@ -249,7 +250,9 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
              counts.examples, n, counts.tokens, counts.truncated, max_length, counts.nonfinite_dropped,
              counts.batches, 100 * (counts.padded_tokens / max(counts.tokens, 1) - 1), counts.forward_seconds,
              elapsed, counts.tokens / max(elapsed, 1e-9))
-    if counts.truncated:
+    if counts.truncated and settings.truncation_note:
+        LOG.info("%d example(s) were truncated at %d tokens: %s", counts.truncated, max_length, settings.truncation_note)
+    elif counts.truncated:
         LOG.warning("%d example(s) were longer than %d tokens and were truncated (raise extraction.max_length "
                     "to keep them whole)", counts.truncated, max_length)
     return counts
