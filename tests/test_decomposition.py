@@ -458,7 +458,7 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
     texts = tiny_corpus[1]
     base = pd.DataFrame({"example_id": np.arange(len(texts)), "text": texts,
                          "split": np.where(np.arange(len(texts)) % 4 == 0, "test", "train")})
-    entry = {**CHUNKS, "max_examples": None}
+    entry = {**CHUNKS, "max_examples": None, "chunking": "text_tokens"}  # ours; the release's: test_decomposition_release
     frame, counts = chunk_dataset.build_chunks(base, tokenizer, 16, entry)
     for split in ("train", "test"):
         ids = tokenizer(base.loc[base.split == split, "text"].tolist(), add_special_tokens=False)["input_ids"]
@@ -470,7 +470,8 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
         assert frame.loc[frame.split == split, "text"].iloc[0] == tokenizer.decode(flat[:16], skip_special_tokens=True)
     assert frame["example_id"].tolist() == list(range(len(frame))) and frame["label"].isna().all()
     lengths = np.array([len(i) for i in tokenizer(frame["text"].tolist(), add_special_tokens=False)["input_ids"]])
-    assert np.mean(lengths == 16) > 0.8 and counts["retokenized_not_T"] == int((lengths != 16).sum())
+    assert np.mean(lengths == 16) > 0.8  # decoding and re-encoding is nearly the identity
+    assert counts["reencoded_longer_than_T"] == int((lengths + 2 > 16).sum())  # + [CLS] and [SEP]
     for row in frame.head(5).itertuples():
         assert (list(row.word_starts), list(row.word_ends)) == word_offsets(row.text) and len(row.word_starts) > 3
     sub, _ = chunk_dataset.build_chunks(base, tokenizer, 16, {**entry, "max_examples": 20})
@@ -479,29 +480,46 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
         chunk_dataset.build_chunks(base.head(2), tokenizer, 10_000, entry)
 
 
-def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_corpus, tmp_path):
-    workdir = copy_run(lmd_run[0], tmp_path / "chunks")
-    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]})
-    run_workflow(workdir, config, storage.dataset_path("chunks16"))  # the chunk rule alone
+# The paper's setup as docs/decomposition.md shows it: one chunks dataset and `units: [chunk]`, nothing else; a
+# disabled two-tower section naming a dataset that is not configured must not stop the run.
+PAPER_SETUP = {"units": ["chunk"], "alpha": 1e-6, "modes": ["paper"]}
+
+
+def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, tiny_corpus, tmp_path):
+    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section=PAPER_SETUP)
+    config["decomposition"] = {"enabled": True, **PAPER_SETUP, "min_train_units": 5, "min_test_units": 5}
+    config["twotower"] = {"enabled": False, "dataset": "reviews"}
+    # planned from scratch: the base dataset is prepared (for the chunks) but not extracted
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_config(fresh, config)
+    planned = pending_jobs(fresh)
+    extracted = sorted(out for rule, out in planned if rule == "extract_hidden_states")
+    assert extracted and all("/chunks16/" in out for out in extracted), extracted
+    assert storage.dataset_path("toy") in {out for _, out in planned}
+    workdir = copy_run(lmd_run[0], tmp_path / "chunks")  # reuses the materialised models and the base dataset
+    run_workflow(workdir, config)
     chunks = pq.read_table(workdir / storage.dataset_path("chunks16"))
     assert chunks.schema.names == ["example_id", "text", "label", "split", "word_starts", "word_ends"]
     meta = json.loads(chunks.schema.metadata[b"dataset"])
     assert (meta["source"], meta["base"], meta["tokenizer_model"], meta["chunk_tokens"]) == ("chunks", "toy", "tiny-bert", 16)
+    assert (meta["chunking"], meta["chunk_split"]) == ("release", "base")
     assert meta["counts"]["train"] + meta["counts"]["test"] == chunks.num_rows > 40
-    log = (workdir / "results/logs/prepare_chunk_dataset/chunks16.log").read_text()
-    assert "extraction.max_length is 32 but chunk_tokens is 16" in log and "done in" in log
-    jobs = pending_jobs(workdir)
-    outputs = {out for _, out in jobs}
-    assert storage.tokens_path("chunks16", "tiny-bert") in outputs
-    assert f"{LMD_OUT}/chunks16/paper/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
-    assert f"{LMD_OUT}/chunks16/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
-    assert not any("/toy/paper/" in out for out in outputs)  # the paper unit runs on chunks datasets only
-    assert not any("/toy/example/" in out and "moments" in out for out in outputs)  # already computed
-    # and the whole paper unit runs: chunks extracted by both tokenizers, pooled over all T tokens, fitted
-    run_workflow(workdir, None)
-    group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/paper/t-1_b-1/paper/alpha-1e-06/group.csv")
+    # every model reads the chunks truncated at T = 16 (special tokens included), although extraction.max_length
+    # is 32, and the log says so instead of advising to raise max_length
+    for model in ("tiny-bert", "tiny-roberta"):
+        tokens = workdir / storage.tokens_path("chunks16", model)
+        assert storage.read_hidden_metadata(tokens)["max_length"] == 16
+        counted = pq.read_table(tokens, columns=["example_id"]).to_pandas().groupby("example_id").size()
+        assert counted.max() == 16
+        log = (workdir / f"results/logs/extract_hidden_states/chunks16/{model}.log").read_text()
+        assert "as the LMD release does" in log and "raise extraction.max_length" not in log
+    group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/chunk/t-1_b-1/paper/alpha-1e-06/group.csv")
     assert set(group["model"]) == {"tiny-bert", "tiny-roberta"}
     assert group["r2_train"].notna().all() and (group["n_test"] > 0).all()
+    assert (group["n_train_examples"] == group["n_train"]).all()  # one unit per chunk
+    assert group["between_example_share"].between(0.999999, 1.000001).all()  # one unit per example: all between
+    assert not any("/toy/chunk/" in str(p) for p in (workdir / LMD_OUT).rglob("*"))  # chunks datasets only
 
 
 def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):
