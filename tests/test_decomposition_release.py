@@ -248,3 +248,18 @@ def test_release_split_is_positional_as_datasets_percent_slices(tiny_models, tin
     by_hand = base.assign(split=["validation"] * 12 + ["test"] * 12 + ["train"] * 216)
     expected, _ = chunk_dataset.build_chunks(by_hand[by_hand.split != "validation"], tokenizer, 16, entry)
     assert frame["text"].tolist() == expected["text"].tolist() and frame["split"].tolist() == expected["split"].tolist()
+
+
+def test_chunks_longer_than_a_models_positions_stop_the_extraction(tiny_models, tiny_corpus, tmp_path):
+    # a too-small limit must not silently change the unit: the tiny BERT reads at most 64 positions
+    from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
+    from workflow_scripts.prepare_dataset import build_dataset, write_dataset
+
+    raw = pd.DataFrame({"text": list(tiny_corpus[1][:6]), "label": list(tiny_corpus[2][:6])})
+    frame, _ = build_dataset(raw, {"name": "c", "text_column": "text", "label_column": "label", "test_fraction": 0.3,
+                                   "seed": 1})
+    write_dataset(frame, tmp_path / "c.parquet", {"name": "c"})
+    settings = ExtractionSettings(max_length=128, token_layers=(-1,), truncation_note="chunk_tokens = 128")
+    with pytest.raises(lmd.WorkflowInputError, match=r"reads at most 64 tokens.*chunk_tokens <= 64"):
+        extract(tiny_models["bert"], tmp_path / "c.parquet", tmp_path / "p.parquet", tmp_path / "t.parquet", settings,
+                model_name="tiny-bert", dataset_name="c", progress=False)

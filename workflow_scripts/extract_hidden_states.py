@@ -185,6 +185,11 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
     max_length = min(settings.max_length, max_positions - (2 if model.config.model_type in ("roberta", "xlm-roberta",
                                                                                                "longformer", "mpnet")
                                                            else 0))
+    if max_length < settings.max_length and settings.truncation_note:
+        raise WorkflowInputError(
+            f"model {model_name!r} reads at most {max_length} tokens (its position embeddings), fewer than the "
+            f"{settings.max_length} tokens of each input of dataset {dataset_name!r} ({settings.truncation_note}); "
+            f"use a chunks dataset with chunk_tokens <= {max_length} or leave this model out of it.")
     if max_length < settings.max_length:
         LOG.info("max_length capped at %d by the model's position embeddings", max_length)
     store_type = pa.float16() if settings.store_dtype == "float16" else pa.float32()
