@@ -1,7 +1,7 @@
 """Print the summary numbers of docs/decomposition.md's "paper's α and validated α" section from a run's tables.
 
     .venv/bin/python benchmarks/decomposition_default_summary.py [--results results] [--compare OTHER_RESULTS]
-    .venv/bin/python benchmarks/decomposition_default_summary.py --results RESULTS --effective-sample [--dataset reviews]
+    .venv/bin/python benchmarks/decomposition_default_summary.py --results RESULTS --effective-sample [--dataset reviews] [--config config.yaml]
 
 Reads results/analysis/decomposition/{dataset}/{unit}/{layers}/{mode}/alpha-*/{group,pairwise}.csv of every
 (dataset, unit, layers, mode) that has both a fixed-α and an `alpha-validation` folder (the default config
@@ -146,29 +146,45 @@ def _group_r2(blocks: dict, train: np.ndarray, test: np.ndarray, models: list, a
     return result
 
 
-def _encoder_distances(results: Path) -> None:
-    """||W_derived - W_base||_F / ||W_base||_F over the encoder's weight matrices, per derived model."""
-    import json
+def _encoder_distances(results: Path, config_path: Path) -> None:
+    """||W_p - W_base|| / ||W_base|| (Frobenius, over the tensors the perturbation replaces, and over the 2-D
+    encoder matrices alone) for every perturbed model of the config: from its materialised folder when the run
+    has it, else rebuilt in memory from the base with the rule's own function (perturb_model.perturb_)."""
+    import copy
 
-    from safetensors.numpy import load_file
+    import torch
+    import yaml
+    from transformers import AutoModel
 
-    for folder in sorted((results / "models").iterdir()):
-        provenance = folder / "provenance.json"
-        if not provenance.exists():
-            continue
-        info = json.loads(provenance.read_text())
-        base = info.get("base")
-        if not base or not (results / "models" / base / "model.safetensors").exists():
-            continue
-        mine, theirs = load_file(folder / "model.safetensors"), load_file(results / "models" / base / "model.safetensors")
-        names = [k for k in theirs if "encoder" in k and k.endswith("weight") and theirs[k].ndim == 2 and k in mine]
-        diff = sum(float(((mine[k].astype(np.float64) - theirs[k]) ** 2).sum()) for k in names)
-        ref = sum(float((theirs[k].astype(np.float64) ** 2).sum()) for k in names)
-        print(f"{folder.name} vs {base}: encoder weight matrices ({len(names)}) differ by "
-              f"{100 * np.sqrt(diff / ref):.0f} % (relative Frobenius norm)")
+    from workflow_scripts.perturb_model import perturb_, perturbed_parameter_names
+
+    entries = [e for e in yaml.safe_load(config_path.read_text())["models"] if e.get("source") == "perturb"]
+    bases = {}
+    for entry in entries:
+        base_dir = results / "models" / entry["base"]
+        if entry["base"] not in bases:
+            bases[entry["base"]] = AutoModel.from_pretrained(base_dir, local_files_only=True).eval()
+        base = bases[entry["base"]]
+        folder = results / "models" / entry["name"]
+        if (folder / "config.json").exists():
+            derived, how = AutoModel.from_pretrained(folder, local_files_only=True), "materialised"
+        else:
+            derived = copy.deepcopy(base)
+            perturb_(derived, float(entry["alpha"]), int(entry.get("seed", 0)), entry.get("tensors", "encoder_weights"))
+            how = "rebuilt in memory"
+        names = set(perturbed_parameter_names(base))
+        ours, theirs = dict(derived.named_parameters()), dict(base.named_parameters())
+        for label, keep in (("perturbed tensors", lambda n: n in names),
+                            ("2-D encoder matrices", lambda n: n in names and theirs[n].ndim == 2)):
+            chosen = [n for n in theirs if keep(n)]
+            with torch.no_grad():
+                diff = sum(float(((ours[n].double() - theirs[n].double()) ** 2).sum()) for n in chosen)
+                ref = sum(float((theirs[n].double() ** 2).sum()) for n in chosen)
+            print(f"{entry['name']} ({how}, alpha {entry['alpha']}, seed {entry.get('seed', 0)}) vs {entry['base']}: "
+                  f"{label} ({len(chosen)}) differ by {100 * (diff / ref) ** 0.5:.0f} % (relative Frobenius norm)")
 
 
-def effective_sample(results: Path, dataset: str) -> None:
+def effective_sample(results: Path, dataset: str, config_path: Path) -> None:
     from workflow_scripts import decomposition as lmd
 
     groups = sorted((results / "analysis/decomposition" / dataset / "word").glob("*/paper/alpha-*/group.csv"))
@@ -214,7 +230,7 @@ def effective_sample(results: Path, dataset: str) -> None:
         print(f"| {model} | {by_review[model]:.3f} | {by_word[model]:.3f} | {within[model]:.3f} |")
     print(f"| mean | {np.mean(list(by_review.values())):.3f} | {np.mean(list(by_word.values())):.3f} | "
           f"{np.mean(list(within.values())):.3f} |")
-    _encoder_distances(results)
+    _encoder_distances(results, config_path)
 
 
 def main() -> None:
@@ -223,6 +239,7 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, default=None, help="another run's results folder")
     parser.add_argument("--effective-sample", action="store_true", help="the word units' effective sample size")
     parser.add_argument("--dataset", default="reviews")
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="the run's config (perturbed models)")
     args = parser.parse_args()
     if args.effective_sample:
         import sys
@@ -231,7 +248,7 @@ def main() -> None:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=2):
-            effective_sample(args.results, args.dataset)
+            effective_sample(args.results, args.dataset, args.config)
         return
     root = args.results / "analysis/decomposition"
     stems = sorted({p.parent.parent for p in root.glob("*/*/*/*/alpha-*/group.csv")})
