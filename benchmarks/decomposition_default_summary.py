@@ -192,8 +192,8 @@ def effective_sample(results: Path, dataset: str, config_path: Path) -> None:
         models = list(pd.read_csv(groups[0]).model)
     else:  # the tables are not there yet: every model whose word-level hidden states are
         models = sorted(p.parent.name for p in (results / "hidden" / dataset).glob("*/tokens.parquet"))
-    if len(models) < 2:
-        raise SystemExit(f"fewer than two models with hidden states of {dataset!r} under {results}")
+    if not models:
+        raise SystemExit(f"no model with word-level hidden states of {dataset!r} under {results}")
     keys, codes, blocks = _word_units(results, dataset, models)
     examples = keys >> lmd.WORD_BITS
     train, test = codes == 0, codes == 1
@@ -208,6 +208,10 @@ def effective_sample(results: Path, dataset: str, config_path: Path) -> None:
         share = acc.between.sum() / ((x - x.mean(0)) ** 2).sum()
         print(f"| {model} | {blocks[model].shape[1]} | {share:.3f} |")
     n_reviews = np.unique(examples[train]).size
+    if len(models) < 2:
+        print("(one model only: no fits)")
+        _encoder_distances(results, config_path)
+        return
     print("| target | basis dims | underdetermined (units only) | underdetermined (units and reviews) |")
     for model in models:
         dims = sum(blocks[m].shape[1] for m in models if m != model)
