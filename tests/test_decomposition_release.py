@@ -263,3 +263,29 @@ def test_chunks_longer_than_a_models_positions_stop_the_extraction(tiny_models, 
     with pytest.raises(lmd.WorkflowInputError, match=r"reads at most 64 tokens.*chunk_tokens <= 64"):
         extract(tiny_models["bert"], tmp_path / "c.parquet", tmp_path / "p.parquet", tmp_path / "t.parquet", settings,
                 model_name="tiny-bert", dataset_name="c", progress=False)
+
+
+def test_words_clustered_by_example_overfit_a_split_by_example_that_the_unit_count_hides():
+    # Known mechanism: each example carries a nuisance vector in the basis (constant over its words). With no more
+    # train examples than basis dims, alpha ~ 0 uses it to reproduce each train example's mean of u: the fit
+    # carries over to new words of the same examples (a random word split) but not to new examples.
+    rng = np.random.default_rng(31)
+    n_groups, per_group, d_u, d_signal, d_nuisance = 90, 25, 4, 6, 54
+    group = np.repeat(np.arange(n_groups), per_group)
+    signal = rng.normal(size=(n_groups, d_signal))
+    own = rng.normal(size=(n_groups, d_u)) * 2.0  # the part of u's example mean no basis signal explains
+    u = signal[group] @ rng.normal(size=(d_signal, d_u)) + own[group] + 0.5 * rng.normal(size=(group.size, d_u))
+    nuisance = rng.normal(size=(n_groups, d_nuisance))
+    z = np.hstack([signal[group] + 0.1 * rng.normal(size=(group.size, d_signal)),
+                   nuisance[group] + 0.1 * rng.normal(size=(group.size, d_nuisance))])
+    by_example = group < 60  # 60 train examples for 60 basis dims; 30 test examples
+    by_word = rng.random(group.size) < 2 / 3
+    scores = {}
+    for name, train in (("example", by_example), ("word", by_word)):
+        stats = lmd.SplitStats.from_rows(u[train], z[train], group[train])
+        _, scores[name] = lmd._fit_and_score(stats, lmd.SplitStats.from_rows(u[~train], z[~train]), 1e-6, "paper", name)
+    # measured: split by example R² train 0.93 / test -1.70; random word split 0.82 / 0.82
+    assert scores["example"]["r2_test"] < scores["word"]["r2_test"] - 0.3, scores
+    assert scores["example"]["underdetermined"] and not scores["word"]["underdetermined"]
+    assert scores["example"]["n_train_examples"] == 60 and 1500 > 60  # 1,500 units: the unit count alone passes
+    assert scores["example"]["between_example_share"] > 0.7
