@@ -23,6 +23,8 @@ if LMD["enabled"] and alpha_tag(VALIDATION) in LMD_ALPHAS and not LMD["alpha_gri
 def _lmd_selected(key, known, what):
     names = LMD[key] or list(known)
     unknown = [name for name in names if name not in known]
+    if unknown and not LMD["enabled"]:
+        return [name for name in names if name in known]  # a disabled section is not checked: nothing of it runs
     if unknown:
         raise storage.WorkflowInputError(
             f"config: decomposition.{key} lists {unknown}, which are not configured {what}; "
