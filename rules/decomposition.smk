@@ -23,6 +23,8 @@ if LMD["enabled"] and alpha_tag(VALIDATION) in LMD_ALPHAS and not LMD["alpha_gri
 def _lmd_selected(key, known, what):
     names = LMD[key] or list(known)
     unknown = [name for name in names if name not in known]
+    if unknown and not LMD["enabled"]:
+        return [name for name in names if name in known]  # a disabled section is not checked: nothing of it runs
     if unknown:
         raise storage.WorkflowInputError(
             f"config: decomposition.{key} lists {unknown}, which are not configured {what}; fix "
@@ -41,17 +43,17 @@ if LMD["enabled"] and len(LMD_MODELS) < 2:
 
 
 def lmd_jobs():
-    """(dataset, unit) combinations to run: the 'paper' unit only on chunks datasets."""
+    """(dataset, unit) combinations to run: the 'chunk' unit only on chunks datasets."""
     jobs = []
     for dataset in LMD_DATASETS:
         for unit in LMD["units"]:
-            if unit == "paper" and DATASETS[dataset]["source"] != "chunks":
+            if unit == "chunk" and DATASETS[dataset]["source"] != "chunks":
                 continue
             jobs.append((dataset, unit))
-    if LMD["enabled"] and "paper" in LMD["units"] and not any(unit == "paper" for _, unit in jobs):
+    if LMD["enabled"] and "chunk" in LMD["units"] and not any(unit == "chunk" for _, unit in jobs):
         raise storage.WorkflowInputError(
-            "config: decomposition.units holds 'paper', which runs on chunks datasets, but none is selected: add a "
-            "dataset with source: chunks (base, tokenizer_model, chunk_tokens) or remove 'paper' from the units."
+            "config: decomposition.units holds 'chunk', which runs on chunks datasets, but none is selected: add a "
+            "dataset with source: chunks (base, tokenizer_model, chunk_tokens) or remove 'chunk' from the units."
         )
     return jobs
 
@@ -109,7 +111,6 @@ rule prepare_chunk_dataset:
         dataset=name_regex(datasets_of_source("chunks")),
     params:
         entry=lambda wc: DATASETS[wc.dataset],
-        max_length=config["extraction"]["max_length"],
     log:
         "results/logs/prepare_chunk_dataset/{dataset}.log",
     threads: 1
@@ -138,7 +139,7 @@ rule decomposition_moments:
         target_layer=lambda wc: _lmd_layers(wc)[0],
         basis_layer=lambda wc: _lmd_layers(wc)[1],
         pooling=lambda wc: LMD["example_pooling"] if wc.unit == "example" else None,
-        chunk_tokens=lambda wc: DATASETS[wc.dataset].get("chunk_tokens") if wc.unit == "paper" else None,
+        chunk_tokens=lambda wc: DATASETS[wc.dataset].get("chunk_tokens") if wc.unit == "chunk" else None,
         validation_fraction=LMD["validation_fraction"],
         validation_seed=LMD["validation_seed"],
         format=MOMENTS_FORMAT,  # a new file format changes the params: old files are recomputed

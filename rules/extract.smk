@@ -15,6 +15,28 @@ def extraction_runtime(wildcards, attempt):
     return int(max(30, examples * model_weights_mb(wildcards.model) / 20_000) * attempt)
 
 
+def extraction_settings(wildcards):
+    """The extraction section; a chunks dataset is read as the LMD release reads it: every model's input
+    truncated at the chunk length T, special tokens included (docs/decomposition.md)."""
+    entry = DATASETS[wildcards.dataset]
+    if entry["source"] != "chunks":
+        return config["extraction"]
+    T = int(entry["chunk_tokens"])
+    return {**config["extraction"], "max_length": T, "truncation_note": (
+        f"dataset {wildcards.dataset!r} is a chunks dataset: its inputs are truncated at chunk_tokens = {T} "
+        f"(special tokens included), as the LMD release does; extraction.max_length does not apply to it")}
+
+
+def default_extraction_datasets():
+    """extraction.datasets, or every dataset except those that only serve as the base of a chunks dataset
+    (analyses that read a base dataset still request its hidden states)."""
+    chosen = config["extraction"]["datasets"]
+    if chosen is not None:
+        return [d for d in DATASET_NAMES if d in chosen]
+    bases = {entry["base"] for entry in DATASETS.values() if entry["source"] == "chunks"}
+    return [d for d in DATASET_NAMES if d not in bases]
+
+
 rule extract_hidden_states:
     input:
         model="results/models/{model}",
@@ -23,7 +45,7 @@ rule extract_hidden_states:
         pooled="results/hidden/{dataset}/{model}/pooled.parquet",
         tokens="results/hidden/{dataset}/{model}/tokens.parquet",
     params:
-        extraction=config["extraction"],
+        extraction=extraction_settings,
     log:
         "results/logs/extract_hidden_states/{dataset}/{model}.log",
     benchmark:
@@ -42,7 +64,7 @@ rule extract_hidden_states:
 ALL_TARGETS.extend(
     expand(
         "results/hidden/{dataset}/{model}/pooled.parquet",
-        dataset=[d for d in DATASET_NAMES if config["extraction"]["datasets"] is None or d in config["extraction"]["datasets"]],
+        dataset=default_extraction_datasets(),
         model=MODEL_NAMES,
     )
 )

@@ -12,6 +12,8 @@ def _twotower_choice(key, known, what):
     if chosen is None:
         return known[0]
     if chosen not in known:
+        if not TT["enabled"]:
+            return known[0]  # a disabled section is not checked against the configured names: nothing of it runs
         raise storage.WorkflowInputError(
             f"twotower.{key} is {chosen!r}, which is not {what} ({known}); fix {where('twotower.' + key)} "
             f"(or remove it: the default takes the first configured one)."

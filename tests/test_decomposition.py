@@ -24,17 +24,18 @@ def relative(a, b):
 
 
 def direct_r2(u_train, z_train, u_test, z_test, alpha, mode="paper"):
-    """Unstreamed reference: materialised arrays, the card's formulas written out literally."""
+    """Unstreamed reference: materialised arrays, the formulas written out literally (paper: sample covariances
+    divided by n - 1, as torch.cov in nlp.lmd 0.2.0; uncentred: raw moments divided by the basis dims)."""
     if mode == "paper":
         mu, mz = u_train.mean(0), z_train.mean(0)
-        czz = (z_train - mz).T @ (z_train - mz) / len(z_train)
-        cuz = (u_train - mu).T @ (z_train - mz) / len(z_train)
+        czz = (z_train - mz).T @ (z_train - mz) / (len(z_train) - 1)
+        cuz = (u_train - mu).T @ (z_train - mz) / (len(z_train) - 1)
         W = np.linalg.solve(czz + alpha * np.eye(czz.shape[0]), cuz.T).T
         b = mu - W @ mz
         sst = ((u_test - u_test.mean(0)) ** 2).sum()
     else:
-        ezz = z_train.T @ z_train / len(z_train)
-        euz = u_train.T @ z_train / len(z_train)
+        ezz = z_train.T @ z_train / z_train.shape[1]
+        euz = u_train.T @ z_train / z_train.shape[1]
         W = np.linalg.solve(ezz + alpha * np.eye(ezz.shape[0]), euz.T).T
         b = np.zeros(u_train.shape[1])
         sst = (u_test ** 2).sum()
@@ -107,9 +108,9 @@ def test_ridge_matches_sklearn(alpha):
     u, z = latent_models(rng, 3000, [5, 12])
     train, test = slice(0, 2000), slice(2000, 3000)
     fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), alpha)
-    # sklearn's alpha multiplies ||w||² next to the *sum* of squares; the card's alpha the *mean* (covariance):
-    # alpha_sklearn = n_train * alpha.
-    reference = Ridge(alpha=alpha * 2000, fit_intercept=True, solver="cholesky").fit(z[train], u[train])
+    # sklearn's alpha multiplies ||w||² next to the *sum* of squares; ours (as nlp.lmd's) next to the sample
+    # covariance (sum / (n - 1)): alpha_sklearn = (n_train - 1) * alpha.
+    reference = Ridge(alpha=alpha * 1999, fit_intercept=True, solver="cholesky").fit(z[train], u[train])
     assert relative(fit.W, reference.coef_) < 1e-6
     assert relative(fit.b, reference.intercept_) < 1e-6
     r2_test = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]))[0]
@@ -122,13 +123,13 @@ def test_ridge_matches_sklearn(alpha):
     assert abs(r2_train - sk_train) / sk_train < 1e-6
 
 
-def test_authors_code_mode_is_uncentred_and_differs_from_paper():
+def test_uncentred_mode_is_raw_moments_and_differs_from_paper():
     rng = np.random.default_rng(2)
     u, z = latent_models(rng, 2000, [4, 9], offset=3.0)
     train, test = slice(0, 1500), slice(1500, 2000)
-    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6, "authors_code")
-    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]), "authors_code")[0]
-    expected, W, b = direct_r2(u[train], z[train], u[test], z[test], 1e-6, "authors_code")
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6, "uncentred")
+    r2 = lmd.r_squared(fit, lmd.SplitStats.from_rows(u[test], z[test]), "uncentred")[0]
+    expected, W, b = direct_r2(u[train], z[train], u[test], z[test], 1e-6, "uncentred")
     assert relative(fit.W, W) < 1e-8 and np.all(fit.b == 0)
     assert abs(r2 - expected) < 1e-9
     paper = lmd.r_squared(lmd.fit_ridge(lmd.SplitStats.from_rows(u[train], z[train]), 1e-6),
@@ -279,7 +280,7 @@ def token_table(words_per_example, tokens_per_word, split_of):
     return pd.DataFrame(rows, columns=["example_id", "split", "position", "word_id", "is_special"])
 
 
-def test_word_and_paper_units_aggregate_tokens_and_align_words(tmp_path):
+def test_word_and_chunk_units_aggregate_tokens_and_align_words(tmp_path):
     rng = np.random.default_rng(8)
     words = rng.integers(1, 6, size=40)
     split_of = lambda e: "test" if e % 3 == 0 else "train"  # noqa: E731
@@ -308,8 +309,8 @@ def test_word_and_paper_units_aggregate_tokens_and_align_words(tmp_path):
     codes = np.concatenate([c for c, _, _ in blocks])
     assert codes.tolist() == [int(split_of(e) == "test") for e, _ in shared]
 
-    # paper unit: every token of the example (special included) summed and divided by T
-    units = list(lmd.iter_units(view_b, "paper", chunk_tokens=16))
+    # chunk unit: every token of the example (special included) summed and divided by T
+    units = list(lmd.iter_units(view_b, "chunk", chunk_tokens=16))
     keys = np.concatenate([k for k, _, _ in units])
     sums = pd.DataFrame(vb_tok.astype(np.float64)).groupby(rows_b.example_id.to_numpy()).sum() / 16
     assert keys.tolist() == list(range(40))
@@ -462,7 +463,7 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
     texts = tiny_corpus[1]
     base = pd.DataFrame({"example_id": np.arange(len(texts)), "text": texts,
                          "split": np.where(np.arange(len(texts)) % 4 == 0, "test", "train")})
-    entry = {**CHUNKS, "max_examples": None}
+    entry = {**CHUNKS, "max_examples": None, "chunking": "text_tokens"}  # ours; the release's: test_decomposition_release
     frame, counts = chunk_dataset.build_chunks(base, tokenizer, 16, entry)
     for split in ("train", "test"):
         ids = tokenizer(base.loc[base.split == split, "text"].tolist(), add_special_tokens=False)["input_ids"]
@@ -474,7 +475,8 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
         assert frame.loc[frame.split == split, "text"].iloc[0] == tokenizer.decode(flat[:16], skip_special_tokens=True)
     assert frame["example_id"].tolist() == list(range(len(frame))) and frame["label"].isna().all()
     lengths = np.array([len(i) for i in tokenizer(frame["text"].tolist(), add_special_tokens=False)["input_ids"]])
-    assert np.mean(lengths == 16) > 0.8 and counts["retokenized_not_T"] == int((lengths != 16).sum())
+    assert np.mean(lengths == 16) > 0.8  # decoding and re-encoding is nearly the identity
+    assert counts["reencoded_longer_than_T"] == int((lengths + 2 > 16).sum())  # + [CLS] and [SEP]
     for row in frame.head(5).itertuples():
         assert (list(row.word_starts), list(row.word_ends)) == word_offsets(row.text) and len(row.word_starts) > 3
     sub, _ = chunk_dataset.build_chunks(base, tokenizer, 16, {**entry, "max_examples": 20})
@@ -483,29 +485,46 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
         chunk_dataset.build_chunks(base.head(2), tokenizer, 10_000, entry)
 
 
-def test_paper_unit_plans_chunk_dataset_and_its_jobs(lmd_run, tiny_models, tiny_corpus, tmp_path):
-    workdir = copy_run(lmd_run[0], tmp_path / "chunks")
-    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section={"units": ["example", "paper"]})
-    run_workflow(workdir, config, storage.dataset_path("chunks16"))  # the chunk rule alone
+# The paper's setup as docs/decomposition.md shows it: one chunks dataset and `units: [chunk]`, nothing else; a
+# disabled two-tower section naming a dataset that is not configured must not stop the run.
+PAPER_SETUP = {"units": ["chunk"], "alpha": 1e-6, "modes": ["paper"]}
+
+
+def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, tiny_corpus, tmp_path):
+    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section=PAPER_SETUP)
+    config["decomposition"] = {"enabled": True, **PAPER_SETUP, "min_train_units": 5, "min_test_units": 5}
+    config["twotower"] = {"enabled": False, "dataset": "reviews"}
+    # planned from scratch: the base dataset is prepared (for the chunks) but not extracted
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_config(fresh, config)
+    planned = pending_jobs(fresh)
+    extracted = sorted(out for rule, out in planned if rule == "extract_hidden_states")
+    assert extracted and all("/chunks16/" in out for out in extracted), extracted
+    assert storage.dataset_path("toy") in {out for _, out in planned}
+    workdir = copy_run(lmd_run[0], tmp_path / "chunks")  # reuses the materialised models and the base dataset
+    run_workflow(workdir, config)
     chunks = pq.read_table(workdir / storage.dataset_path("chunks16"))
     assert chunks.schema.names == ["example_id", "text", "label", "split", "word_starts", "word_ends"]
     meta = json.loads(chunks.schema.metadata[b"dataset"])
     assert (meta["source"], meta["base"], meta["tokenizer_model"], meta["chunk_tokens"]) == ("chunks", "toy", "tiny-bert", 16)
+    assert (meta["chunking"], meta["chunk_split"]) == ("release", "base")
     assert meta["counts"]["train"] + meta["counts"]["test"] == chunks.num_rows > 40
-    log = (workdir / "results/logs/prepare_chunk_dataset/chunks16.log").read_text()
-    assert "extraction.max_length is 32 but chunk_tokens is 16" in log and "done in" in log
-    jobs = pending_jobs(workdir)
-    outputs = {out for _, out in jobs}
-    assert storage.tokens_path("chunks16", "tiny-bert") in outputs
-    assert f"{LMD_OUT}/chunks16/paper/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
-    assert f"{LMD_OUT}/chunks16/example/t-1_b-1/moments/tiny-bert/tiny-roberta.npz" in outputs
-    assert not any("/toy/paper/" in out for out in outputs)  # the paper unit runs on chunks datasets only
-    assert not any("/toy/example/" in out and "moments" in out for out in outputs)  # already computed
-    # and the whole paper unit runs: chunks extracted by both tokenizers, pooled over all T tokens, fitted
-    run_workflow(workdir, None)
-    group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/paper/t-1_b-1/paper/alpha-1e-06/group.csv")
+    # every model reads the chunks truncated at T = 16 (special tokens included), although extraction.max_length
+    # is 32, and the log says so instead of advising to raise max_length
+    for model in ("tiny-bert", "tiny-roberta"):
+        tokens = workdir / storage.tokens_path("chunks16", model)
+        assert storage.read_hidden_metadata(tokens)["max_length"] == 16
+        counted = pq.read_table(tokens, columns=["example_id"]).to_pandas().groupby("example_id").size()
+        assert counted.max() == 16
+        log = (workdir / f"results/logs/extract_hidden_states/chunks16/{model}.log").read_text()
+        assert "as the LMD release does" in log and "raise extraction.max_length" not in log
+    group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/chunk/t-1_b-1/paper/alpha-1e-06/group.csv")
     assert set(group["model"]) == {"tiny-bert", "tiny-roberta"}
     assert group["r2_train"].notna().all() and (group["n_test"] > 0).all()
+    assert (group["n_train_examples"] == group["n_train"]).all()  # one unit per chunk
+    assert group["between_example_share"].between(0.999999, 1.000001).all()  # one unit per example: all between
+    assert not any("/toy/chunk/" in str(p) for p in (workdir / LMD_OUT).rglob("*"))  # chunks datasets only
 
 
 def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):
@@ -589,7 +608,7 @@ def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
         _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40]), lmd.SplitStats.from_rows(u[40:], z[40:]),
                                        1e-6, "paper", "target 'u'")
     assert scores["underdetermined"] and scores["r2_train"] > 0.999 and scores["r2_test"] < scores["r2_train"] - 0.1
-    assert "40 train units for 50 basis dimensions" in caplog.text
+    assert "40 train units from 40 independent examples for 50 basis dimensions" in caplog.text
     _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
                                    1e-6, "paper", "target 'u'")
     assert not scores["underdetermined"]
@@ -626,7 +645,7 @@ def sklearn_choice(u_fit, z_fit, u_valid, z_valid, grid):
     """The argmin of the validation error with scikit-learn on materialised rows (same centring: intercept)."""
     scores = []
     for alpha in grid:
-        model = Ridge(alpha=alpha * len(u_fit), fit_intercept=True, solver="cholesky").fit(z_fit, u_fit)
+        model = Ridge(alpha=alpha * (len(u_fit) - 1), fit_intercept=True, solver="cholesky").fit(z_fit, u_fit)
         residual = ((u_valid - model.predict(z_valid)) ** 2).sum()
         scores.append(1 - residual / ((u_valid - u_valid.mean(0)) ** 2).sum())
     best = max(scores)

@@ -4,8 +4,13 @@ How much of model u's representation is a linear function of other models' repre
 For every text unit n, a target vector u_n and a basis vector z_n (the concatenation of the basis models'
 vectors). Ridge fit on the train split, R² on the test split:
 
-    W = Cov(u, z) (Cov(z, z) + alpha I)^-1,   b = E[u] - W E[z]                 (mode "paper", the card)
+    W = S(u, z) (S(z, z) + alpha I)^-1,   b = E[u] - W E[z]                    (mode "paper")
     R² = 1 - sum_n ||u_n - W z_n - b||² / sum_n ||u_n - mean_test(u)||²
+
+with S the sample covariance of the train split, divided by n - 1 (``torch.cov``), exactly as the released
+code computes it (haozhg/lmd, PyPI ``nlp.lmd`` 0.2.0, ``lmd/cli.py`` ``LanguageModelDecomposition``; the
+published .743-.930 come from it). alpha is therefore on the scale of the (n - 1)-divided covariance:
+scikit-learn's ``Ridge(alpha_sk)`` equals ``alpha_sk = (n_train - 1) * alpha``.
 
 Every quantity is a function of per-split sufficient statistics (count, mean, co-moment matrix), so the
 hidden states are read once, row group by row group, and memory grows with the hidden sizes only.
@@ -13,11 +18,14 @@ hidden states are read once, row group by row group, and memory grows with the h
 The statistics are cached per *pair* of models: one file per (dataset, unit, layers, model_a, model_b) holds the
 train and test moments of the concatenation [a, b] (self blocks included). A group fit (target = one model,
 basis = all others) is assembled from the blocks of all pairs; adding a model only adds the pairs that involve it.
+The pair files also hold, per split, the number of examples the units come from and the between-example sum of
+squares (sum over examples e of n_e (mean_e - mean)^2 per dimension), streamed, for the effective sample size.
 
 Two fit modes (see docs/decomposition.md):
-- ``paper``: the card's formulas above (population covariances, intercept, SST about the test mean);
-- ``authors_code``: what the authors' released code computes (raw second moments E[zz^T], E[uz^T], no
-  intercept, SST = sum ||u_n||^2 uncentred), which the published reference numbers come from.
+- ``paper``: the released code's computation above (centred, intercept, SST about the scored split's mean);
+- ``uncentred``: the superseded development code of haozhg/lmd before commit c3810d8 ("add intercept",
+  2022-10-10; i.e. at 1eae068): W = U Z^T (Z Z^T + alpha d_z I)^-1 from raw second moments (their A = Z Z^T /
+  Z.shape[0] divides by the basis dims d_z, Z being d_z x n), no intercept, SST = sum ||u_n||^2 uncentred.
 
 Two alpha choices (each its own output folder, see docs/decomposition.md):
 - a number: the fixed ridge penalty (the paper's 1e-6);
@@ -29,8 +37,8 @@ Three text units:
 - ``example``: the pooled per-example vector of pooled.parquet (`mean` over non-special tokens, or `first`);
 - ``word``: the mean of a word's tokens from tokens.parquet, keyed by (example_id, word_id) so that models with
   different tokenizers are aligned word by word (only words present in both models of a pair are kept);
-- ``paper``: the paper's unit on a ``chunks`` dataset: sum over every token of the example (special tokens
-  included) divided by the chunk length T, as the authors' code does (their mean over a padded length T).
+- ``chunk``: the paper's unit on a ``chunks`` dataset: sum over every token the model read (special tokens
+  included) divided by the chunk length T, as the released code does (a mean over the input padded to T).
 """
 
 import itertools
@@ -52,12 +60,13 @@ SPLITS = ("train", "test")  # the dataset's splits (codes 0, 1 in the unit strea
 STORED_SPLITS = ("fit", "valid", "test")  # what a pair file holds: train = fit + valid (merged exactly on load)
 ALL_SPLITS = ("fit", "valid", "train", "test")
 VALID_CODE = 2  # unit-stream code of a train unit that falls in the validation part
-UNITS = ("example", "word", "paper")
-MODES = ("paper", "authors_code")
+UNITS = ("example", "word", "chunk")
+MODES = ("paper", "uncentred")
 VALIDATION = "validation"  # decomposition.alpha: choose alpha on the validation part of the train split
 DEFAULT_ALPHA_GRID = tuple(float(10.0 ** k) for k in range(-6, 5))  # 1e-6 .. 1e4
 WORD_BITS = 24  # word keys: example_id << WORD_BITS | word_id
-MOMENTS_FORMAT = 2  # 2: train split stored as fit + valid parts (format 1 files are refused: re-run)
+MOMENTS_FORMAT = 3  # 2: train split stored as fit + valid parts; 3: + example counts and between-example sums
+# of squares (older files are refused: re-run)
 
 
 # ============================================================================================ moments
@@ -73,12 +82,17 @@ class Moments:
     n: int = 0
     mean: np.ndarray = field(default=None)
     comoment: np.ndarray = field(default=None)
+    # set by compute_pair_moments (see BetweenExamples); `merge` leaves them alone, merge_train combines them
+    groups: int = 0
+    between: np.ndarray = field(default=None)
 
     def __post_init__(self):
         if self.mean is None:
             self.mean = np.zeros(self.dim)
         if self.comoment is None:
             self.comoment = np.zeros((self.dim, self.dim))
+        if self.between is None:
+            self.between = np.zeros(self.dim)
 
     def update(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.float64)
@@ -105,7 +119,7 @@ class Moments:
         self.n = total
 
     def copy(self) -> "Moments":
-        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy())
+        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy(), self.groups, self.between.copy())
 
     def covariance(self) -> np.ndarray:
         """Population covariance (divides by n, as the card's Cov)."""
@@ -124,7 +138,12 @@ def _gram(centred: np.ndarray) -> np.ndarray:
 # ============================================================================================ solving
 @dataclass
 class SplitStats:
-    """Per-split statistics of a target u and a basis z, as population covariances and means."""
+    """Per-split statistics of a target u and a basis z, as population covariances (divided by n) and means.
+
+    n_groups: the number of independent examples the n units come from (n for example and chunk units; the
+    number of reviews for word units); between_share: the share of u's variance that lies between examples
+    (sum_e n_e ||mean_e(u) - mean(u)||^2 / sum_n ||u_n - mean(u)||^2), NaN when unknown.
+    """
 
     n: int
     mean_u: np.ndarray
@@ -132,16 +151,41 @@ class SplitStats:
     cov_uu_trace: float
     cov_uz: np.ndarray  # (d_u, d_z)
     cov_zz: np.ndarray  # (d_z, d_z)
+    n_groups: int | None = None
+    between_share: float = float("nan")
 
     @classmethod
-    def from_rows(cls, u: np.ndarray, z: np.ndarray) -> "SplitStats":
+    def from_rows(cls, u: np.ndarray, z: np.ndarray, groups: np.ndarray | None = None) -> "SplitStats":
         """Direct (unstreamed) statistics of materialised rows; used by tests and the benchmark."""
         u = np.asarray(u, dtype=np.float64)
         z = np.asarray(z, dtype=np.float64)
         n = u.shape[0]
         mu, mz = u.mean(axis=0), z.mean(axis=0)
         uc, zc = u - mu, z - mz
-        return cls(n, mu, mz, float((uc * uc).sum() / n), uc.T @ zc / n, zc.T @ zc / n)
+        n_groups, share = None, float("nan")
+        if groups is not None:
+            labels, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+            means = np.zeros((labels.size, u.shape[1]))
+            np.add.at(means, inverse, u)
+            means /= counts[:, None]
+            n_groups = int(labels.size)
+            share = float((counts[:, None] * (means - mu) ** 2).sum() / (uc * uc).sum())
+        return cls(n, mu, mz, float((uc * uc).sum() / n), uc.T @ zc / n, zc.T @ zc / n, n_groups, share)
+
+    @property
+    def groups(self) -> int:
+        return self.n if self.n_groups is None else self.n_groups
+
+
+def is_underdetermined(n_units: int, n_groups: int, basis_dims: int) -> bool:
+    """True when the train split cannot pin down a fit on basis_dims dimensions.
+
+    Counted in units *and* in independent groups (examples): words of one review share a review-level
+    component, and that component is fitted from one sample per review. With fewer groups than basis
+    dimensions, the between-example part of the fit can interpolate the train examples (an alpha near zero then
+    over-fits, whatever the number of words).
+    """
+    return int(n_units) <= int(basis_dims) or int(n_groups) <= int(basis_dims)
 
 
 @dataclass
@@ -185,30 +229,43 @@ def solve_spd(matrix: np.ndarray, rhs: np.ndarray, what: str = "basis") -> tuple
 
 
 def _normal_equations(train: SplitStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(lhs, rhs) of W lhs = rhs without the ridge term: centred (paper) or raw second moments (authors_code)."""
+    """(lhs, rhs) of W (lhs + alpha I) = rhs, on the scale the mode's alpha is defined on.
+
+    paper (nlp.lmd 0.2.0): the sample covariances of torch.cov, divided by n - 1;
+    uncentred (haozhg/lmd at 1eae068): raw second moments Z Z^T / d_z and U Z^T / d_z (d_z = basis dims, the
+    dev code divided by Z.shape[0] with Z of shape (d_z, n)).
+    """
+    n = train.n
     if mode == "paper":
-        return train.cov_zz, train.cov_uz
-    if mode == "authors_code":
-        return (train.cov_zz + np.outer(train.mean_z, train.mean_z),
-                train.cov_uz + np.outer(train.mean_u, train.mean_z))
+        if n < 2:
+            raise WorkflowInputError(f"a fit needs at least 2 train units, got {n}.")
+        scale = n / (n - 1)
+        return train.cov_zz * scale, train.cov_uz * scale
+    if mode == "uncentred":
+        scale = n / train.cov_zz.shape[0]
+        return ((train.cov_zz + np.outer(train.mean_z, train.mean_z)) * scale,
+                (train.cov_uz + np.outer(train.mean_u, train.mean_z)) * scale)
     raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
 
 
+def _intercept(train: SplitStats, W: np.ndarray, mode: str) -> np.ndarray:
+    return train.mean_u - W @ train.mean_z if mode == "paper" else np.zeros(W.shape[0])
+
+
 def fit_ridge(train: SplitStats, alpha: float, mode: str = "paper", what: str = "basis") -> Fit:
-    """Ridge from train statistics. paper: centred, with intercept; authors_code: raw moments, no intercept."""
+    """Ridge from train statistics. paper: centred, with intercept; uncentred: raw moments, no intercept."""
     lhs, rhs = _normal_equations(train, mode)
     lhs = lhs + alpha * np.eye(lhs.shape[0])
     solution, solver, condition = solve_spd(lhs, rhs.T, what)
     W = solution.T
-    b = train.mean_u - W @ train.mean_z if mode == "paper" else np.zeros(W.shape[0])
-    return Fit(W, b, solver, condition)
+    return Fit(W, _intercept(train, W, mode), solver, condition)
 
 
 def r_squared(fit: Fit, stats: SplitStats, mode: str = "paper") -> tuple[float, float, float]:
     """R², mean squared error and mean total sum of squares on a split, from its moments.
 
     MSE = tr Σuu - 2 tr(W Σzu) + tr(W Σzz W^T) + ||mean_u - W mean_z - b||²  (exact for any W, b).
-    SST about the split's mean (paper) or about zero (authors_code).
+    SST about the split's mean (paper, as nlp.lmd's score) or about zero (uncentred).
     """
     W = fit.W
     offset = stats.mean_u - W @ stats.mean_z - fit.b
@@ -234,8 +291,7 @@ def ridge_path(train: SplitStats, alphas: Sequence[float], mode: str = "paper") 
     fits = []
     for alpha in alphas:
         W = (projected / (values + alpha)) @ vectors.T
-        b = train.mean_u - W @ train.mean_z if mode == "paper" else np.zeros(W.shape[0])
-        fits.append(Fit(W, b, "eigh", float("nan")))
+        fits.append(Fit(W, _intercept(train, W, mode), "eigh", float("nan")))
     return fits
 
 
@@ -347,7 +403,7 @@ def iter_token_units(view: ViewSpec, unit: str, chunk_tokens: int | None = None
     """Units aggregated from tokens.parquet, one chunk per row group.
 
     word: mean of the tokens of each (example_id, word_id), word_id >= 0;
-    paper: sum over every token of the example (special tokens included) / chunk_tokens.
+    chunk: sum over every token of the example (special tokens included) / chunk_tokens.
     An example cut across row groups is carried over to the next one.
     """
     columns = [storage.token_column(layer) for layer in view.layers]
@@ -410,9 +466,9 @@ def iter_token_units(view: ViewSpec, unit: str, chunk_tokens: int | None = None
 def iter_units(view: ViewSpec, unit: str, pooling: str = "mean", chunk_tokens: int | None = None):
     if unit == "example":
         return iter_example_units(view, pooling)
-    if unit in ("word", "paper"):
-        if unit == "paper" and not chunk_tokens:
-            raise WorkflowInputError("unit 'paper' needs the chunk length T (chunk_tokens) of a chunks dataset.")
+    if unit in ("word", "chunk"):
+        if unit == "chunk" and not chunk_tokens:
+            raise WorkflowInputError("unit 'chunk' needs the chunk length T (chunk_tokens) of a chunks dataset.")
         return iter_token_units(view, unit, chunk_tokens)
     raise WorkflowInputError(f"unknown decomposition unit {unit!r}; use one of {UNITS} in decomposition.units.")
 
@@ -454,9 +510,10 @@ class AlignmentCounts:
 
 
 def align_streams(stream_a: Iterable, stream_b: Iterable, counts: AlignmentCounts | None = None,
-                  names: tuple[str, str] = ("a", "b")) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                  names: tuple[str, str] = ("a", "b"), with_keys: bool = False) -> Iterator[tuple]:
     """Join two key-sorted unit streams in lockstep: yields (split codes, vectors of a, vectors of b) per
-    matched block. Keys present in only one stream are dropped (and counted)."""
+    matched block, preceded by the matched keys when with_keys. Keys present in only one stream are dropped
+    (and counted)."""
     counts = counts if counts is not None else AlignmentCounts()
     iters = [iter(stream_a), iter(stream_b)]
     buffers = [None, None]
@@ -505,7 +562,7 @@ def align_streams(stream_a: Iterable, stream_b: Iterable, counts: AlignmentCount
                     f"models {names[0]!r} and {names[1]!r} disagree on the split of unit key {bad}: their hidden "
                     f"states come from different versions of the dataset. Re-run their extraction."
                 )
-            yield ca[ia], va[ia], vb[ib]
+            yield (common, ca[ia], va[ia], vb[ib]) if with_keys else (ca[ia], va[ia], vb[ib])
 
 
 # ================================================================================== pair moment files
@@ -535,7 +592,7 @@ def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: 
     meta = storage.check_hidden_metadata(path, model=model)  # a file of another model is refused
     n_layers = int(meta["n_layers"])
     layers = view_layers(target_layer, basis_layer, n_layers, model)
-    if unit in ("word", "paper"):
+    if unit in ("word", "chunk"):
         stored = sorted({storage.resolve_layer(int(l), n_layers) for l in meta.get("token_layers", [])})
         missing = [l for l in layers if l not in stored]
         if missing:
@@ -547,18 +604,89 @@ def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: 
     return ViewSpec(model, str(path), layers, int(meta["hidden_size"]))
 
 
+class BetweenExamples:
+    """Streamed number of examples and between-example sum of squares, per dimension, of one split's units.
+
+    between = sum_e n_e (mean_e - mean)^2 (a vector over dimensions), mean_e the mean of example e's units.
+    Units arrive in key order, so the units of one example are contiguous; the last example of a block is
+    carried over to the next block. Example means are merged into the running weighted mean with the exact
+    pairwise update (Chan et al.), as Moments does for units.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.groups = 0
+        self.weight = 0
+        self.mean = np.zeros(dim)
+        self.between = np.zeros(dim)
+        self._open = None  # (example_id, count, sum) of the example still receiving units
+
+    def update(self, example_ids: np.ndarray, rows: np.ndarray) -> None:
+        if example_ids.size == 0:
+            return
+        rows = np.asarray(rows, dtype=np.float64)
+        starts = np.flatnonzero(np.r_[True, example_ids[1:] != example_ids[:-1]])
+        sums = np.add.reduceat(rows, starts, axis=0)
+        counts = np.diff(np.r_[starts, example_ids.size])
+        ids = example_ids[starts]
+        if self._open is not None:
+            if ids[0] == self._open[0]:
+                counts[0] += self._open[1]
+                sums[0] += self._open[2]
+            else:
+                self._add(np.array([self._open[1]]), self._open[2][None, :])
+        self._open = (ids[-1], int(counts[-1]), sums[-1].copy())
+        self._add(counts[:-1], sums[:-1])
+
+    def finish(self) -> None:
+        if self._open is not None:
+            self._add(np.array([self._open[1]]), self._open[2][None, :])
+            self._open = None
+
+    def _add(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        if counts.size == 0:
+            return
+        weights = counts.astype(np.float64)
+        means = sums / weights[:, None]
+        total = float(weights.sum())
+        block_mean = weights @ means / total
+        block_between = weights @ (means - block_mean) ** 2
+        self.groups += int(counts.size)
+        self._merge(total, block_mean, block_between)
+
+    def _merge(self, weight: float, mean: np.ndarray, between: np.ndarray) -> None:
+        if self.weight == 0:
+            self.weight, self.mean, self.between = weight, mean.copy(), between.copy()
+            return
+        total = self.weight + weight
+        delta = mean - self.mean
+        self.between = self.between + between + delta ** 2 * (self.weight * weight / total)
+        self.mean = self.mean + delta * (weight / total)
+        self.weight = total
+
+
+def merge_between(n_a: int, mean_a: np.ndarray, between_a: np.ndarray, n_b: int, mean_b: np.ndarray,
+                  between_b: np.ndarray) -> np.ndarray:
+    """Between-example sums of squares of two splits with disjoint examples, merged exactly."""
+    if n_a == 0 or n_b == 0:
+        return between_a + between_b
+    return between_a + between_b + (mean_a - mean_b) ** 2 * (n_a * n_b / (n_a + n_b))
+
+
 def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling: str = "mean",
                          chunk_tokens: int | None = None, block_rows: int = 8192, validation_fraction: float = 0.2,
                          validation_seed: int = 0) -> tuple[dict, AlignmentCounts]:
     """One streamed pass over both models' files: moments of the concatenation [a views, b views] for the
-    `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split.
-    `merge_train` gives the whole train split."""
+    `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split,
+    and per split the examples' count and between-example sums of squares (moments[split].groups /
+    .between, see BetweenExamples). `merge_train` gives the whole train split."""
     dim = view_a.hidden_size * len(view_a.layers) + view_b.hidden_size * len(view_b.layers)
     moments = {split: Moments(dim) for split in STORED_SPLITS}
+    between = {split: BetweenExamples(dim) for split in STORED_SPLITS}
     counts = AlignmentCounts()
     streams = [mark_validation(iter_units(view, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed)
                for view in (view_a, view_b)]
-    stream = align_streams(*streams, counts, (view_a.model, view_b.model))
+    stream = align_streams(*streams, counts, (view_a.model, view_b.model), with_keys=True)
     # Small row groups are gathered into blocks of about `block_rows` before the rank-k update (BLAS is
     # faster on big blocks); memory stays bounded by the block, not by the corpus.
     pending = {split: [] for split in STORED_SPLITS}
@@ -570,24 +698,33 @@ def compute_pair_moments(view_a: ViewSpec, view_b: ViewSpec, unit: str, pooling:
             moments[split].update(np.vstack(pending[split]))
             pending[split], pending_rows[split] = [], 0
 
-    for codes, va, vb in stream:
+    for keys, codes, va, vb in stream:
         rows = np.hstack([va, vb])
+        examples = unit_example_ids(keys, unit)
         for split, code in code_of.items():
             mask = codes == code
             if mask.any():
                 pending[split].append(rows[mask])
                 pending_rows[split] += int(mask.sum())
+                between[split].update(examples[mask], rows[mask])
                 if pending_rows[split] >= block_rows:
                     flush(split)
     for split in STORED_SPLITS:
         flush(split)
+        between[split].finish()
+        moments[split].groups = between[split].groups
+        moments[split].between = between[split].between
     return moments, counts
 
 
 def merge_train(moments: dict) -> Moments:
-    """The whole train split: the fit and valid parts merged (exact, Chan et al.)."""
-    train = moments["fit"].copy()
-    train.merge(moments["valid"])
+    """The whole train split: the fit and valid parts merged (exact, Chan et al.), with their examples' counts
+    and between-example sums of squares (the parts hold disjoint examples)."""
+    fit, valid = moments["fit"], moments["valid"]
+    train = fit.copy()
+    train.merge(valid)
+    train.groups = fit.groups + valid.groups
+    train.between = merge_between(fit.n, fit.mean, fit.between, valid.n, valid.mean, valid.between)
     return train
 
 
@@ -606,6 +743,8 @@ def save_pair_moments(path, view_a: ViewSpec, view_b: ViewSpec, moments: dict, i
         arrays[f"n_{split}"] = np.array(mom.n)
         arrays[f"mean_{split}"] = mom.mean
         arrays[f"comoment_{split}"] = mom.comoment
+        arrays[f"groups_{split}"] = np.array(mom.groups)
+        arrays[f"between_{split}"] = mom.between
     with storage.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -621,6 +760,8 @@ class PairMoments:
     comoment: dict
 
     validation: tuple = (0.2, 0)  # (fraction, seed) of the fit / valid cut of the train split
+    groups: dict = field(default_factory=dict)  # per split: number of examples the units come from
+    between: dict = field(default_factory=dict)  # per split: between-example sum of squares per dimension
 
     @classmethod
     def load(cls, path) -> "PairMoments":
@@ -631,13 +772,15 @@ class PairMoments:
         with data:
             _check_format(data, path)
             dim = int(data["comoment_test"].shape[0])
-            parts = {s: Moments(dim, int(data[f"n_{s}"]), data[f"mean_{s}"], data[f"comoment_{s}"]) for s in STORED_SPLITS}
+            parts = {s: Moments(dim, int(data[f"n_{s}"]), data[f"mean_{s}"], data[f"comoment_{s}"],
+                                int(data[f"groups_{s}"]), data[f"between_{s}"]) for s in STORED_SPLITS}
             fraction, seed = (float(v) for v in data["validation"])
             models, dims = tuple(str(m) for m in data["models"]), tuple(int(d) for d in data["dims"])
             layers = (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"]))
         parts["train"] = merge_train(parts)
         return cls(models, dims, layers, {s: parts[s].n for s in ALL_SPLITS}, {s: parts[s].mean for s in ALL_SPLITS},
-                   {s: parts[s].comoment for s in ALL_SPLITS}, (fraction, int(seed)))
+                   {s: parts[s].comoment for s in ALL_SPLITS}, (fraction, int(seed)),
+                   {s: parts[s].groups for s in ALL_SPLITS}, {s: parts[s].between for s in ALL_SPLITS})
 
     def slices(self, model: str) -> list[slice]:
         """Column slices of a model's views (target view first) inside this pair's concatenation."""
@@ -650,6 +793,12 @@ class PairMoments:
         views = self.slices(model)
         return views[0] if role == "target" or len(views) == 1 else views[1]
 
+    def between_share(self, model: str, split: str, role: str = "target") -> float:
+        """Share of a model view's variance (its sum of squares about the mean) lying between examples."""
+        view = self.view_slice(model, role)
+        total = float(np.trace(self.comoment[split][view, view]))
+        return float(self.between[split][view].sum()) / total if total > 0 else float("nan")
+
 
 # ======================================================================================== fitting
 def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str) -> SplitStats:
@@ -658,7 +807,7 @@ def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str
     su, sz = pair.view_slice(target, "target"), pair.view_slice(basis, "basis")
     cov = pair.comoment[split] / n if n else np.full(pair.comoment[split].shape, np.nan)
     return SplitStats(n, pair.mean[split][su], pair.mean[split][sz], float(np.trace(cov[su, su])),
-                      cov[su, sz], cov[sz, sz])
+                      cov[su, sz], cov[sz, sz], pair.groups[split], pair.between_share(target, split))
 
 
 def _check_format(data, path) -> None:
@@ -677,9 +826,11 @@ def _read_header(path) -> dict:
             _check_format(data, path)
             n = {s: int(data[f"n_{s}"]) for s in STORED_SPLITS}
             n["train"] = n["fit"] + n["valid"]
+            groups = {s: int(data[f"groups_{s}"]) for s in STORED_SPLITS}
+            groups["train"] = groups["fit"] + groups["valid"]
             return {"models": tuple(str(m) for m in data["models"]), "dims": tuple(int(d) for d in data["dims"]),
                     "layers": (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
-                    "n": n, "validation": tuple(float(v) for v in data["validation"])}
+                    "n": n, "groups": groups, "validation": tuple(float(v) for v in data["validation"])}
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
 
@@ -689,7 +840,7 @@ class JointMoments:
 
     Off-diagonal blocks (m, m') come from the pair (m, m'); a model's own block and mean come from the first
     pair (in canonical order) that holds it. When every pair aligned the same units (always for `example` and
-    `paper` units; for `word` units when no word is missing from any model), this is exactly the joint
+    `chunk` units; for `word` units when no word is missing from any model), this is exactly the joint
     covariance; otherwise it is the pairwise-complete estimate, and `consistent` says so.
     Pair files are read one at a time: memory is one joint matrix per split in `splits` (2: train, test for a
     fixed alpha; 4: fit, valid, train, test for alpha='validation'), each (sum of view dims)^2 x 8 bytes, plus the
@@ -705,6 +856,7 @@ class JointMoments:
         if missing:
             raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
         self.dims, self.layers, self.n = {}, {}, {split: {} for split in ALL_SPLITS}
+        self.groups = {split: {} for split in ALL_SPLITS}
         self.validation = set()
         for pair in model_pairs(self.models):
             header = _read_header(self.paths[pair])
@@ -718,6 +870,7 @@ class JointMoments:
                     )
             for split in ALL_SPLITS:
                 self.n[split][pair] = header["n"][split]
+                self.groups[split][pair] = header["groups"][split]
             self.validation.add(header["validation"])
         if len(self.validation) > 1:
             raise WorkflowInputError(
@@ -733,6 +886,7 @@ class JointMoments:
         self.cov = {split: np.zeros((total, total)) for split in self.splits}
         self.mean = {split: np.zeros(total) for split in self.splits}
         self.model_n = {split: {} for split in self.splits}
+        self.share = {split: {} for split in self.splits}  # per model (target view): between-example share
         for pair_name in model_pairs(self.models):
             pair = PairMoments.load(self.paths[pair_name])
             a, b = pair.models
@@ -747,6 +901,7 @@ class JointMoments:
                         self.cov[split][j, j] = cov[p, p]
                         self.mean[split][j] = pair.mean[split][p]
                         self.model_n[split][model] = pair.n[split]
+                        self.share[split][model] = pair.between_share(model, split)
             del pair
 
     def _span(self, model: str) -> slice:
@@ -770,8 +925,9 @@ class JointMoments:
         iz = np.concatenate([self.view(m, "basis") for m in basis])
         cov, mean = self.cov[split], self.mean[split]
         n_values = [self.n[split][p] for p in model_pairs([target, *basis])]
+        group_values = [self.groups[split][p] for p in model_pairs([target, *basis])]
         return SplitStats(min(n_values), mean[iu], mean[iz], float(np.trace(cov[np.ix_(iu, iu)])),
-                          cov[np.ix_(iu, iz)], cov[np.ix_(iz, iz)])
+                          cov[np.ix_(iu, iz)], cov[np.ix_(iz, iz)], min(group_values), self.share[split][target])
 
 
 def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: int) -> None:
@@ -788,15 +944,20 @@ def _fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str,
     fit = fit_ridge(train, alpha, mode, what=what)
     r2_train = r_squared(fit, train, mode)[0]
     r2_test, mse, sst = r_squared(fit, test, mode)
-    underdetermined = train.n <= train.cov_zz.shape[0]
+    dims = train.cov_zz.shape[0]
+    underdetermined = is_underdetermined(train.n, train.groups, dims)
     if underdetermined:
+        share = "" if not np.isfinite(train.between_share) else (
+            f"; {100 * train.between_share:.0f} % of the target's train variance lies between examples")
         LOG.warning(
-            "%s: %d train units for %d basis dimensions: the fit interpolates the train split (train R2 %.3f) and "
-            "the test R2 (%.3f) mostly measures over-fitting; use more units (the word unit, a larger dataset) or "
-            "a larger decomposition.alpha", what, train.n, train.cov_zz.shape[0], r2_train, r2_test,
+            "%s: %d train units from %d independent examples for %d basis dimensions%s: the fit can interpolate the "
+            "train examples (train R2 %.3f) and the test R2 (%.3f) mostly measures over-fitting; use more examples "
+            "(not only more units per example), fewer basis dimensions, or a larger decomposition.alpha (e.g. "
+            "'validation')", what, train.n, train.groups, dims, share, r2_train, r2_test,
         )
     return fit, {"r2_train": r2_train, "r2_test": r2_test, "mse_test": mse, "sst_test": sst, "solver": fit.solver,
-                 "underdetermined": underdetermined}
+                 "underdetermined": underdetermined, "n_train_examples": train.groups,
+                 "between_example_share": train.between_share}
 
 
 def check_validation_split(fit_part: SplitStats, valid_part: SplitStats, what: str, min_train: int, min_valid: int,
@@ -973,6 +1134,13 @@ def run_moments(smk) -> None:
     LOG.info("units: %d aligned (train %d = fit %d + validation %d, test %d); dropped %d only in %s, %d only in %s; "
              "%.1f s", counts.matched, moments["fit"].n + moments["valid"].n, moments["fit"].n, moments["valid"].n,
              moments["test"].n, counts.only_a, view_a.model, counts.only_b, view_b.model, time.perf_counter() - started)
+    train = merge_train(moments)
+    total = train.comoment.diagonal()
+    for view, start, stop in ((view_a, 0, view_a.hidden_size), (view_b, view_a.hidden_size * len(view_a.layers),
+                                                               view_a.hidden_size * len(view_a.layers) + view_b.hidden_size)):
+        ss = float(total[start:stop].sum())
+        LOG.info("%s: %d train units from %d examples; between-example share of the train variance %.3f", view.model,
+                 train.n, train.groups, float(train.between[start:stop].sum()) / ss if ss > 0 else float("nan"))
     if counts.matched == 0:
         raise WorkflowInputError(
             f"models {view_a.model!r} and {view_b.model!r} share no {wc.unit!r} unit on dataset {wc.dataset!r}: "

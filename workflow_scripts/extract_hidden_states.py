@@ -40,6 +40,7 @@ class ExtractionSettings:
     compute_dtype: str = "float32"
     device: str = "auto"
     nonfinite: str = "fail"
+    truncation_note: str = ""  # set for datasets whose truncation is the protocol (chunks datasets)
 
     @classmethod
     def from_config(cls, section: dict) -> "ExtractionSettings":
@@ -202,6 +203,11 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
     max_length = min(settings.max_length, max_positions - (2 if model.config.model_type in ("roberta", "xlm-roberta",
                                                                                                "longformer", "mpnet")
                                                            else 0))
+    if max_length < settings.max_length and settings.truncation_note:
+        raise WorkflowInputError(
+            f"model {model_name!r} reads at most {max_length} tokens (its position embeddings), fewer than the "
+            f"{settings.max_length} tokens of each input of dataset {dataset_name!r} ({settings.truncation_note}); "
+            f"use a chunks dataset with chunk_tokens <= {max_length} or leave this model out of it.")
     if max_length < settings.max_length:
         LOG.info("max_length capped at %d by the model's position embeddings", max_length)
     store_type = pa.float16() if settings.store_dtype == "float16" else pa.float32()
@@ -267,7 +273,9 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
              counts.examples, n, counts.tokens, counts.truncated, max_length, counts.nonfinite_dropped,
              counts.batches, 100 * (counts.padded_tokens / max(counts.tokens, 1) - 1), counts.forward_seconds,
              elapsed, counts.tokens / max(elapsed, 1e-9))
-    if counts.truncated:
+    if counts.truncated and settings.truncation_note:
+        LOG.info("%d example(s) were truncated at %d tokens: %s", counts.truncated, max_length, settings.truncation_note)
+    elif counts.truncated:
         LOG.warning("%d example(s) were longer than %d tokens and were truncated (raise extraction.max_length "
                     "to keep them whole)", counts.truncated, max_length)
     return counts
