@@ -16,7 +16,7 @@ MODELS = {entry["name"]: entry for entry in config["models"]}
 DATASETS = {entry["name"]: entry for entry in config["datasets"]}
 MODEL_NAMES = list(MODELS)
 DATASET_NAMES = list(DATASETS)
-EXTERNAL_SOURCES = ("hub", "local", "package", "archive")
+EXTERNAL_SOURCES = ("hub", "local", "package", "archive", "onnx")
 
 
 def models_of_source(*sources):

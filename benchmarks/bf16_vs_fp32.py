@@ -1,0 +1,182 @@
+"""How far every analysis's numbers move when the hidden states come from a bf16 (or fp16, tf32) forward pass.
+
+    nice -n 10 .venv/bin/python benchmarks/bf16_vs_fp32.py --reference /work/before --workdir /tmp/bf16run \
+        [--precision bfloat16] [--cores 2] [--compare-only]
+
+--reference is a finished float32 run of the default (a project copy whose results/ holds the models, the data
+and every analysis table); it is only read. The script
+1. sets up --workdir with the reference's config.yaml, symlinks to its results/models/* and a copy of its
+   results/data/*.parquet (no model is re-made: the models are the same bytes as in the reference);
+2. extracts every (dataset, model)'s hidden states with the same extraction code (workflow_scripts/
+   extract_hidden_states.extract) but a forward pass in the emulated precision (workflow_scripts/
+   precision_emulation.py: weights rounded, every op's output rounded, as on a GPU; a real bf16 forward runs ~25x
+   slower on a CPU without bf16 instructions, and the emulation's error matches it, tests/
+   test_precision_emulation.py);
+3. runs the analyses (decomposition, variability, compression, geometry; not the two-tower LM, which does not read
+   hidden states) on those states with Snakemake in --workdir (`--until` the analysis rules);
+4. compares every analysis table (CSV) with the reference's: per table and numeric column the largest absolute
+   difference over rows, plus the headline numbers per analysis, written to --workdir/precision_deltas.csv and
+   printed as a Markdown table (docs/performance.md, "GPU precision").
+"""
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+ANALYSES = ("decomposition", "variability", "compression", "geometry")
+UNTIL_RULES = ["decomposition_fit", "variability_summary", "compression_dataset", "geometry_regression"]
+# rules that must never run in the work directory (their outputs come from the reference or from step 2)
+FORBIDDEN = ["materialise_model", "perturb_model", "finetune_model", "prepare_dataset", "extract_hidden_states"]
+LOG = logging.getLogger("bf16_vs_fp32")
+
+
+def setup_workdir(reference: Path, workdir: Path) -> dict:
+    (workdir / "results" / "models").mkdir(parents=True, exist_ok=True)
+    (workdir / "results" / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(reference / "config.yaml", workdir / "config.yaml")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for model_dir in sorted((reference / "results" / "models").iterdir()):
+        link = workdir / "results" / "models" / model_dir.name
+        if not link.exists():
+            link.symlink_to(model_dir.resolve(), target_is_directory=True)
+    for data in sorted((reference / "results" / "data").glob("*.parquet")):
+        target = workdir / "results" / "data" / data.name
+        if not target.exists():
+            shutil.copyfile(data, target)  # a new mtime: newer than the models, older than the hidden states
+    return config
+
+
+def extract_all(config: dict, workdir: Path, precision: str, threads: int) -> list[dict]:
+    import torch
+
+    from workflow_scripts import extract_hidden_states as ex
+    from workflow_scripts.precision_emulation import emulate
+
+    torch.set_num_threads(threads)
+    original_load = ex.load_model
+
+    def load_emulated(*args, **kwargs):
+        return emulate(original_load(*args, **kwargs), precision)
+
+    ex.load_model = load_emulated
+    settings = ex.ExtractionSettings.from_config(config.get("extraction", {}))
+    datasets = config.get("extraction", {}).get("datasets") or [d["name"] for d in config["datasets"]]
+    rows = []
+    try:
+        for dataset in datasets:
+            for entry in config["models"]:
+                model = entry["name"]
+                out = workdir / "results" / "hidden" / dataset / model
+                if (out / "tokens.parquet").exists():
+                    continue
+                out.mkdir(parents=True, exist_ok=True)
+                tic = time.perf_counter()
+                counts = ex.extract(workdir / "results" / "models" / model, workdir / "results" / "data" /
+                                    f"{dataset}.parquet", out / "pooled.parquet", out / "tokens.parquet", settings,
+                                    model_name=model, dataset_name=dataset, progress=False)
+                rows.append({"dataset": dataset, "model": model, "tokens": counts.tokens,
+                             "seconds": time.perf_counter() - tic})
+                LOG.info("extracted %s/%s in %s emulation: %d tokens, %.0f s", dataset, model, precision,
+                         counts.tokens, rows[-1]["seconds"])
+    finally:
+        ex.load_model = original_load
+    return rows
+
+
+def run_analyses(workdir: Path, cores: int) -> None:
+    command = [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
+               "--cores", str(cores), "--rerun-triggers", "mtime", "--until", *UNTIL_RULES,
+               "--omit-from", *FORBIDDEN]
+    LOG.info("running %s", " ".join(command))
+    with open(workdir / "snakemake.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+
+
+def key_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c]) or
+            pd.api.types.is_bool_dtype(table[c]) or c in ("layer", "k", "seed", "dim", "rank", "n", "fold")]
+
+
+def compare_tables(reference: Path, workdir: Path) -> pd.DataFrame:
+    """Per analysis table and numeric column: largest |new - reference| over rows and the reference's range."""
+    rows = []
+    for analysis in ANALYSES:
+        ref_root = reference / "results" / "analysis" / analysis
+        for ref_path in sorted(ref_root.rglob("*.csv")):
+            rel = ref_path.relative_to(reference / "results" / "analysis")
+            new_path = workdir / "results" / "analysis" / rel
+            if not new_path.exists():
+                rows.append({"analysis": analysis, "table": str(rel), "column": None, "note": "missing in the run"})
+                continue
+            ref, new = pd.read_csv(ref_path), pd.read_csv(new_path)
+            keys = [c for c in key_columns(ref) if c in new.columns]
+            numeric = [c for c in ref.columns if c not in keys and pd.api.types.is_numeric_dtype(ref[c])
+                       and c in new.columns]
+            if len(ref) != len(new):
+                rows.append({"analysis": analysis, "table": str(rel), "column": None,
+                             "note": f"{len(ref)} rows in the reference, {len(new)} here"})
+                continue
+            if keys:
+                merged = ref.merge(new, on=keys, how="outer", suffixes=("_ref", "_new"), indicator=True)
+                if (merged["_merge"] != "both").any():  # keys differ (e.g. a selected layer): compare by position
+                    merged = ref.join(new, lsuffix="_ref", rsuffix="_new")
+            else:
+                merged = ref.join(new, lsuffix="_ref", rsuffix="_new")
+            for column in numeric:
+                a = pd.to_numeric(merged[f"{column}_ref"], errors="coerce").to_numpy(float)
+                b = pd.to_numeric(merged[f"{column}_new"], errors="coerce").to_numpy(float)
+                both = np.isfinite(a) & np.isfinite(b)
+                diff = np.abs(a - b)[both]
+                rows.append({"analysis": analysis, "table": str(rel), "column": column, "rows": int(both.sum()),
+                             "max_abs_delta": float(diff.max()) if diff.size else np.nan,
+                             "median_abs_delta": float(np.median(diff)) if diff.size else np.nan,
+                             "ref_min": float(np.nanmin(a)) if np.isfinite(a).any() else np.nan,
+                             "ref_max": float(np.nanmax(a)) if np.isfinite(a).any() else np.nan,
+                             "nan_mismatch": int((np.isfinite(a) != np.isfinite(b)).sum()), "note": ""})
+            for column in [c for c in keys if c in ref.columns and c in new.columns and c not in ("model", "dataset")]:
+                if not ref[column].astype(str).equals(new[column].astype(str)):
+                    changed = int((ref[column].astype(str) != new[column].astype(str)).sum())
+                    rows.append({"analysis": analysis, "table": str(rel), "column": column,
+                                 "note": f"{changed} row(s) with a different value (a choice changed)"})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, required=True, help="a finished float32 default run (read only)")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "tf32"])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--compare-only", action="store_true", help="skip extraction and analyses")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("workflow").setLevel(logging.WARNING)
+    reference, workdir = args.reference.resolve(), args.workdir.resolve()
+    if not (reference / "results" / "analysis").is_dir():
+        raise SystemExit(f"{reference}/results/analysis is missing: --reference must be a finished default run")
+    if not args.compare_only:
+        config = setup_workdir(reference, workdir)
+        started = time.perf_counter()
+        timings = extract_all(config, workdir, args.precision, args.cores)
+        pd.DataFrame(timings).to_csv(workdir / "extraction_times.csv", index=False)
+        LOG.info("extraction done in %.0f s; running the analyses", time.perf_counter() - started)
+        run_analyses(workdir, args.cores)
+    deltas = compare_tables(reference, workdir)
+    deltas.insert(0, "precision", args.precision)
+    deltas.to_csv(workdir / "precision_deltas.csv", index=False)
+    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_colwidth", 70):
+        print(deltas.drop(columns=["precision"]).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
