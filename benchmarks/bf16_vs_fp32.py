@@ -56,7 +56,7 @@ def setup_workdir(reference: Path, workdir: Path) -> dict:
     return config
 
 
-def extract_all(config: dict, workdir: Path, precision: str, threads: int) -> list[dict]:
+def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=None) -> list[dict]:
     import torch
 
     from workflow_scripts import extract_hidden_states as ex
@@ -76,6 +76,10 @@ def extract_all(config: dict, workdir: Path, precision: str, threads: int) -> li
         for dataset in datasets:
             for entry in config["models"]:
                 model = entry["name"]
+                if only and model not in only:
+                    continue
+                if not (workdir / "results" / "models" / model).exists():
+                    raise SystemExit(f"model {model} is not in the reference's results/models yet; wait for it")
                 out = workdir / "results" / "hidden" / dataset / model
                 if (out / "tokens.parquet").exists():
                     continue
@@ -157,19 +161,27 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "tf32"])
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--compare-only", action="store_true", help="skip extraction and analyses")
+    parser.add_argument("--stage", choices=["all", "extract", "analyse", "compare"], default="all",
+                        help="extract: only the hidden states (--models limits them); analyse: the analyses and "
+                             "the comparison; compare: only the comparison")
+    parser.add_argument("--models", nargs="*", default=None, help="(extract) only these models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("workflow").setLevel(logging.WARNING)
     reference, workdir = args.reference.resolve(), args.workdir.resolve()
-    if not (reference / "results" / "analysis").is_dir():
-        raise SystemExit(f"{reference}/results/analysis is missing: --reference must be a finished default run")
-    if not args.compare_only:
+    if args.stage in ("all", "extract"):
         config = setup_workdir(reference, workdir)
         started = time.perf_counter()
-        timings = extract_all(config, workdir, args.precision, args.cores)
-        pd.DataFrame(timings).to_csv(workdir / "extraction_times.csv", index=False)
-        LOG.info("extraction done in %.0f s; running the analyses", time.perf_counter() - started)
+        timings = extract_all(config, workdir, args.precision, args.cores, args.models)
+        times = workdir / "extraction_times.csv"
+        pd.concat(([pd.read_csv(times)] if times.exists() else []) + [pd.DataFrame(timings)]).to_csv(times, index=False)
+        LOG.info("extraction done in %.0f s", time.perf_counter() - started)
+        if args.stage == "extract":
+            return
+    if not (reference / "results" / "analysis").is_dir():
+        raise SystemExit(f"{reference}/results/analysis is missing: --reference must be a finished default run")
+    if args.stage in ("all", "analyse"):
+        setup_workdir(reference, workdir)
         run_analyses(workdir, args.cores)
     deltas = compare_tables(reference, workdir)
     deltas.insert(0, "precision", args.precision)

@@ -157,7 +157,7 @@ def convert(onnx_path, tokenizer_path, target) -> dict:
     """Write a DistilBertModel folder (safetensors, config, fast tokenizer) into `target`; returns provenance."""
     import onnx
     import torch
-    from transformers import DistilBertModel, PreTrainedTokenizerFast
+    from transformers import DistilBertModel
 
     onnx_path, tokenizer_path, target = Path(onnx_path), Path(tokenizer_path), Path(target)
     try:
@@ -184,16 +184,22 @@ def convert(onnx_path, tokenizer_path, target) -> dict:
     if not tokenizer_path.exists():
         raise WorkflowInputError(f"no tokenizer file {tokenizer_path} next to the ONNX file; set the entry's "
                                  f"`tokenizer` to the tokenizer.json the model was exported with.")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_path), unk_token="[UNK]", sep_token="[SEP]",
-                                        pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
-                                        model_max_length=config.max_position_embeddings)
-    tokenizer.save_pretrained(target)
+    tokenizer_from_file(tokenizer_path, config.max_position_embeddings).save_pretrained(target)
     LOG.info("converted %s: %d layers, width %d, %d heads, vocabulary %d, %s weights; dropped %s",
              onnx_path.name, config.n_layers, config.dim, config.n_heads, config.vocab_size, facts["weight_dtype"],
              dropped)
     return {"onnx_file": str(onnx_path), "onnx_sha256": _sha256(onnx_path), "onnx_producer":
             f"{model_proto.producer_name} {model_proto.producer_version}".strip(),
             "tokenizer_file": str(tokenizer_path), "dropped_tensors": dropped, **facts}
+
+
+def tokenizer_from_file(tokenizer_path, model_max_length: int = 512):
+    """A fast tokenizer from a BERT-style tokenizer.json ([CLS] ... [SEP], [PAD], [UNK], [MASK])."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_path), unk_token="[UNK]", sep_token="[SEP]",
+                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+                                   model_max_length=model_max_length)
 
 
 def compare_with_onnx(onnx_path, folder, texts, head_prefix: str = "classifier") -> dict:
