@@ -97,6 +97,49 @@ def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=
     return rows
 
 
+def state_errors(reference: Path, config: dict, n_texts: int, threads: int) -> pd.DataFrame:
+    """Median relative error |h - h32| / |h32| of every model's token states (first and last layer) and of the
+    mean-pooled last layer, per emulated precision, on the first n_texts texts of each dataset."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from workflow_scripts.precision_emulation import PRECISIONS, emulate
+
+    torch.set_num_threads(threads)
+    datasets = config.get("extraction", {}).get("datasets") or [d["name"] for d in config["datasets"]]
+    max_length = config.get("extraction", {}).get("max_length", 128)
+    rows = []
+    for dataset in datasets:
+        texts = pd.read_parquet(reference / "results" / "data" / f"{dataset}.parquet",
+                                columns=["text"])["text"].head(n_texts).tolist()
+        for entry in config["models"]:
+            folder = reference / "results" / "models" / entry["name"]
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                                return_token_type_ids=False)
+            mask = encoded["attention_mask"].bool()
+            weights = encoded["attention_mask"].unsqueeze(-1).float()
+            outputs = {}
+            for precision in PRECISIONS:
+                model = emulate(AutoModel.from_pretrained(folder, local_files_only=True).eval(), precision)
+                with torch.inference_mode():
+                    outputs[precision] = [h.float() for h in model(**encoded, output_hidden_states=True).hidden_states]
+            ref = outputs["float32"]
+            for precision in PRECISIONS[1:]:
+                new = outputs[precision]
+
+                def rel(a, b):
+                    return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).median())
+
+                pooled = lambda h: (h * weights).sum(1) / weights.sum(1)  # noqa: E731
+                rows.append({"dataset": dataset, "model": entry["name"], "precision": precision,
+                             "tokens": int(mask.sum()), "layer_1_tokens": rel(new[1][mask], ref[1][mask]),
+                             "last_layer_tokens": rel(new[-1][mask], ref[-1][mask]),
+                             "last_layer_mean": rel(pooled(new[-1]), pooled(ref[-1]))})
+            LOG.info("state errors of %s done", entry["name"])
+    return pd.DataFrame(rows)
+
+
 def run_analyses(workdir: Path, cores: int) -> None:
     command = [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
                "--cores", str(cores), "--rerun-triggers", "mtime", "--until", *UNTIL_RULES,
@@ -161,14 +204,22 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "tf32"])
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--stage", choices=["all", "extract", "analyse", "compare"], default="all",
+    parser.add_argument("--stage", choices=["all", "extract", "analyse", "compare", "states"], default="all",
                         help="extract: only the hidden states (--models limits them); analyse: the analyses and "
                              "the comparison; compare: only the comparison")
     parser.add_argument("--models", nargs="*", default=None, help="(extract) only these models")
+    parser.add_argument("--texts", type=int, default=64, help="(states) texts per dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("workflow").setLevel(logging.WARNING)
     reference, workdir = args.reference.resolve(), args.workdir.resolve()
+    if args.stage == "states":
+        config = yaml.safe_load((reference / "config.yaml").read_text())
+        errors = state_errors(reference, config, args.texts, args.cores)
+        workdir.mkdir(parents=True, exist_ok=True)
+        errors.to_csv(workdir / "state_errors.csv", index=False)
+        print(errors.to_markdown(index=False, floatfmt=".2e") if hasattr(errors, "to_markdown") else errors)
+        return
     if args.stage in ("all", "extract"):
         config = setup_workdir(reference, workdir)
         started = time.perf_counter()
