@@ -114,6 +114,9 @@ def state_errors(reference: Path, config: dict, n_texts: int, threads: int) -> p
                                 columns=["text"])["text"].head(n_texts).tolist()
         for entry in config["models"]:
             folder = reference / "results" / "models" / entry["name"]
+            if not folder.exists():
+                LOG.warning("model %s is not in %s yet: left out", entry["name"], folder.parent)
+                continue
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
                                 return_token_type_ids=False)

@@ -64,3 +64,14 @@ def test_emulation_leaves_float32_and_integer_work_alone(tiny_models):
     assert torch.equal(before, same)
     with pytest.raises(ValueError, match="unknown precision"):
         round_to(torch.ones(2), "int4")
+
+
+def test_pick_dtype_on_the_cpu():
+    from workflow_scripts.model_loading import AUTO_GPU_PRECISION, dtype_label, pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu) == torch.float32 and pick_dtype("tf32", cpu) == torch.float32
+    assert pick_dtype("float16", cpu) == torch.float32  # no fp16 matmul kernels worth using on a CPU
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16  # exact bf16 there (slow), e.g. to check the emulation
+    assert dtype_label(torch.float32, cpu) == "float32" and dtype_label(torch.bfloat16, cpu) == "bfloat16"
+    assert AUTO_GPU_PRECISION in ("float32", "tf32", "float16", "bfloat16")
