@@ -16,10 +16,14 @@ and every analysis table); it is only read. The script
    hidden states) on those states with Snakemake in --workdir (`--until` the analysis rules);
 4. compares every analysis table (CSV) with the reference's: per table and numeric column the largest absolute
    difference over rows, plus the headline numbers per analysis, written to --workdir/precision_deltas.csv and
-   printed as a Markdown table (docs/performance.md, "GPU precision").
+   printed as a table (docs/performance.md, "GPU precision").
+--stage states instead measures, per model and emulated precision (tf32, float16, bfloat16), the median relative
+error of the token states and of the mean-pooled last layer against float32 on the first --texts texts.
 """
 import argparse
 import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,10 +44,11 @@ FORBIDDEN = ["materialise_model", "perturb_model", "finetune_model", "prepare_da
 LOG = logging.getLogger("bf16_vs_fp32")
 
 
-def setup_workdir(reference: Path, workdir: Path) -> dict:
+def setup_workdir(reference: Path, workdir: Path, config_file: Path | None = None) -> dict:
     (workdir / "results" / "models").mkdir(parents=True, exist_ok=True)
     (workdir / "results" / "data").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(reference / "config.yaml", workdir / "config.yaml")
+    if not (workdir / "config.yaml").exists():
+        shutil.copy2(config_file or reference / "config.yaml", workdir / "config.yaml")
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     for model_dir in sorted((reference / "results" / "models").iterdir()):
         link = workdir / "results" / "models" / model_dir.name
@@ -52,7 +57,9 @@ def setup_workdir(reference: Path, workdir: Path) -> dict:
     for data in sorted((reference / "results" / "data").glob("*.parquet")):
         target = workdir / "results" / "data" / data.name
         if not target.exists():
-            shutil.copyfile(data, target)  # a new mtime: newer than the models, older than the hidden states
+            shutil.copyfile(data, target)
+        stat = data.stat()  # the reference's mtime: older than the models made from it, so nothing reruns
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return config
 
 
@@ -97,7 +104,7 @@ def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=
     return rows
 
 
-def state_errors(reference: Path, config: dict, n_texts: int, threads: int) -> pd.DataFrame:
+def state_errors(reference: Path, config: dict, n_texts: int, threads: int, only=None) -> pd.DataFrame:
     """Median relative error |h - h32| / |h32| of every model's token states (first and last layer) and of the
     mean-pooled last layer, per emulated precision, on the first n_texts texts of each dataset."""
     import torch
@@ -113,6 +120,8 @@ def state_errors(reference: Path, config: dict, n_texts: int, threads: int) -> p
         texts = pd.read_parquet(reference / "results" / "data" / f"{dataset}.parquet",
                                 columns=["text"])["text"].head(n_texts).tolist()
         for entry in config["models"]:
+            if only and entry["name"] not in only:
+                continue
             folder = reference / "results" / "models" / entry["name"]
             if not folder.exists():
                 LOG.warning("model %s is not in %s yet: left out", entry["name"], folder.parent)
@@ -145,8 +154,13 @@ def state_errors(reference: Path, config: dict, n_texts: int, threads: int) -> p
 
 def run_analyses(workdir: Path, cores: int) -> None:
     command = [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir),
-               "--cores", str(cores), "--rerun-triggers", "mtime", "--until", *UNTIL_RULES,
-               "--omit-from", *FORBIDDEN]
+               "--cores", str(cores), "--rerun-triggers", "mtime", "--until", *UNTIL_RULES]
+    dry = subprocess.run(command + ["-n", "--quiet", "rules"], capture_output=True, text=True, cwd=workdir)
+    planned = set(re.findall(r"^(\w+)\s+\d+\s*$", dry.stdout, flags=re.M))  # the dry run's job table
+    again = [rule for rule in FORBIDDEN if rule in planned]
+    if dry.returncode or again:
+        raise SystemExit(f"the analyses would rerun {again or dry.stderr[-2000:]} in {workdir}: the hidden states "
+                         f"must be newer than the models and the data")
     LOG.info("running %s", " ".join(command))
     with open(workdir / "snakemake.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
@@ -205,12 +219,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, required=True, help="a finished float32 default run (read only)")
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "tf32"])
+    parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "tf32", "float32"])
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config for the work directory (default: the reference's config.yaml), e.g. fewer "
+                             "models; then run --precision float32 into a second work directory and compare the "
+                             "two with --stage compare --reference FP32_WORKDIR")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--stage", choices=["all", "extract", "analyse", "compare", "states"], default="all",
                         help="extract: only the hidden states (--models limits them); analyse: the analyses and "
                              "the comparison; compare: only the comparison")
-    parser.add_argument("--models", nargs="*", default=None, help="(extract) only these models")
+    parser.add_argument("--models", nargs="*", default=None, help="(extract, states) only these models")
     parser.add_argument("--texts", type=int, default=64, help="(states) texts per dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -218,13 +236,13 @@ def main() -> None:
     reference, workdir = args.reference.resolve(), args.workdir.resolve()
     if args.stage == "states":
         config = yaml.safe_load((reference / "config.yaml").read_text())
-        errors = state_errors(reference, config, args.texts, args.cores)
+        errors = state_errors(reference, config, args.texts, args.cores, args.models)
         workdir.mkdir(parents=True, exist_ok=True)
         errors.to_csv(workdir / "state_errors.csv", index=False)
         print(errors.to_markdown(index=False, floatfmt=".2e") if hasattr(errors, "to_markdown") else errors)
         return
     if args.stage in ("all", "extract"):
-        config = setup_workdir(reference, workdir)
+        config = setup_workdir(reference, workdir, args.config)
         started = time.perf_counter()
         timings = extract_all(config, workdir, args.precision, args.cores, args.models)
         times = workdir / "extraction_times.csv"
@@ -235,7 +253,7 @@ def main() -> None:
     if not (reference / "results" / "analysis").is_dir():
         raise SystemExit(f"{reference}/results/analysis is missing: --reference must be a finished default run")
     if args.stage in ("all", "analyse"):
-        setup_workdir(reference, workdir)
+        setup_workdir(reference, workdir, args.config)
         run_analyses(workdir, args.cores)
     deltas = compare_tables(reference, workdir)
     deltas.insert(0, "precision", args.precision)
