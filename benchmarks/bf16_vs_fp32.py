@@ -193,9 +193,9 @@ def compare_tables(reference: Path, workdir: Path) -> pd.DataFrame:
             if keys:
                 merged = ref.merge(new, on=keys, how="outer", suffixes=("_ref", "_new"), indicator=True)
                 if (merged["_merge"] != "both").any():  # keys differ (e.g. a selected layer): compare by position
-                    merged = ref.join(new, lsuffix="_ref", rsuffix="_new")
+                    merged = ref.add_suffix("_ref").join(new.add_suffix("_new"))
             else:
-                merged = ref.join(new, lsuffix="_ref", rsuffix="_new")
+                merged = ref.add_suffix("_ref").join(new.add_suffix("_new"))
             for column in numeric:
                 a = pd.to_numeric(merged[f"{column}_ref"], errors="coerce").to_numpy(float)
                 b = pd.to_numeric(merged[f"{column}_new"], errors="coerce").to_numpy(float)
@@ -212,6 +212,38 @@ def compare_tables(reference: Path, workdir: Path) -> pd.DataFrame:
                     changed = int((ref[column].astype(str) != new[column].astype(str)).sum())
                     rows.append({"analysis": analysis, "table": str(rel), "column": column,
                                  "note": f"{changed} row(s) with a different value (a choice changed)"})
+    return pd.DataFrame(rows)
+
+
+# the numbers a reader takes from each table (file name -> columns); the full comparison is in precision_deltas.csv
+HEADLINES = {"group.csv": ["r2_train", "r2_valid", "r2_test"], "pairwise.csv": ["r2_train", "r2_valid", "r2_test"],
+             "nu.csv": ["nu"], "probe.csv": ["accuracy"], "selection.csv": ["recommended_layer", "nu"],
+             "pca_curve.csv": ["accuracy"], "summary.csv": ["full_accuracy", "smallest_k_within_tolerance",
+                                                           "pca_k1_accuracy", "best_dim_accuracy"],
+             "single_dims.csv": ["accuracy"], "measures.csv": None, "regression.csv": ["r", "r2"],
+             "pairs.csv": None}
+
+
+def headline_summary(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Per analysis, table kind and headline column: the largest |delta| over models and rows, and relative to the
+    reference's largest |value|."""
+    rows = []
+    for (analysis, kind), group in deltas.assign(kind=deltas["table"].str.split("/").str[-1]).groupby(
+            ["analysis", "kind"]):
+        wanted = HEADLINES.get(kind, [])
+        for column, part in group[group["column"].notna()].groupby("column"):
+            if wanted is not None and column not in wanted:
+                continue
+            if part["max_abs_delta"].isna().all():
+                continue
+            scale = np.nanmax(np.abs(part[["ref_min", "ref_max"]].to_numpy(float)))
+            rows.append({"analysis": analysis, "table": kind, "column": column, "tables": len(part),
+                         "max_abs_delta": part["max_abs_delta"].max(),
+                         "max_rel_delta": part["max_abs_delta"].max() / scale if scale else np.nan})
+        changed = group[group["note"].fillna("").str.contains("different value")]
+        for _, row in changed.iterrows():
+            rows.append({"analysis": analysis, "table": kind, "column": row["column"], "tables": 1,
+                         "max_abs_delta": np.nan, "max_rel_delta": np.nan, "note": row["note"]})
     return pd.DataFrame(rows)
 
 
@@ -258,8 +290,10 @@ def main() -> None:
     deltas = compare_tables(reference, workdir)
     deltas.insert(0, "precision", args.precision)
     deltas.to_csv(workdir / "precision_deltas.csv", index=False)
-    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_colwidth", 70):
-        print(deltas.drop(columns=["precision"]).to_string(index=False))
+    summary = headline_summary(deltas)
+    summary.to_csv(workdir / "precision_headlines.csv", index=False)
+    print(f"all columns: {workdir / 'precision_deltas.csv'}\n")
+    print(summary.to_markdown(index=False, floatfmt=".2g"))
 
 
 if __name__ == "__main__":
