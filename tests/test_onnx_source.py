@@ -163,3 +163,18 @@ def test_an_onnx_file_of_another_architecture_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), str(tmp_path / "bert.onnx"))
     with pytest.raises(WorkflowInputError, match="only DistilBERT exports"):
         convert(tmp_path / "bert.onnx", tmp_path / "tokenizer.json", tmp_path / "out")
+
+
+def test_materialise_an_onnx_source_records_its_provenance(tmp_path):
+    import hashlib
+
+    from workflow_scripts.materialise_model import materialise
+
+    _tiny_tagger(tmp_path / "src")
+    entry = {"name": "tagger", "source": "onnx", "path": str(tmp_path / "src" / "model.onnx"),
+             "tokenizer": "tokenizer.json"}
+    record = materialise(entry, tmp_path / "models" / "tagger")
+    assert record["architecture"] == "DistilBertModel" and record["tokenizer"] == "TokenizersBackend"
+    assert record["onnx_sha256"] == hashlib.sha256((tmp_path / "src" / "model.onnx").read_bytes()).hexdigest()
+    with pytest.raises(WorkflowInputError, match="no ONNX file"):
+        materialise({**entry, "name": "missing", "path": str(tmp_path / "nope.onnx")}, tmp_path / "models" / "m")
