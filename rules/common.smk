@@ -30,7 +30,7 @@ MODELS = {entry["name"]: entry for entry in config["models"]}
 DATASETS = {entry["name"]: entry for entry in config["datasets"]}
 MODEL_NAMES = list(MODELS)
 DATASET_NAMES = list(DATASETS)
-EXTERNAL_SOURCES = ("hub", "local", "package", "archive")
+EXTERNAL_SOURCES = ("hub", "local", "package", "archive", "onnx")
 
 
 def model_index(names):

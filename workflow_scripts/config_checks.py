@@ -16,6 +16,7 @@ REQUIRED_BY_MODEL_SOURCE = {
     "local": ("path",),
     "package": ("package",),
     "archive": ("path",),
+    "onnx": ("path",),
     "perturb": ("base", "alpha"),
     "finetune": ("base", "dataset"),
 }

