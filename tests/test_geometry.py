@@ -253,7 +253,7 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
         storage.pooled_column(1, "first"): storage.fixed_size_list(-x),
     }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
     pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=50)
-    row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d")
+    row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="split")
     y = (labels == "pos").astype(int)
     expected = linear_probe(x[:80], y[:80], x[80:], y[80:], seed=0)
     assert row["score"] == expected.accuracy and row["n_test"] == 40 and row["layer"] == 1

@@ -345,13 +345,15 @@ def measure_cloud(points: np.ndarray, *, M: int = 4, nbits: int = 8, seed: int =
 
 
 # ------------------------------------------------------------------------------------ scores
-def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> dict:
+def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, threads: int = 1) -> dict:
     """Cross-validated accuracy of the shared probe over all examples: stratified `folds`-fold (shuffled, seeded;
     fewer folds when the smallest class has fewer examples), on each fold the probe of probe.py fitted on the
     other folds (its C chosen by its own inner CV on them) predicts the fold; every example is predicted once.
     Returns accuracy, its Wilson 95% interval over the n predictions, the folds' accuracies' standard deviation,
-    n, the number of folds and the C chosen per fold."""
+    n, the number of folds and the C chosen per fold. BLAS is held to `threads` threads: the fits are small, and
+    two BLAS threads on them cost several times the CPU of one (measured: docs/geometry.md)."""
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     from workflow_scripts.probe import linear_probe, wilson_interval
 
@@ -363,19 +365,20 @@ def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int
         raise ValueError("cross-validation needs at least two examples of every class")
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     correct, fold_accuracy, chosen = 0, [], []
-    for train, test in splitter.split(x, y):
-        result = linear_probe(x[train], y[train], x[test], y[test], seed=seed)
-        hits = int(round(result.accuracy * result.n_test))
-        correct += hits
-        fold_accuracy.append(hits / result.n_test)
-        chosen.append(result.C)
+    with threadpool_limits(limits=max(1, int(threads))):
+        for train, test in splitter.split(x, y):
+            result = linear_probe(x[train], y[train], x[test], y[test], seed=seed)
+            hits = int(round(result.accuracy * result.n_test))
+            correct += hits
+            fold_accuracy.append(hits / result.n_test)
+            chosen.append(result.C)
     low, high = wilson_interval(correct, len(y))
     return dict(score=correct / len(y), ci_low=low, ci_high=high, fold_sd=float(np.std(fold_accuracy, ddof=1)),
                 n=int(len(y)), folds=k, C=";".join(f"{c:g}" for c in chosen))
 
 
 def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: int = 0, dataset: str = "dataset",
-                protocol: str = "cv", folds: int = 5) -> dict:
+                protocol: str = "cv", folds: int = 5, threads: int = 1) -> dict:
     """Linear-probe accuracy from one pooled layer of pooled.parquet: cross-validated over every labelled example
     (`protocol: cv`, cv_probe_accuracy) or fitted on train and scored on test (`split`, probe.py's protocol)."""
     from workflow_scripts.probe import linear_probe
@@ -406,7 +409,7 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
                 f"{pooled_path}: dataset {dataset!r} needs at least two labelled examples of each of at least two "
                 f"classes for the cross-validated probe (class counts {dict(zip(classes, counts.tolist()))})."
             )
-        result = cv_probe_accuracy(x[labelled], y[labelled], folds=folds, seed=seed)
+        result = cv_probe_accuracy(x[labelled], y[labelled], folds=folds, seed=seed, threads=threads)
         return dict(model=meta["model"], dataset=dataset, layer=resolved, pooling=pooling, protocol="cv",
                     score=result["score"], ci_low=result["ci_low"], ci_high=result["ci_high"],
                     fold_sd=result["fold_sd"], folds=result["folds"], n_train=int(labelled.sum()),
@@ -694,7 +697,7 @@ def run_score(smk) -> None:
     p = smk.params
     started = time.perf_counter()
     row = probe_score(smk.input.pooled, layer=p.layer, pooling=p.pooling, seed=p.seed, dataset=smk.wildcards.dataset,
-                      protocol=p.protocol, folds=p.folds)
+                      protocol=p.protocol, folds=p.folds, threads=smk.threads)
     row["model"] = smk.wildcards.model
     if row["protocol"] == "cv":
         LOG.info("probe accuracy of %s on %s, %d-fold cross-validated over %d labelled examples: %.4f "
