@@ -170,9 +170,14 @@ rule geometry_score:
         pooling=GEOMETRY["score"]["pooling"],
         protocol=GEOMETRY["score"]["protocol"],
         folds=GEOMETRY["score"]["folds"],
+        # a model fine-tuned on this dataset saw its train labels: cross-validate it on the test split only
+        cv_splits=lambda wc: ["test"] if (MODELS.get(wc.model, {}).get("source") == "finetune"
+                                          and MODELS[wc.model].get("dataset") == wc.dataset) else None,
         seed=GEOMETRY["seed"],
     log:
         "results/logs/geometry/scores/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/geometry/scores/{dataset}/{model}.tsv"
     threads: 1
     resources:
         **light_resources(),

@@ -260,5 +260,12 @@ def test_probe_score_cv_uses_every_labelled_example(tmp_path):
     y = (labels[keep] == "pos").astype(int)
     assert row["protocol"] == "cv" and row["n_test"] == keep.sum() == 90 and row["folds"] == 4
     assert row["score"] == pytest.approx(sklearn_nested_cv_accuracy(x[keep], y, 4, 0), abs=1e-12)
+    # a model fine-tuned on the train labels: cross-validated on the test split only
+    test_only = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d",
+                              protocol="cv", folds=4, cv_splits=["test"])
+    in_test = keep & (split == "test")
+    assert test_only["splits"] == "test" and test_only["n_test"] == in_test.sum() == 18
+    assert test_only["score"] == pytest.approx(
+        sklearn_nested_cv_accuracy(x[in_test], (labels[in_test] == "pos").astype(int), 4, 0), abs=1e-12)
     with pytest.raises(WorkflowInputError, match="protocol must be 'cv' or 'split'"):
         g.probe_score(tmp_path / "pooled.parquet", protocol="holdout")

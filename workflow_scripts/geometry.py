@@ -378,9 +378,10 @@ def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int
 
 
 def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: int = 0, dataset: str = "dataset",
-                protocol: str = "cv", folds: int = 5, threads: int = 1) -> dict:
+                protocol: str = "cv", folds: int = 5, threads: int = 1, cv_splits: list[str] | None = None) -> dict:
     """Linear-probe accuracy from one pooled layer of pooled.parquet: cross-validated over every labelled example
-    (`protocol: cv`, cv_probe_accuracy) or fitted on train and scored on test (`split`, probe.py's protocol)."""
+    (`protocol: cv`, cv_probe_accuracy; `cv_splits` restricts it to those splits, e.g. ["test"] for a model
+    fine-tuned on the train split's labels) or fitted on train and scored on test (`split`, probe.py's protocol)."""
     from workflow_scripts.probe import linear_probe
 
     meta = storage.read_hidden_metadata(pooled_path)
@@ -403,6 +404,10 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
     classes = sorted({str(label) for label in labels[labelled]})
     y = np.array([classes.index(str(label)) if label is not None else -1 for label in labels])
     if protocol == "cv":
+        used = "all"
+        if cv_splits:
+            labelled = labelled & np.isin(splits, list(cv_splits))
+            used = "+".join(cv_splits)
         counts = np.bincount(y[labelled], minlength=len(classes))
         if len(classes) < 2 or counts.min() < 2:
             raise WorkflowInputError(
@@ -412,7 +417,7 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
         result = cv_probe_accuracy(x[labelled], y[labelled], folds=folds, seed=seed, threads=threads)
         return dict(model=meta["model"], dataset=dataset, layer=resolved, pooling=pooling, protocol="cv",
                     score=result["score"], ci_low=result["ci_low"], ci_high=result["ci_high"],
-                    fold_sd=result["fold_sd"], folds=result["folds"], n_train=int(labelled.sum()),
+                    fold_sd=result["fold_sd"], folds=result["folds"], splits=used, n_train=int(labelled.sum()),
                     n_test=result["n"], dims=int(x.shape[1]), C=result["C"])
     if protocol != "split":
         raise WorkflowInputError(f"geometry.score.protocol must be 'cv' or 'split', got {protocol!r}.")
@@ -696,14 +701,21 @@ def run_measures(smk) -> None:
 def run_score(smk) -> None:
     p = smk.params
     started = time.perf_counter()
-    row = probe_score(smk.input.pooled, layer=p.layer, pooling=p.pooling, seed=p.seed, dataset=smk.wildcards.dataset,
-                      protocol=p.protocol, folds=p.folds, threads=smk.threads)
+    from threadpoolctl import threadpool_limits
+
+    if p.cv_splits:
+        LOG.info("%s was fine-tuned on the labels of %s's train split: its cross-validated score uses only the "
+                 "split(s) %s (examples it never saw)", smk.wildcards.model, smk.wildcards.dataset, p.cv_splits)
+    with threadpool_limits(limits=max(1, int(smk.threads))):  # small fits: extra BLAS threads only cost CPU
+        row = probe_score(smk.input.pooled, layer=p.layer, pooling=p.pooling, seed=p.seed,
+                          dataset=smk.wildcards.dataset, protocol=p.protocol, folds=p.folds, threads=smk.threads,
+                          cv_splits=p.cv_splits)
     row["model"] = smk.wildcards.model
     if row["protocol"] == "cv":
-        LOG.info("probe accuracy of %s on %s, %d-fold cross-validated over %d labelled examples: %.4f "
-                 "[%.4f, %.4f] (Wilson 95%%; sd over folds %.4f; C per fold %s) in %.1f s", row["model"],
-                 row["dataset"], row["folds"], row["n_test"], row["score"], row["ci_low"], row["ci_high"],
-                 row["fold_sd"], row["C"], time.perf_counter() - started)
+        LOG.info("probe accuracy of %s on %s, %d-fold cross-validated over %d labelled examples (splits: %s): "
+                 "%.4f [%.4f, %.4f] (Wilson 95%%; sd over folds %.4f; C per fold %s) in %.1f s", row["model"],
+                 row["dataset"], row["folds"], row["n_test"], row["splits"], row["score"], row["ci_low"],
+                 row["ci_high"], row["fold_sd"], row["C"], time.perf_counter() - started)
     else:
         LOG.info("probe accuracy of %s on %s: %.4f [%.4f, %.4f] (train %d, test %d)", row["model"], row["dataset"],
                  row["score"], row["ci_low"], row["ci_high"], row["n_train"], row["n_test"])
