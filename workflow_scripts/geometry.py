@@ -657,6 +657,7 @@ def r2_figure(table: pd.DataFrame, *, dataset: str, score_name: str):
         ax.text(1.04, y, f"R²={row['r2']:.2f}{holm}, n={row['n']}", va="center", fontsize=7)
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels(shown["measure"], fontsize=8)
+    ax.set_ylim(-0.7, len(shown) - 0.3)
     ax.axvline(0.0, color="0.5", lw=0.8)
     ax.set_xlim(-1.0, 1.75)
     ax.set_xticks([-1.0, -0.5, 0.0, 0.5, 1.0])
