@@ -2,37 +2,57 @@
 # model's final-layer token cloud, each model's downstream score, and the regression of score on each measure.
 validate_section("geometry")
 
+from workflow_scripts.perturb_model import family_entries, model_seed
+
 GEOMETRY = config["geometry"]
 PERTURBED_MODELS = models_of_source("perturb")
+# The geometry-only family (geometry.family): perturbed models measured by this stage alone (perturbed, extracted
+# with only the layers geometry reads, measured and scored), not run through the other analyses.
+FAMILY = {e["name"]: e for e in family_entries(GEOMETRY["family"], MODELS)} if GEOMETRY["enabled"] else {}
+FAMILY_NAMES = list(FAMILY)
+PERTURB_ENTRIES = {**{name: MODELS[name] for name in PERTURBED_MODELS}, **FAMILY}
+GEOMETRY_MODELS = MODEL_NAMES + FAMILY_NAMES
 
 
 # ------------------------------------------------------------------ perturbed models (a model source)
 # Built whether or not the geometry analysis is enabled: perturbed models are models, every analysis covers them.
 rule perturb_model:
     input:
-        base=lambda wc: storage.model_dir(MODELS[wc.model]["base"]),
+        base=lambda wc: storage.model_dir(PERTURB_ENTRIES[wc.model]["base"]),
     output:
         model=directory("results/models/{model}"),
     wildcard_constraints:
-        model=name_regex(PERTURBED_MODELS),
+        model=name_regex(list(PERTURB_ENTRIES)),
     params:
-        base=lambda wc: MODELS[wc.model]["base"],
-        alpha=lambda wc: float(MODELS[wc.model]["alpha"]),
-        seed=lambda wc: int(MODELS[wc.model].get("seed", 0)),
+        base=lambda wc: PERTURB_ENTRIES[wc.model]["base"],
+        alpha=lambda wc: float(PERTURB_ENTRIES[wc.model]["alpha"]),
+        # the entry's seed, else one derived from the model's name: every model draws its own noise
+        seed=lambda wc: model_seed(wc.model, PERTURB_ENTRIES[wc.model].get("seed"))[0],
+        seed_source=lambda wc: model_seed(wc.model, PERTURB_ENTRIES[wc.model].get("seed"))[1],
+        family=lambda wc: "geometry.family" if wc.model in FAMILY else None,
         tensors=GEOMETRY["perturb_tensors"],
-        trust_remote_code=lambda wc: bool(MODELS[MODELS[wc.model]["base"]].get("trust_remote_code", False)),
+        trust_remote_code=lambda wc: bool(MODELS[PERTURB_ENTRIES[wc.model]["base"]].get("trust_remote_code", False)),
     log:
         "results/logs/perturb_model/{model}.log",
     benchmark:
         "results/benchmarks/perturb_model/{model}.tsv"
     threads: RES["threads"]
     resources:
-        mem_mb=lambda wc: int(RES["mem_mb_base"] + 4 * model_weights_mb(MODELS[wc.model]["base"])),
+        mem_mb=lambda wc: int(RES["mem_mb_base"] + 4 * model_weights_mb(PERTURB_ENTRIES[wc.model]["base"])),
         runtime=RES["runtime_minutes_base"],
     conda:
         "../envs/workflow.yaml"
     script:
         "../workflow_scripts/perturb_model.py"
+
+
+# The family's hidden states: the extraction rule itself, for family members only, writing only the token
+# layer that geometry measures (pooled vectors of every layer are always written; the score reads one of them).
+use rule extract_hidden_states as geometry_family_extract with:
+    wildcard_constraints:
+        model=name_regex(FAMILY_NAMES),
+    params:
+        extraction={**config["extraction"], "token_layers": [GEOMETRY["layer"]]},
 
 
 # ------------------------------------------------------------------ geometry analysis
@@ -87,9 +107,26 @@ def geometry_score_inputs(wc):
         "scores": expand(
             "results/analysis/geometry/scores/{score_dataset}/{model}.csv",
             score_dataset=geometry_score_dataset(),
-            model=MODEL_NAMES,
+            model=REGRESSION_MODELS,
         )
     }
+
+
+def geometry_regression_models():
+    """The models of the regression: geometry.regression.models, or every configured model and family member."""
+    chosen = GEOMETRY["regression"]["models"]
+    if chosen is None:
+        return GEOMETRY_MODELS
+    unknown = [name for name in chosen if name not in GEOMETRY_MODELS]
+    if unknown:
+        raise storage.WorkflowInputError(
+            f"config: geometry.regression.models names {unknown}, which are neither configured models nor members "
+            f"of geometry.family ({GEOMETRY_MODELS}); fix the list, or set it to null for all of them."
+        )
+    return list(dict.fromkeys(chosen))
+
+
+REGRESSION_MODELS = geometry_regression_models() if GEOMETRY["enabled"] else MODEL_NAMES
 
 
 GEOMETRY_TOP_K = GEOMETRY["regression"]["top_k"]
@@ -100,6 +137,8 @@ rule geometry_measures:
         tokens=lambda wc: storage.tokens_path(wc.dataset, wc.model),
     output:
         measures="results/analysis/geometry/{dataset}/measures/{model}.csv",
+    wildcard_constraints:
+        model=name_regex(GEOMETRY_MODELS),
     params:
         mode=GEOMETRY["mode"],
         layer=GEOMETRY["layer"],
@@ -125,12 +164,21 @@ rule geometry_score:
         pooled=lambda wc: storage.pooled_path(wc.dataset, wc.model),
     output:
         score="results/analysis/geometry/scores/{dataset}/{model}.csv",
+    wildcard_constraints:
+        model=name_regex(GEOMETRY_MODELS),
     params:
         layer=GEOMETRY["score"]["layer"],
         pooling=GEOMETRY["score"]["pooling"],
+        protocol=GEOMETRY["score"]["protocol"],
+        folds=GEOMETRY["score"]["folds"],
+        # a model fine-tuned on this dataset saw its train labels: cross-validate it on the test split only
+        cv_splits=lambda wc: ["test"] if (MODELS.get(wc.model, {}).get("source") == "finetune"
+                                          and MODELS[wc.model].get("dataset") == wc.dataset) else None,
         seed=GEOMETRY["seed"],
     log:
         "results/logs/geometry/scores/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/geometry/scores/{dataset}/{model}.tsv"
     threads: 1
     resources:
         **light_resources(),
@@ -143,16 +191,20 @@ rule geometry_score:
 rule geometry_regression:
     input:
         unpack(geometry_score_inputs),
-        measures=expand("results/analysis/geometry/{{dataset}}/measures/{model}.csv", model=MODEL_NAMES),
+        measures=expand("results/analysis/geometry/{{dataset}}/measures/{model}.csv", model=REGRESSION_MODELS),
     output:
         measures="results/analysis/geometry/{dataset}/measures.csv",
         scores="results/analysis/geometry/{dataset}/scores.csv",
         regression="results/analysis/geometry/{dataset}/regression.csv",
     params:
-        models=MODEL_NAMES,
+        models=REGRESSION_MODELS,
         score_source=GEOMETRY["score"]["source"],
         score_name=geometry_score_name() if GEOMETRY["enabled"] else "score",
         min_models=GEOMETRY["regression"]["min_models"],
+        bootstrap=GEOMETRY["regression"]["bootstrap"],
+        permutations=GEOMETRY["regression"]["permutations"],
+        confidence=GEOMETRY["regression"]["confidence"],
+        seed=GEOMETRY["seed"],
     log:
         "results/logs/geometry/regression/{dataset}.log",
     threads: 1

@@ -253,7 +253,7 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
         storage.pooled_column(1, "first"): storage.fixed_size_list(-x),
     }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
     pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=50)
-    row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d")
+    row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="split")
     y = (labels == "pos").astype(int)
     expected = linear_probe(x[:80], y[:80], x[80:], y[80:], seed=0)
     assert row["score"] == expected.accuracy and row["n_test"] == 40 and row["layer"] == 1
@@ -609,3 +609,45 @@ def test_workflow_bad_quantizer_input_names_the_minimum(geometry_run, tmp_path):
     log = (scratch / "results/logs/geometry/measures/toy/tiny-bert.log").read_text()
     assert "need at least 9984" in log and "small_cloud: shrink" in log
     assert not (scratch / "results/analysis/geometry/toy/measures/tiny-bert.csv").exists()
+
+
+def test_workflow_geometry_family_members_are_measured_by_geometry_only(geometry_run, tmp_path):
+    """geometry.family: two members of one alpha, each with the noise seeded from its name, are perturbed,
+    extracted (only the token layer geometry reads), measured, scored and in the regression; no other analysis
+    and not the shared extraction rule runs on them."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import pending_jobs, run_workflow
+    from workflow_scripts.model_loading import read_provenance
+    from workflow_scripts.perturb_model import derived_seed
+
+    workdir, config = geometry_run
+    scratch = tmp_path / "family"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    family = dict(config, geometry={**config["geometry"], "family": {"base": "tiny-bert", "alphas": [0.5],
+                                                                      "replicates": 2}})
+    result = run_workflow(scratch, family)
+    members = ["tiny-bert-p0.5-r1", "tiny-bert-p0.5-r2"]
+    log = result.stdout + result.stderr
+    assert "rule geometry_family_extract:" in log and "rule extract_hidden_states:" not in log
+    seeds = []
+    for name in members:
+        record = read_provenance(scratch / storage.model_dir(name))
+        assert record["seed"] == derived_seed(name) and record["seed_source"] == "derived from the model name"
+        assert record["alpha"] == 0.5 and record["geometry_family"] == "geometry.family"
+        seeds.append(record["seed"])
+        tokens = pq.read_schema(scratch / storage.tokens_path("toy", name)).names
+        assert [c for c in tokens if c.startswith("layer_")] == [storage.token_column(2)]
+    assert seeds[0] != seeds[1]
+    out = scratch / "results/analysis/geometry/toy"
+    assert set(pd.read_csv(out / "measures.csv")["model"]) == {m["name"] for m in config["models"]} | set(members)
+    regression = pd.read_csv(out / "regression.csv")
+    assert (regression["n"] == 5).all() and regression["p_holm"].notna().any()
+    assert (regression.dropna(subset=["r2"])["permutations"] == "exact 120").all()  # 5! pairings
+    # another analysis enabled: it covers the configured models, never the family
+    (scratch / "config.yaml").write_text(yaml.safe_dump(dict(family, compression={"enabled": True}), sort_keys=False))
+    pending = pending_jobs(scratch)
+    assert any(rule == "compression_model" for rule, _ in pending)
+    assert not [job for job in pending if any(m in job[1] for m in members)]

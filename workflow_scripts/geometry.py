@@ -17,9 +17,11 @@ subsample of at most `max_points` tokens) is quantized with a product quantizer 
                      V = var(counts); patchiness = (m + V/m − 1) / m
 - spread: EEE, VRM (Vasicek entropy), IsoScore.
 
-The downstream score of each model is its linear-probe test accuracy (the shared protocol of probe.py) on a
-labelled dataset, or a user table. The paper's question: for each measure, the least-squares line of score on
-measure across models (slope, intercept, Pearson r, R², n, p), sorted by R².
+The downstream score of each model is its cross-validated linear-probe accuracy over every labelled example (the
+shared protocol of probe.py inside each fold; `protocol: split` for the train/test split) on a labelled dataset,
+or a user table. The paper's question: for each measure, the least-squares line of score on measure across models
+(slope, intercept, Pearson r, R², n, p), with a bootstrap interval of r over models, a permutation p value and
+its Holm correction over the measures; sorted by R².
 
 All maths lives in plain functions; `main(snakemake)` dispatches on the rule name.
 """
@@ -51,7 +53,9 @@ QUANTIZER_MEASURES = (
 )
 SPREAD_MEASURES = ("eee", "vrm", "isoscore")
 MEASURE_COLUMNS = ["model", "dataset", "layer", "n", "n_total", "dims", "quantizer", "M", "nbits", "measure", "value"]
-REGRESSION_COLUMNS = ["dataset", "measure", "n", "slope", "intercept", "pearson_r", "r2", "p_value", "score_name", "note"]
+REGRESSION_COLUMNS = ["dataset", "measure", "n", "slope", "intercept", "pearson_r", "r2", "p_value", "r_ci_low",
+                      "r_ci_high", "confidence", "n_bootstrap", "p_permutation", "permutations", "p_holm",
+                      "score_name", "note"]
 MIN_MODELS = 3
 
 
@@ -344,8 +348,43 @@ def measure_cloud(points: np.ndarray, *, M: int = 4, nbits: int = 8, seed: int =
 
 
 # ------------------------------------------------------------------------------------ scores
-def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: int = 0, dataset: str = "dataset") -> dict:
-    """Linear-probe test accuracy (probe.py protocol) from one pooled layer of pooled.parquet."""
+def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, threads: int = 1) -> dict:
+    """Cross-validated accuracy of the shared probe over all examples: stratified `folds`-fold (shuffled, seeded;
+    fewer folds when the smallest class has fewer examples), on each fold the probe of probe.py fitted on the
+    other folds (its C chosen by its own inner CV on them) predicts the fold; every example is predicted once.
+    Returns accuracy, its Wilson 95% interval over the n predictions, the folds' accuracies' standard deviation,
+    n, the number of folds and the C chosen per fold. BLAS is held to `threads` threads: the fits are small, and
+    two BLAS threads on them cost several times the CPU of one (measured: docs/geometry.md)."""
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    from workflow_scripts.probe import linear_probe, wilson_interval
+
+    x = np.asarray(x)
+    y = np.asarray(y)
+    smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+    k = max(2, min(int(folds), smallest))
+    if smallest < 2:
+        raise ValueError("cross-validation needs at least two examples of every class")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    correct, fold_accuracy, chosen = 0, [], []
+    with threadpool_limits(limits=max(1, int(threads))):
+        for train, test in splitter.split(x, y):
+            result = linear_probe(x[train], y[train], x[test], y[test], seed=seed)
+            hits = int(round(result.accuracy * result.n_test))
+            correct += hits
+            fold_accuracy.append(hits / result.n_test)
+            chosen.append(result.C)
+    low, high = wilson_interval(correct, len(y))
+    return dict(score=correct / len(y), ci_low=low, ci_high=high, fold_sd=float(np.std(fold_accuracy, ddof=1)),
+                n=int(len(y)), folds=k, C=";".join(f"{c:g}" for c in chosen))
+
+
+def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: int = 0, dataset: str = "dataset",
+                protocol: str = "cv", folds: int = 5, threads: int = 1, cv_splits: list[str] | None = None) -> dict:
+    """Linear-probe accuracy from one pooled layer of pooled.parquet: cross-validated over every labelled example
+    (`protocol: cv`, cv_probe_accuracy; `cv_splits` restricts it to those splits, e.g. ["test"] for a model
+    fine-tuned on the train split's labels) or fitted on train and scored on test (`split`, probe.py's protocol)."""
     from workflow_scripts.probe import linear_probe
 
     meta = storage.read_hidden_metadata(pooled_path)
@@ -367,6 +406,24 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
         )
     classes = sorted({str(label) for label in labels[labelled]})
     y = np.array([classes.index(str(label)) if label is not None else -1 for label in labels])
+    if protocol == "cv":
+        used = "all"
+        if cv_splits:
+            labelled = labelled & np.isin(splits, list(cv_splits))
+            used = "+".join(cv_splits)
+        counts = np.bincount(y[labelled], minlength=len(classes))
+        if len(classes) < 2 or counts.min() < 2:
+            raise WorkflowInputError(
+                f"{pooled_path}: dataset {dataset!r} needs at least two labelled examples of each of at least two "
+                f"classes for the cross-validated probe (class counts {dict(zip(classes, counts.tolist()))})."
+            )
+        result = cv_probe_accuracy(x[labelled], y[labelled], folds=folds, seed=seed, threads=threads)
+        return dict(model=meta["model"], dataset=dataset, layer=resolved, pooling=pooling, protocol="cv",
+                    score=result["score"], ci_low=result["ci_low"], ci_high=result["ci_high"],
+                    fold_sd=result["fold_sd"], folds=result["folds"], splits=used, n_train=int(labelled.sum()),
+                    n_test=result["n"], dims=int(x.shape[1]), C=result["C"])
+    if protocol != "split":
+        raise WorkflowInputError(f"geometry.score.protocol must be 'cv' or 'split', got {protocol!r}.")
     train = labelled & (splits == "train")
     test = labelled & (splits == "test")
     if train.sum() == 0 or test.sum() == 0 or len(np.unique(y[train])) < 2:
@@ -375,7 +432,8 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
             f"in train for the probe (train {int(train.sum())}, test {int(test.sum())})."
         )
     result = linear_probe(x[train], y[train], x[test], y[test], seed=seed)
-    return dict(model=meta["model"], dataset=dataset, layer=resolved, pooling=pooling, score=result.accuracy,
+    return dict(model=meta["model"], dataset=dataset, layer=resolved, pooling=pooling, protocol="split",
+                score=result.accuracy,
                 ci_low=result.ci_low, ci_high=result.ci_high, n_train=result.n_train, n_test=result.n_test,
                 dims=result.n_features, C=result.C)
 
@@ -429,16 +487,104 @@ def fit_line(x: np.ndarray, y: np.ndarray, min_models: int = MIN_MODELS) -> dict
                 r2=float(fit.rvalue**2), p_value=p_value, note="")
 
 
+def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of a and b (shape (B, n)); NaN where a row of either is constant."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    constant = (np.ptp(a, axis=-1) == 0) | (np.ptp(b, axis=-1) == 0)
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=-1) / np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+
+
+def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) indices drawn with replacement (numpy default_rng(seed))."""
+    return np.random.default_rng(seed).integers(0, n, size=(int(n_resamples), n))
+
+
+def bootstrap_r_interval(x, y, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap interval of Pearson r over the pairs (x_i, y_i): the pairs (models) are resampled with
+    replacement; resamples in which x or y is constant (r undefined) are left out and counted.
+    Returns low, high and n_used (resamples with a defined r)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    index = bootstrap_indices(len(x), n_resamples, seed)
+    r = rowwise_pearson(x[index], y[index])
+    r = r[np.isfinite(r)]
+    if len(r) == 0:
+        return dict(low=np.nan, high=np.nan, n_used=0)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.percentile(r, [100.0 * tail, 100.0 * (1.0 - tail)])
+    return dict(low=float(low), high=float(high), n_used=int(len(r)))
+
+
+def permutation_orders(n: int, n_permutations: int, seed: int) -> tuple[np.ndarray, bool]:
+    """(orders (P, n), exact): every permutation of range(n) when n! <= n_permutations (exact), else
+    n_permutations seeded random permutations (numpy default_rng(seed))."""
+    import itertools
+
+    if math.factorial(n) <= n_permutations:
+        return np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n), True
+    rng = np.random.default_rng(seed)
+    return rng.permuted(np.tile(np.arange(n), (int(n_permutations), 1)), axis=1), False
+
+
+def permutation_p_value(x, y, *, n_permutations: int = 9999, seed: int = 0) -> dict:
+    """Two-sided permutation p value of Pearson r: the share of pairings of y with x whose |r| is at least the
+    observed |r| (ties within 100 ulp of it count, as in scipy.stats.permutation_test). Exact over all n!
+    pairings when n! <= n_permutations (p = count / n!, the observed pairing included); otherwise over
+    n_permutations random ones, p = (count + 1) / (n_permutations + 1). Returns p, r, exact, permutations."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    observed = abs(float(rowwise_pearson(x[None, :], y[None, :])[0]))
+    orders, exact = permutation_orders(len(x), n_permutations, seed)
+    null = np.abs(rowwise_pearson(np.broadcast_to(x, orders.shape), y[orders]))
+    count = int(np.sum(null >= observed - abs(observed) * 100 * np.finfo(np.float64).eps))
+    p = count / len(orders) if exact else (count + 1) / (len(orders) + 1)
+    return dict(p=float(p), r=observed, exact=exact, permutations=int(len(orders)))
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p values (family-wise error), in the input order; NaN entries are not counted
+    among the m tests and stay NaN. p_(i) sorted ascending -> max_{j <= i} min(1, (m - j + 1) p_(j))."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="mergesort")]
+    scaled = (m - np.arange(m)) * p[order]
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted
+
+
 def regression_table(measures: pd.DataFrame, scores: pd.DataFrame, *, dataset: str, score_name: str,
-                     min_models: int = MIN_MODELS) -> pd.DataFrame:
-    """One row per measure: the fit of score on measure across models, sorted by R² (unfit rows last)."""
+                     min_models: int = MIN_MODELS, bootstrap: int = 2000, permutations: int = 9999,
+                     confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """One row per measure: the fit of score on measure across models, the percentile bootstrap interval of r over
+    models, the permutation p value of r and its Holm adjustment over the fitted measures; sorted by R² (unfit
+    rows last). Every measure uses the same bootstrap resamples and permutations of the models (seed)."""
     wide = measures.pivot_table(index="model", columns="measure", values="value", aggfunc="first")
     merged = wide.join(scores.set_index("model")["score"], how="inner")
     rows = []
     for measure in wide.columns:
-        fit = fit_line(merged[measure].to_numpy(), merged["score"].to_numpy(), min_models)
-        rows.append(dict(dataset=dataset, measure=measure, score_name=score_name, **fit))
+        x, y = merged[measure].to_numpy(dtype=np.float64), merged["score"].to_numpy(dtype=np.float64)
+        fit = fit_line(x, y, min_models)
+        extra = dict(r_ci_low=np.nan, r_ci_high=np.nan, confidence=confidence, n_bootstrap=0,
+                     p_permutation=np.nan, permutations="")
+        if np.isfinite(fit["r2"]):
+            ok = np.isfinite(x) & np.isfinite(y)
+            interval = bootstrap_r_interval(x[ok], y[ok], n_resamples=bootstrap, confidence=confidence, seed=seed)
+            test = permutation_p_value(x[ok], y[ok], n_permutations=permutations, seed=seed)
+            extra.update(r_ci_low=interval["low"], r_ci_high=interval["high"], n_bootstrap=interval["n_used"],
+                         p_permutation=test["p"],
+                         permutations=f"exact {test['permutations']}" if test["exact"] else f"random {test['permutations']}")
+        rows.append(dict(dataset=dataset, measure=measure, score_name=score_name, **fit, **extra))
     table = pd.DataFrame(rows, columns=REGRESSION_COLUMNS)
+    table["p_holm"] = holm_adjust(table["p_permutation"].to_numpy(dtype=np.float64))
     table = table.sort_values(["r2", "measure"], ascending=[False, True], na_position="last", kind="mergesort")
     return table.reset_index(drop=True)
 
@@ -462,15 +608,19 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
         high = frame.loc[ok, "ci_high"] - frame.loc[ok, "score"]
         ax.errorbar(frame.loc[ok, measure], frame.loc[ok, "score"], yerr=[low, high], fmt="none", ecolor="0.6",
                     elinewidth=1, capsize=3, zorder=1)
-        ylabel = f"{score_name} (bars: Wilson 95% interval)"
+        ylabel = f"{score_name}\n(bars: Wilson 95% interval)"
     for index, ((x, y), models) in enumerate(groups.items()):
         point_colour, point_marker = figure_style.model_style(models[0], index)
         ax.scatter(x, y, color=point_colour, marker=point_marker, s=45, zorder=3)
         ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if np.isfinite(fit.get("slope", np.nan)):
         xs = np.linspace(merged[measure].min(), merged[measure].max(), 50)
+        interval = ""
+        if np.isfinite(fit.get("r_ci_low", np.nan)) and np.isfinite(fit.get("r_ci_high", np.nan)):
+            interval = f" [{fit['r_ci_low']:.2f}, {fit['r_ci_high']:.2f}]"
+        holm = f", Holm p = {fit['p_holm']:.2g}" if np.isfinite(fit.get("p_holm", np.nan)) else ""
         ax.plot(xs, fit["slope"] * xs + fit["intercept"], color="black", lw=1.2, zorder=2,
-                label=f"fit: r = {fit['pearson_r']:.3f}, R² = {fit['r2']:.3f}, n = {fit['n']}")
+                label=f"fit: r = {fit['pearson_r']:.3f}{interval}, R² = {fit['r2']:.3f}{holm}, n = {fit['n']}")
         ax.legend(loc="best", fontsize=9)
     else:
         ax.text(0.5, 0.5, fit.get("note", "no fit"), transform=ax.transAxes, ha="center", va="center", fontsize=9,
@@ -484,25 +634,44 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
 
 
 def r2_figure(table: pd.DataFrame, *, dataset: str, score_name: str):
-    """Horizontal bars: R² of every measure (sorted), coloured by the sign of r."""
+    """One row per measure (the table's order, best R² on top): Pearson r of score on measure across models as a
+    dot with its bootstrap interval as a bar, coloured by the sign of r; labelled with R², the Holm-adjusted
+    permutation p value and n."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = table.iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7.0, 0.32 * len(shown) + 1.6))
-    r2 = shown["r2"].fillna(0.0).to_numpy()
-    colour = [figure_style.POSITIVE if r >= 0 else figure_style.NEGATIVE for r in shown["pearson_r"].fillna(0.0)]
-    ax.barh(shown["measure"], r2, color=colour)
-    for y, (value, r, n) in enumerate(zip(shown["r2"], shown["pearson_r"], shown["n"])):
-        label = f"R²={value:.2f}, r={r:+.2f}, n={n}" if np.isfinite(value) else f"no fit (n={n})"
-        ax.text(min(max(value if np.isfinite(value) else 0, 0), 1) + 0.01, y, label, va="center", fontsize=7)
-    ax.set_xlim(0, 1.6)
-    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_xlabel("R² of the linear fit of score on measure (unitless); blue: r > 0, orange: r < 0")
-    ax.set_title(f"Which geometry measure predicts {score_name}?\n(dataset {dataset}, one point per model)",
-                 fontsize=10)
+    shown = table.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.0, 0.34 * len(shown) + 1.8))
+    confidence = None
+    for y, row in shown.iterrows():
+        r = row["pearson_r"]
+        if not np.isfinite(r):
+            ax.text(-0.98, y, f"no fit (n={row['n']})", va="center", fontsize=7, color="0.4")
+            continue
+        colour = figure_style.POSITIVE if r >= 0 else figure_style.NEGATIVE
+        low, high = row.get("r_ci_low", np.nan), row.get("r_ci_high", np.nan)
+        if np.isfinite(low) and np.isfinite(high):
+            ax.plot([low, high], [y, y], color=colour, lw=2.2, alpha=0.55, solid_capstyle="butt")
+            confidence = row.get("confidence", confidence)
+        ax.plot([r], [y], "o", color=colour, ms=5)
+        p_holm = row.get("p_holm", np.nan)
+        holm = f", Holm p={p_holm:.2g}" if np.isfinite(p_holm) else ""
+        ax.text(1.04, y, f"R²={row['r2']:.2f}{holm}, n={row['n']}", va="center", fontsize=7)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels(shown["measure"], fontsize=8)
+    ax.set_ylim(-0.7, len(shown) - 0.3)
+    ax.axvline(0.0, color="0.5", lw=0.8)
+    ax.set_xlim(-1.0, 1.75)
+    ax.set_xticks([-1.0, -0.5, 0.0, 0.5, 1.0])
+    level = f"{100 * float(confidence):.0f}% " if confidence is not None and np.isfinite(confidence) else ""
+    ax.set_xlabel(f"Pearson r of score on measure across models (unitless); bar: {level}bootstrap interval over "
+                  f"models;\nblue: r > 0, orange: r < 0; Holm p: permutation p value adjusted over the measures",
+                  fontsize=8)
+    ax.set_title(f"Which geometry measure predicts {score_name}?\n(dataset {dataset}, one point per model; "
+                 f"sorted by R²)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -536,10 +705,25 @@ def run_measures(smk) -> None:
 
 def run_score(smk) -> None:
     p = smk.params
-    row = probe_score(smk.input.pooled, layer=p.layer, pooling=p.pooling, seed=p.seed, dataset=smk.wildcards.dataset)
+    started = time.perf_counter()
+    from threadpoolctl import threadpool_limits
+
+    if p.cv_splits:
+        LOG.info("%s was fine-tuned on the labels of %s's train split: its cross-validated score uses only the "
+                 "split(s) %s (examples it never saw)", smk.wildcards.model, smk.wildcards.dataset, p.cv_splits)
+    with threadpool_limits(limits=max(1, int(smk.threads))):  # small fits: extra BLAS threads only cost CPU
+        row = probe_score(smk.input.pooled, layer=p.layer, pooling=p.pooling, seed=p.seed,
+                          dataset=smk.wildcards.dataset, protocol=p.protocol, folds=p.folds, threads=smk.threads,
+                          cv_splits=p.cv_splits)
     row["model"] = smk.wildcards.model
-    LOG.info("probe accuracy of %s on %s: %.4f [%.4f, %.4f] (train %d, test %d)", row["model"], row["dataset"],
-             row["score"], row["ci_low"], row["ci_high"], row["n_train"], row["n_test"])
+    if row["protocol"] == "cv":
+        LOG.info("probe accuracy of %s on %s, %d-fold cross-validated over %d labelled examples (splits: %s): "
+                 "%.4f [%.4f, %.4f] (Wilson 95%%; sd over folds %.4f; C per fold %s) in %.1f s", row["model"],
+                 row["dataset"], row["folds"], row["n_test"], row["splits"], row["score"], row["ci_low"],
+                 row["ci_high"], row["fold_sd"], row["C"], time.perf_counter() - started)
+    else:
+        LOG.info("probe accuracy of %s on %s: %.4f [%.4f, %.4f] (train %d, test %d)", row["model"], row["dataset"],
+                 row["score"], row["ci_low"], row["ci_high"], row["n_train"], row["n_test"])
     storage.write_table(pd.DataFrame([row]), smk.output.score)
 
 
@@ -552,10 +736,18 @@ def run_regression(smk) -> None:
         scores = pd.concat([pd.read_csv(path) for path in smk.input.scores], ignore_index=True)
     storage.write_table(measures, smk.output.measures)
     storage.write_table(scores, smk.output.scores)
+    started = time.perf_counter()
     table = regression_table(measures, scores, dataset=smk.wildcards.dataset, score_name=p.score_name,
-                             min_models=p.min_models)
-    LOG.info("regression of %s on %d measures across %d models (%d with a score)", p.score_name,
-             len(table), measures["model"].nunique(), len(scores))
+                             min_models=p.min_models, bootstrap=p.bootstrap, permutations=p.permutations,
+                             confidence=p.confidence, seed=p.seed)
+    LOG.info("regression of %s on %d measures across %d models (%d with a score): %d bootstrap resamples, %s "
+             "permutations, Holm over %d fitted measures, in %.1f s", p.score_name, len(table),
+             measures["model"].nunique(), len(scores), p.bootstrap, next((v for v in table["permutations"] if v), "no"),
+             int(table["p_holm"].notna().sum()), time.perf_counter() - started)
+    for row in table.head(5).itertuples():
+        LOG.info("  %s: r = %+.3f [%+.3f, %+.3f], R² = %.3f, permutation p = %.4f, Holm p = %.4f (n = %d)",
+                 row.measure, row.pearson_r, row.r_ci_low, row.r_ci_high, row.r2, row.p_permutation, row.p_holm,
+                 row.n)
     storage.write_table(table, smk.output.regression)
 
 

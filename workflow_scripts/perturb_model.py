@@ -11,6 +11,10 @@ encoder's biases, a named extension.
 
 Noise: one torch.Generator seeded with `seed`, drawn in the model's parameter order, in float32; a = 0 leaves
 every value unchanged (1·W + 0·N = W exactly), a = 1 replaces the weights by pure N(0, 1) noise.
+Each model draws its own noise, as the authors do: without an explicit `seed` in its entry the seed is derived
+from the model's name (`derived_seed`: the first 4 bytes of sha256("perturb:" + name)), so two perturbed models
+never share one noise tensor by accident (a shared seed makes a family one line in weight space). The seed and
+where it came from are in provenance.json (`seed`, `seed_source`).
 The folder is written into a temporary sibling and renamed, so results/models/{model} is always complete.
 """
 
@@ -27,6 +31,51 @@ LOG = logging.getLogger("workflow")
 TENSOR_MODES = ("encoder_weights", "encoder_parameters")
 # the README describes the base; .snakemake_timestamp is Snakemake's marker of a directory output, not a model file
 SKIPPED_FILES = {model_loading.PROVENANCE_FILE, "README.md", ".gitattributes", ".snakemake_timestamp"}
+
+
+def derived_seed(name: str) -> int:
+    """The seed of a perturbed model without an explicit one: the first 4 bytes (big-endian) of
+    sha256("perturb:" + name), an integer in [0, 2**32). Stable across runs, machines and Python versions."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"perturb:{name}".encode()).digest()[:4], "big")
+
+
+def model_seed(name: str, seed: int | None) -> tuple[int, str]:
+    """(seed, seed_source) of one perturbed model: the entry's explicit seed, else the one derived from its name."""
+    if seed is not None:
+        return int(seed), "config"
+    return derived_seed(name), "derived from the model name"
+
+
+def family_entries(family: dict, models: dict) -> list[dict]:
+    """The members of geometry.family ({base, alphas, replicates}): for every alpha, `replicates` perturbed
+    models of `base` named '{base}-p{alpha:g}-r{i}' (i = 1..replicates), each with the seed derived from its name.
+    `models` are the configured model entries by name (the base must be one; no member may reuse a name)."""
+    base = family.get("base")
+    alphas = list(family.get("alphas") or [])
+    replicates = int(family.get("replicates", 0))
+    if base is None or not alphas or replicates == 0:
+        return []
+    if base not in models:
+        raise WorkflowInputError(
+            f"config: geometry.family.base {base!r} is not a configured model name ({sorted(models)}); name one of "
+            f"the models, or set geometry.family.base: null for no family."
+        )
+    if len(set(alphas)) != len(alphas):
+        raise WorkflowInputError(f"config: geometry.family.alphas lists a value twice: {alphas}.")
+    entries = []
+    for alpha in alphas:
+        for replicate in range(1, replicates + 1):
+            name = f"{base}-p{alpha:g}-r{replicate}"
+            if name in models:
+                raise WorkflowInputError(
+                    f"config: geometry.family member {name!r} has the name of a configured model; rename that "
+                    f"model (the family names its members '<base>-p<alpha>-r<replicate>')."
+                )
+            entries.append({"name": name, "source": "perturb", "base": base, "alpha": float(alpha), "seed": None,
+                            "replicate": replicate})
+    return entries
 
 
 def encoder_module(model):
@@ -106,7 +155,7 @@ def copy_support_files(base_dir, target_dir) -> list[str]:
 
 
 def perturb_model_folder(base_dir, out_dir, *, alpha: float, seed: int, base_name: str, tensors: str = "encoder_weights",
-                         trust_remote_code: bool = False) -> dict:
+                         trust_remote_code: bool = False, seed_source: str = "config", family: str | None = None) -> dict:
     """Write results/models/{model}: base weights perturbed, tokenizer and config copied, provenance.json."""
     import torch
 
@@ -123,8 +172,8 @@ def perturb_model_folder(base_dir, out_dir, *, alpha: float, seed: int, base_nam
     names = perturb_(model, alpha, seed, tensors)
     n_values = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
     n_total = sum(p.numel() for p in model.parameters())
-    LOG.info("perturbed %d tensors (%d of %d parameters, %.1f%%) of %s with alpha=%g seed=%d (%s)",
-             len(names), n_values, n_total, 100.0 * n_values / n_total, base_name, alpha, seed, tensors)
+    LOG.info("perturbed %d tensors (%d of %d parameters, %.1f%%) of %s with alpha=%g seed=%d (%s; %s)",
+             len(names), n_values, n_total, 100.0 * n_values / n_total, base_name, alpha, seed, seed_source, tensors)
     with storage.atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         copied = copy_support_files(base_dir, tmp)
@@ -139,6 +188,8 @@ def perturb_model_folder(base_dir, out_dir, *, alpha: float, seed: int, base_nam
             "base_weights_sha256": base_sha,
             "alpha": float(alpha),
             "seed": int(seed),
+            "seed_source": seed_source,
+            "geometry_family": family,
             "formula": "W <- (1 - alpha) * W + alpha * N(0, 1)",
             "tensors": tensors,
             "perturbed_tensors": names,
@@ -157,7 +208,8 @@ def main(smk) -> None:
         torch_threads(smk.threads)
         p = smk.params
         perturb_model_folder(smk.input.base, smk.output.model, alpha=p.alpha, seed=p.seed, base_name=p.base,
-                             tensors=p.tensors, trust_remote_code=p.trust_remote_code)
+                             tensors=p.tensors, trust_remote_code=p.trust_remote_code, seed_source=p.seed_source,
+                             family=p.family)
 
 
 def torch_threads(threads: int) -> None:
