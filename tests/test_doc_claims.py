@@ -150,9 +150,10 @@ def test_the_moments_file_format_is_a_parameter_of_its_rule(tmp_path):
 
     from workflow_scripts.decomposition import MOMENTS_FORMAT
 
-    config = {"models": [{"name": "a", "source": "local", "path": "/a"}, {"name": "b", "source": "local", "path": "/b"}],
-              "datasets": [{"name": "toy", "source": "file", "path": "/t.csv", "label_column": "label"}],
-              "decomposition": {"enabled": True}}
+    from tests.bad_configs import BASE, write_local_sources
+
+    write_local_sources(tmp_path)  # the local folders and files BASE names: the start-up checks pass
+    config = dict(BASE, decomposition={"enabled": True})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-c", RULE_PARAMS_SCRIPT, str(PROJECT / "Snakefile"),
                              str(tmp_path / "config.yaml")], capture_output=True, text=True, cwd=tmp_path, timeout=300)

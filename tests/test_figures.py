@@ -44,7 +44,7 @@ def _tables(root: Path) -> dict:
         "compression": (root / "compression/toy/cls/summary.csv",
                         pd.DataFrame({"model": ["m1", "m2"], "full_accuracy": [0.9, 0.8],
                                       "pca_k1_accuracy": [0.6, 0.55], "best_dim_accuracy": [0.7, 0.65],
-                                      "smallest_k_within_tolerance": [4, np.nan]})),
+                                      "k_star": [4, np.nan], "k_star_n_test": [120, 120]})),
         "geometry": (root / "geometry/toy/regression.csv",
                      pd.DataFrame({"measure": ["vrm", "eee", "isoscore"], "r2": [0.81, 0.12, np.nan],
                                    "pearson_r": [0.9, -0.35, np.nan], "n": [4, 4, 4],
@@ -98,7 +98,7 @@ def test_each_summary_panel_names_its_table_and_draws_its_numbers(tmp_path, figu
     heights = [p.get_height() for p in ax.patches]
     expected = summary[["full_accuracy", "pca_k1_accuracy", "best_dim_accuracy"]].to_numpy().T.ravel()
     np.testing.assert_allclose(heights, expected)
-    assert [t.get_text() for t in ax.texts] == ["k*=4", "k*=–"]
+    assert [t.get_text() for t in ax.texts] == ["k*=4\nn=120", "k*=–\nn=120"]
     assert "compression/toy/cls/summary.csv" in source[ax]
     # geometry: the fitted measures only, best first from the top; R² widths and signed r labels
     ax = axes[3]
@@ -202,12 +202,17 @@ def test_geometry_r2_figure_draws_every_measure_of_the_table():
     from workflow_scripts.geometry import r2_figure
 
     table = pd.DataFrame({"measure": ["vrm", "eee", "iso"], "r2": [0.7, 0.2, np.nan],
-                          "pearson_r": [-0.84, 0.45, np.nan], "n": [5, 5, 2]})
+                          "pearson_r": [-0.84, 0.45, np.nan], "n": [5, 5, 2], "r_ci_low": [-0.99, -0.3, np.nan],
+                          "r_ci_high": [-0.5, 0.9, np.nan], "confidence": 0.95, "p_holm": [0.04, 0.6, np.nan]})
     fig = r2_figure(table, dataset="toy", score_name="accuracy")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["iso", "eee", "vrm"]
-    assert [p.get_width() for p in ax.patches] == pytest.approx([0.0, 0.2, 0.7])
-    assert [t.get_text() for t in ax.texts] == ["no fit (n=2)", "R²=0.20, r=+0.45, n=5", "R²=0.70, r=-0.84, n=5"]
+    # per fitted measure (bottom up): its bootstrap interval as a bar, then r as a dot, at the measure's row
+    lines = [([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()]) for line in ax.lines]
+    assert ([-0.3, 0.9], [1, 1]) in lines and ([0.45], [1]) in lines
+    assert ([-0.99, -0.5], [2, 2]) in lines and ([-0.84], [2]) in lines
+    assert [t.get_text() for t in ax.texts] == ["no fit (n=2)", "R²=0.20, Holm p=0.6, n=5", "R²=0.70, Holm p=0.04, n=5"]
+    assert "95% bootstrap interval" in ax.get_xlabel()
     plt.close(fig)
 
 
@@ -237,9 +242,12 @@ def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
     from workflow_scripts.compression import plot_curves
 
     curves = pd.DataFrame({"model": ["a"] * 3, "kind": "pca", "k": [1, 2, 4], "accuracy": [0.55, 0.7, 0.8],
-                           "ci_low": 0.4, "ci_high": 0.9})
-    summary = pd.DataFrame({"model": ["a"], "full_accuracy": [0.81], "smallest_k_within_tolerance": [4],
-                            "accuracy_at_smallest_k": [0.8], "majority_accuracy": [0.5], "tolerance": [0.01]})
+                           "ci_low": 0.4, "ci_high": 0.9, "accuracy_diff": [-0.26, -0.11, -0.01],
+                           "diff_ci_low": [-0.4, -0.2, -0.08], "diff_ci_high": [-0.1, -0.02, 0.06],
+                           "worse_than_full": [True, True, False]})
+    summary = pd.DataFrame({"model": ["a"], "full_accuracy": [0.81], "k_star": [4], "k_star_n_test": [120],
+                            "k_star_accuracy": [0.8], "majority_accuracy": [0.5], "alpha": [0.05],
+                            "full_beats_majority": [True], "full_vs_majority_mcnemar_p": [0.001]})
     plot_curves(curves, summary, [], dataset="toy", view="cls", paths=["unused.png"])
     ax = figures[-1].axes[0]
     lines = {line.get_marker(): line for line in ax.lines if line.get_marker() in ("o", "*")}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 
-@pytest.mark.parametrize("mode", ["paper", "authors_code"])
+@pytest.mark.parametrize("mode", ["paper", "uncentred"])
 def test_decomposition_mse_and_sst_equal_sums_of_squares_of_sklearns_ridge(mode):
     from sklearn.linear_model import Ridge
 
@@ -20,9 +20,11 @@ def test_decomposition_mse_and_sst_equal_sums_of_squares_of_sklearns_ridge(mode)
     alpha = 0.05
     stats = [lmd.SplitStats.from_rows(u[s], z[s]) for s in (train, test)]
     _, scores = lmd._fit_and_score(*stats, alpha, mode, "u")
-    # the card's alpha multiplies the mean squared error, sklearn's the sum: alpha_sklearn = n_train * alpha;
-    # authors_code fits and scores about zero (no intercept, uncentred total)
-    reference = Ridge(alpha=alpha * 1000, fit_intercept=mode == "paper", solver="cholesky").fit(z[train], u[train])
+    # paper (nlp.lmd 0.2.0): covariances divided by n_train - 1 (torch.cov), sklearn's penalty multiplies the sum:
+    # alpha_sklearn = (n_train - 1) * alpha; uncentred (haozhg/lmd 1eae068): raw moments divided by the basis dims
+    # d_z, no intercept: alpha_sklearn = d_z * alpha; it scores about zero (uncentred total)
+    scale = 999 if mode == "paper" else z.shape[1]
+    reference = Ridge(alpha=alpha * scale, fit_intercept=mode == "paper", solver="cholesky").fit(z[train], u[train])
     residual = u[test] - reference.predict(z[test])
     mse = np.sum(residual**2) / 500
     centre = u[test].mean(axis=0) if mode == "paper" else 0.0
