@@ -454,7 +454,7 @@ def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs)
     rules = check_submissions(first, gpu_rules=GPU_RULES)
     assert first.slurm_jobs == FIRST_JOBS
     # every rule that declares a GPU was submitted, with its gpu request (check_submissions)
-    assert MODEL_RUNNING_RULES <= set(rules), MODEL_RUNNING_RULES - set(rules)
+    assert GPU_RULES <= set(rules), GPU_RULES - set(rules)
     # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
     check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake")
     # SLURM's job logs go under results/logs/slurm/rule_<rule>/<wildcards>/ and are removed once a job succeeded.
