@@ -26,6 +26,7 @@ import pandas as pd
 
 from workflow_scripts import figure_style, storage
 from workflow_scripts.probe import C_GRID, linear_probe, wilson_interval
+from workflow_scripts.config_checks import where
 from workflow_scripts.storage import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -440,8 +441,8 @@ def resolve_pairs(config_pairs, models_config, models: list[str], derive: bool =
         for role in ("pretrained", "finetuned"):
             if pair[role] not in known:
                 raise WorkflowInputError(
-                    f"config: compression.pairs[{index}]: {role} model {pair[role]!r} is not a configured model name."
-                )
+                    f"config: compression.pairs[{index}]: {role} model {pair[role]!r} is not a configured model name; "
+                    f"fix {where(f'compression.pairs[{index}].{role}')}: use a name from 'models' ({list(known)}).")
         pairs.append((pair["pretrained"], pair["finetuned"]))
     if derive:
         pairs += [(entry["base"], entry["name"]) for entry in models_config if entry["source"] == "finetune"]
