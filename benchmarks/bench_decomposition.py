@@ -37,7 +37,7 @@ def write_models(folder: Path, units: int, dims, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workflow_scripts import storage
+    from lmcompare import hidden_states
 
     rng = np.random.default_rng(seed)
     latent = 64
@@ -54,7 +54,7 @@ def write_models(folder: Path, units: int, dims, seed: int = 0) -> dict:
             name = f"m{index}"
             values = shared @ mixes[index] + 0.5 * rng.normal(size=(stop - start, d)) + offsets[index]
             table = pa.table({"example_id": pa.array(ids[start:stop]), "split": pa.array(split[start:stop]),
-                              storage.pooled_column(1, "mean"): storage.fixed_size_list(values.astype(np.float32))})
+                              hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(values.astype(np.float32))})
             if name not in writers:
                 meta = {"model": name, "dataset": "bench", "n_layers": 2, "hidden_size": d, "token_layers": []}
                 schema = table.schema.with_metadata({"hidden_states": json.dumps(meta)})
@@ -72,7 +72,7 @@ def peak_mb() -> float:
 
 
 def run_ours(paths: dict, workdir: Path) -> dict:
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     models = sorted(paths)
     started = time.perf_counter()
@@ -96,14 +96,14 @@ def run_sklearn(paths: dict) -> dict:
     import pyarrow.parquet as pq
     from sklearn.linear_model import Ridge
 
-    from workflow_scripts import storage
+    from lmcompare import hidden_states
 
     models = sorted(paths)
     started = time.perf_counter()
     arrays = {}
     for name in models:
         table = pq.read_table(paths[name])
-        arrays[name] = storage.vectors(table, storage.pooled_column(1, "mean"), np.float64)
+        arrays[name] = hidden_states.vectors(table, hidden_states.pooled_column(1, "mean"), np.float64)
     test = np.arange(len(arrays[models[0]])) % TEST_EVERY == 0
     load_s = time.perf_counter() - started
     n_train = int((~test).sum())

@@ -21,8 +21,8 @@ sys.path.insert(0, str(PROJECT))
 
 
 def prepare_inputs(workdir: Path, package: str, subdir: str, examples: int):
-    from workflow_scripts.materialise_model import materialise
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare.models.materialise import materialise
+    from lmcompare.data.prepare import prepare
 
     model_dir = workdir / "model"
     if not model_dir.exists():
@@ -42,11 +42,11 @@ def bare_forward_seconds(model_dir, dataset_path, settings) -> tuple[float, int]
     """Only tokenisation-free forward passes over the batches the extraction plans (same windows, same order)."""
     import torch
 
-    from workflow_scripts import storage
-    from workflow_scripts.extract_hidden_states import forward_batch, plan_batches, tokenize_window
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from lmcompare import files
+    from lmcompare.extraction.extract import forward_batch, plan_batches, tokenize_window
+    from lmcompare.models.loading import load_model, load_tokenizer
 
-    frame = storage.read_dataset(dataset_path)
+    frame = files.read_dataset(dataset_path)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
     windows = []
@@ -66,7 +66,7 @@ def bare_forward_seconds(model_dir, dataset_path, settings) -> tuple[float, int]
 
 def load_seconds(model_dir) -> float:
     """Loading the tokenizer and the model, which the full extraction includes once."""
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from lmcompare.models.loading import load_model, load_tokenizer
 
     tic = time.perf_counter()
     load_tokenizer(model_dir)
@@ -75,7 +75,7 @@ def load_seconds(model_dir) -> float:
 
 
 def full_extraction_seconds(model_dir, dataset_path, settings, out: Path) -> tuple[float, int, float]:
-    from workflow_scripts.extract_hidden_states import extract
+    from lmcompare.extraction.extract import extract
 
     tic = time.perf_counter()
     counts = extract(model_dir, dataset_path, out / "pooled.parquet", out / "tokens.parquet", settings,
@@ -86,13 +86,12 @@ def full_extraction_seconds(model_dir, dataset_path, settings, out: Path) -> tup
 def peak_rss_mb(model_dir, dataset_path, out: Path, max_length: int) -> float:
     """Peak RSS of a fresh process that runs one extraction."""
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
-        "from workflow_scripts.extract_hidden_states import ExtractionSettings, extract\n"
-        "from workflow_scripts.storage import limit_heap_fragmentation; limit_heap_fragmentation()  # as every job\n"
+        "from lmcompare.extraction.extract import ExtractionSettings, extract\n"
+        "from lmcompare.runtime import limit_heap_fragmentation; limit_heap_fragmentation()  # as every job\n"
         "extract(%r, %r, %r, %r, ExtractionSettings(max_length=%d, sort_window=256), model_name='bench',"
         " dataset_name='reviews', progress=False)\n"
         "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    ) % (str(PROJECT), str(model_dir), str(dataset_path), str(out / "p.parquet"), str(out / "t.parquet"), max_length)
+    ) % (str(model_dir), str(dataset_path), str(out / "p.parquet"), str(out / "t.parquet"), max_length)
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
@@ -108,7 +107,7 @@ def main():
 
     import torch
 
-    from workflow_scripts.extract_hidden_states import ExtractionSettings
+    from lmcompare.extraction.extract import ExtractionSettings
 
     torch.manual_seed(0)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-extraction-"))

@@ -32,7 +32,7 @@ def set_threads(threads: int) -> None:
 
 
 def timing(args) -> None:
-    from workflow_scripts import geometry as g
+    from lmcompare import geometry as g
 
     set_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; wall s (CPU s of this process)")
@@ -57,11 +57,11 @@ def timing(args) -> None:
 def family(args) -> None:
     import pandas as pd
 
-    from workflow_scripts import geometry as g
-    from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
-    from workflow_scripts.materialise_model import materialise
-    from workflow_scripts.perturb_model import perturb_model_folder
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare import geometry as g
+    from lmcompare.extraction.extract import ExtractionSettings, extract
+    from lmcompare.models.materialise import materialise
+    from lmcompare.models.perturb import perturb_model_folder
+    from lmcompare.data.prepare import prepare
 
     set_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_geometry_"))

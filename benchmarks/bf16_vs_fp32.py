@@ -66,8 +66,8 @@ def setup_workdir(reference: Path, workdir: Path, config_file: Path | None = Non
 def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=None) -> list[dict]:
     import torch
 
-    from workflow_scripts import extract_hidden_states as ex
-    from workflow_scripts.precision_emulation import emulate
+    from lmcompare.extraction import extract as ex
+    from lmcompare.extraction.precision import emulate
 
     torch.set_num_threads(threads)
     original_load = ex.load_model
@@ -110,7 +110,7 @@ def state_errors(reference: Path, config: dict, n_texts: int, threads: int, only
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from workflow_scripts.precision_emulation import PRECISIONS, emulate
+    from lmcompare.extraction.precision import PRECISIONS, emulate
 
     torch.set_num_threads(threads)
     datasets = config.get("extraction", {}).get("datasets") or [d["name"] for d in config["datasets"]]

@@ -19,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import compression  # noqa: E402
+from lmcompare import compression
 
 
 def old_rule(curve: pd.DataFrame, tolerance: float):

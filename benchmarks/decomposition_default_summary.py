@@ -89,14 +89,14 @@ def compare(results: Path, other: Path) -> None:
 
 def _word_units(results: Path, dataset: str, models: list, layer: int = -1) -> tuple:
     """Word units of every model (float32), aligned on the words all models hold: (keys, split codes, {model: X})."""
-    from workflow_scripts import decomposition as lmd
-    from workflow_scripts import storage
+    from lmcompare import decomposition as lmd
+    from lmcompare import hidden_states
 
     units = {}
     for model in models:
         path = results / "hidden" / dataset / model / "tokens.parquet"
-        meta = storage.read_hidden_metadata(path)
-        view = lmd.ViewSpec(model, str(path), (storage.resolve_layer(layer, int(meta["n_layers"])),),
+        meta = hidden_states.read_hidden_metadata(path)
+        view = lmd.ViewSpec(model, str(path), (hidden_states.resolve_layer(layer, int(meta["n_layers"])),),
                             int(meta["hidden_size"]))
         parts = list(lmd.iter_units(view, "word"))
         units[model] = (np.concatenate([k for k, _, _ in parts]), np.concatenate([c for _, c, _ in parts]),
@@ -114,7 +114,7 @@ def _word_units(results: Path, dataset: str, models: list, layer: int = -1) -> t
 
 
 def _joint_moments(blocks: dict, members: np.ndarray, models: list):
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     dim = sum(blocks[m].shape[1] for m in models)
     moments = lmd.Moments(dim)
@@ -127,7 +127,7 @@ def _joint_moments(blocks: dict, members: np.ndarray, models: list):
 
 def _group_r2(blocks: dict, train: np.ndarray, test: np.ndarray, models: list, alpha: float = 1e-6) -> dict:
     """Group test R² of every target at a fixed alpha (mode paper) for one train / test cut of the units."""
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     joint = {name: _joint_moments(blocks, mask, models) for name, mask in (("train", train), ("test", test))}
     offsets = np.cumsum([0] + [blocks[m].shape[1] for m in models])
@@ -156,7 +156,7 @@ def _encoder_distances(results: Path, config_path: Path) -> None:
     import yaml
     from transformers import AutoModel
 
-    from workflow_scripts.perturb_model import perturb_, perturbed_parameter_names
+    from lmcompare.models.perturb import perturb_, perturbed_parameter_names
 
     entries = [e for e in yaml.safe_load(config_path.read_text())["models"] if e.get("source") == "perturb"]
     bases = {}
@@ -185,7 +185,7 @@ def _encoder_distances(results: Path, config_path: Path) -> None:
 
 
 def effective_sample(results: Path, dataset: str, config_path: Path) -> None:
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     groups = sorted((results / "analysis/decomposition" / dataset / "word").glob("*/paper/alpha-*/group.csv"))
     if groups:

@@ -6,7 +6,7 @@ longest, summed over batches) / real tokens - 1, as the extraction log reports i
 """
 import numpy as np
 
-from workflow_scripts.extract_hidden_states import MIN_LENGTH_RATIO, plan_batches
+from lmcompare.extraction.extract import MIN_LENGTH_RATIO, plan_batches
 
 
 def overhead(lengths, batch_tokens=8192, ratio=MIN_LENGTH_RATIO):

@@ -18,8 +18,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import twotower as tt  # noqa: E402
-from workflow_scripts import twotower_preference as tp  # noqa: E402
+from lmcompare import twotower as tt
+from lmcompare.twotower import preference as tp
 
 
 def main() -> None:

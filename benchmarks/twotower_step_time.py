@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from workflow_scripts.twotower import TowerConfig, TrainConfig, build_model, make_optimizer
+    from lmcompare.twotower import TowerConfig, TrainConfig, build_model, make_optimizer
 
     torch.set_num_threads(args.threads)
     section = yaml.safe_load((PROJECT / "config.yaml").read_text())["twotower"]

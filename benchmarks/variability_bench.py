@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import storage  # noqa: E402
-from workflow_scripts import variability as var  # noqa: E402
-from workflow_scripts.probe import linear_probe  # noqa: E402
+from lmcompare import hidden_states
+from lmcompare import variability as var
+from lmcompare.probe import linear_probe  # noqa: E402
 
 
 def synthetic_pooled(path, rows, dim, layers, seed=0, row_group=1024):
@@ -40,7 +40,7 @@ def synthetic_pooled(path, rows, dim, layers, seed=0, row_group=1024):
         for layer in range(layers):
             x = rng.standard_normal((n, dim), dtype=np.float32)
             x[:, 0] += np.where(labels[start:start + n] == "pos", 0.1 * layer, -0.1 * layer)
-            columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list(x)
+            columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(x)
         table = pa.table(columns)
         if writer is None:
             meta = {"n_layers": layers, "hidden_size": dim, "model": "synthetic", "dataset": "synthetic"}

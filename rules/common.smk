@@ -1,8 +1,9 @@
 # Names, paths and resources shared by every rule file.
 import os
 
-from workflow_scripts import storage
-from workflow_scripts.config_checks import check_schema, where
+from lmcompare import paths
+from lmcompare.config import check_schema, where
+from lmcompare.errors import WorkflowInputError
 
 
 def validate_section(key):
@@ -35,7 +36,7 @@ EXTERNAL_SOURCES = ("hub", "local", "package", "archive", "onnx")
 
 def model_index(names):
     """Each model's index in the configured model list: the `model_index` param of a figure rule, so a model has one
-    colour in every figure (workflow_scripts/figure_style.py). Adding a model at the end changes no entry."""
+    colour in every figure (lmcompare/plotting.py). Adding a model at the end changes no entry."""
     return {name: MODEL_NAMES.index(name) for name in names}
 
 
@@ -86,7 +87,7 @@ def model_weights_mb(model):
     import glob
     import os
 
-    files = glob.glob(os.path.join(storage.model_dir(model), "*.safetensors")) + glob.glob(
-        os.path.join(storage.model_dir(model), "*.bin")
+    files = glob.glob(os.path.join(paths.model_dir(model), "*.safetensors")) + glob.glob(
+        os.path.join(paths.model_dir(model), "*.bin")
     )
     return sum(os.path.getsize(f) for f in files) / 1e6 if files else 500.0

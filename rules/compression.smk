@@ -1,7 +1,7 @@
 # [CLS] compression (Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
 validate_section("compression")
 
-from workflow_scripts.compression import resolve_pairs, view_name
+from lmcompare.compression import resolve_pairs, view_name
 
 COMPRESSION = config["compression"]
 FINETUNED_MODELS = models_of_source("finetune")
@@ -23,8 +23,8 @@ def finetune_runtime(wildcards, attempt):
 
 rule finetune_model:
     input:
-        base=lambda wc: storage.model_dir(MODELS[wc.model]["base"]),
-        dataset=lambda wc: storage.dataset_path(MODELS[wc.model]["dataset"]),
+        base=lambda wc: paths.model_dir(MODELS[wc.model]["base"]),
+        dataset=lambda wc: paths.dataset_path(MODELS[wc.model]["dataset"]),
     output:
         model=directory("results/models/{model}"),
     wildcard_constraints:
@@ -51,7 +51,7 @@ rule finetune_model:
 def _compression_models():
     unknown = [m for m in COMPRESSION["models"] or [] if m not in MODELS]
     if unknown:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"config: compression.models lists {unknown}, which are not configured model names; fix "
             f"{where('compression.models')}: use names from 'models' (or remove the key for all models)."
         )
@@ -62,12 +62,12 @@ def _compression_datasets():
     chosen = list(COMPRESSION["datasets"] or labelled_datasets())
     for name in chosen:
         if name not in DATASETS:
-            raise storage.WorkflowInputError(
+            raise WorkflowInputError(
                 f"config: compression.datasets lists {name!r}, which is not a configured dataset name; fix "
                 f"{where('compression.datasets')}."
             )
         if not DATASETS[name].get("label_column"):
-            raise storage.WorkflowInputError(
+            raise WorkflowInputError(
                 f"config: compression.datasets lists {name!r}, which has no label_column: the probes need labels. "
                 f"Set its label_column or remove it from compression.datasets."
             )
@@ -115,7 +115,7 @@ rule compression_model:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/compression.py"
+        "../workflow_scripts/compression_model.py"
 
 
 # ------------------------------------------------------------------------- per dataset and view
@@ -124,7 +124,7 @@ rule compression_dataset:
         summaries=compression_model_outputs("summary"),
         curves=compression_model_outputs("pca_curve"),
         dims=compression_model_outputs("single_dims"),
-        finetuned=[storage.model_dir(b) for _, b in COMPRESSION_PAIRS if b in FINETUNED_MODELS],
+        finetuned=[paths.model_dir(b) for _, b in COMPRESSION_PAIRS if b in FINETUNED_MODELS],
     output:
         summary="results/analysis/compression/{dataset}/{view}/summary.csv",
         pairs="results/analysis/compression/{dataset}/{view}/pairs.csv",
@@ -158,7 +158,7 @@ rule compression_dataset:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/compression.py"
+        "../workflow_scripts/compression_dataset.py"
 
 
 if COMPRESSION["enabled"]:

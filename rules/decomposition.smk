@@ -2,7 +2,7 @@
 # moments cached per model pair. See docs/decomposition.md.
 validate_section("decomposition")
 
-from workflow_scripts.decomposition import alpha_tag, layers_tag, model_pairs, UNITS, MODES, MOMENTS_FORMAT, VALIDATION
+from lmcompare.decomposition import alpha_tag, layers_tag, model_pairs, UNITS, MODES, MOMENTS_FORMAT, VALIDATION
 
 LMD = config["decomposition"]
 LMD_DIR = "results/analysis/decomposition"
@@ -12,9 +12,9 @@ LMD_LAYERS = layers_tag(LMD["target_layer"], LMD["basis_layer"])
 # changing one leaves the other's tables alone.
 LMD_ALPHAS = [alpha_tag(a) for a in (LMD["alpha"] if isinstance(LMD["alpha"], list) else [LMD["alpha"]])]
 if len(set(LMD_ALPHAS)) != len(LMD_ALPHAS):
-    raise storage.WorkflowInputError(f"config: decomposition.alpha lists the same alpha twice: {LMD['alpha']}.")
+    raise WorkflowInputError(f"config: decomposition.alpha lists the same alpha twice: {LMD['alpha']}.")
 if LMD["enabled"] and alpha_tag(VALIDATION) in LMD_ALPHAS and not LMD["alpha_grid"]:
-    raise storage.WorkflowInputError(
+    raise WorkflowInputError(
         "config: decomposition.alpha holds 'validation' but decomposition.alpha_grid is empty; list the alphas to try "
         "(the default is 1e-6, 1e-5, ..., 1e4) or use a fixed alpha."
     )
@@ -26,7 +26,7 @@ def _lmd_selected(key, known, what):
     if unknown and not LMD["enabled"]:
         return [name for name in names if name in known]  # a disabled section is not checked: nothing of it runs
     if unknown:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"config: decomposition.{key} lists {unknown}, which are not configured {what}; fix "
             f"{where('decomposition.' + key)}: use names from '{what}' (configured: {list(known)})."
         )
@@ -36,7 +36,7 @@ def _lmd_selected(key, known, what):
 LMD_MODELS = _lmd_selected("models", MODELS, "models")
 LMD_DATASETS = _lmd_selected("datasets", DATASETS, "datasets")
 if LMD["enabled"] and len(LMD_MODELS) < 2:
-    raise storage.WorkflowInputError(
+    raise WorkflowInputError(
         f"config: decomposition needs at least two models, got {LMD_MODELS}; configure another model or list two "
         f"or more in decomposition.models (or set decomposition.enabled: false)."
     )
@@ -51,7 +51,7 @@ def lmd_jobs():
                 continue
             jobs.append((dataset, unit))
     if LMD["enabled"] and "chunk" in LMD["units"] and not any(unit == "chunk" for _, unit in jobs):
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             "config: decomposition.units holds 'chunk', which runs on chunks datasets, but none is selected: add a "
             "dataset with source: chunks (base, tokenizer_model, chunk_tokens) or remove 'chunk' from the units."
         )
@@ -78,8 +78,8 @@ def _lmd_layers(wildcards):
 def _lmd_hidden_file(model):
     def files(wildcards):
         if wildcards.unit == "example":
-            return storage.pooled_path(wildcards.dataset, getattr(wildcards, model))
-        return storage.tokens_path(wildcards.dataset, getattr(wildcards, model))
+            return paths.pooled_path(wildcards.dataset, getattr(wildcards, model))
+        return paths.tokens_path(wildcards.dataset, getattr(wildcards, model))
 
     return files
 
@@ -103,8 +103,8 @@ def _lmd_fit_mem_mb():
 
 rule prepare_chunk_dataset:
     input:
-        base=lambda wc: storage.dataset_path(DATASETS[wc.dataset]["base"]),
-        tokenizer=lambda wc: storage.model_dir(DATASETS[wc.dataset]["tokenizer_model"]),
+        base=lambda wc: paths.dataset_path(DATASETS[wc.dataset]["base"]),
+        tokenizer=lambda wc: paths.model_dir(DATASETS[wc.dataset]["tokenizer_model"]),
     output:
         dataset="results/data/{dataset}.parquet",
     wildcard_constraints:
@@ -119,7 +119,7 @@ rule prepare_chunk_dataset:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/chunk_dataset.py"
+        "../workflow_scripts/prepare_chunk_dataset.py"
 
 
 # One file per unordered model pair (canonical order: by name): adding a model adds only its pairs.
@@ -154,7 +154,7 @@ rule decomposition_moments:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/decomposition.py"
+        "../workflow_scripts/decomposition_moments.py"
 
 
 rule decomposition_fit:
@@ -187,7 +187,7 @@ rule decomposition_fit:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/decomposition.py"
+        "../workflow_scripts/decomposition_fit.py"
 
 
 rule decomposition_figures:
@@ -226,7 +226,7 @@ rule decomposition_figures:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/decomposition.py"
+        "../workflow_scripts/decomposition_figures.py"
 
 
 if LMD["enabled"]:

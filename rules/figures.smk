@@ -49,7 +49,7 @@ rule model_provenance:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/summary_figure.py"
+        "../workflow_scripts/model_provenance.py"
 
 
 rule effective_config:
@@ -71,7 +71,7 @@ rule effective_config:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/summary_figure.py"
+        "../workflow_scripts/effective_config.py"
 
 
 rule summary_figure:

@@ -2,7 +2,7 @@
 # model's final-layer token cloud, each model's downstream score, and the regression of score on each measure.
 validate_section("geometry")
 
-from workflow_scripts.perturb_model import family_entries, model_seed
+from lmcompare.models.perturb import family_entries, model_seed
 
 GEOMETRY = config["geometry"]
 PERTURBED_MODELS = models_of_source("perturb")
@@ -18,7 +18,7 @@ GEOMETRY_MODELS = MODEL_NAMES + FAMILY_NAMES
 # Built whether or not the geometry analysis is enabled: perturbed models are models, every analysis covers them.
 rule perturb_model:
     input:
-        base=lambda wc: storage.model_dir(PERTURB_ENTRIES[wc.model]["base"]),
+        base=lambda wc: paths.model_dir(PERTURB_ENTRIES[wc.model]["base"]),
     output:
         model=directory("results/models/{model}"),
     wildcard_constraints:
@@ -60,7 +60,7 @@ def geometry_datasets():
     names = GEOMETRY["datasets"] if GEOMETRY["datasets"] is not None else DATASET_NAMES
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"config: geometry.datasets names {unknown}, which are not configured datasets ({DATASET_NAMES}); "
             f"fix {where('geometry.datasets')} or set it to null for all datasets."
         )
@@ -73,14 +73,14 @@ def geometry_score_dataset():
     labelled = labelled_datasets()
     if wanted is not None:
         if wanted not in labelled:
-            raise storage.WorkflowInputError(
+            raise WorkflowInputError(
                 f"config: geometry.score.dataset {wanted!r} is not a configured dataset with a label_column "
                 f"(labelled datasets: {labelled}); fix {where('geometry.score.dataset')}, or use "
                 f"geometry.score.source: table."
             )
         return wanted
     if not labelled:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             "config: geometry.score.source is 'probe' but no configured dataset has a label_column; add a labelled "
             "dataset, or give a score table (geometry.score.source: table, geometry.score.table: scores.csv)."
         )
@@ -98,7 +98,7 @@ def geometry_score_name():
 def geometry_score_inputs(wc):
     if GEOMETRY["score"]["source"] == "table":
         if not GEOMETRY["score"]["table"]:
-            raise storage.WorkflowInputError(
+            raise WorkflowInputError(
                 "config: geometry.score.source is 'table' but geometry.score.table is empty; give the path of a "
                 "CSV with columns model, score."
             )
@@ -119,7 +119,7 @@ def geometry_regression_models():
         return GEOMETRY_MODELS
     unknown = [name for name in chosen if name not in GEOMETRY_MODELS]
     if unknown:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"config: geometry.regression.models names {unknown}, which are neither configured models nor members "
             f"of geometry.family ({GEOMETRY_MODELS}); fix the list, or set it to null for all of them."
         )
@@ -134,7 +134,7 @@ GEOMETRY_TOP_K = GEOMETRY["regression"]["top_k"]
 
 rule geometry_measures:
     input:
-        tokens=lambda wc: storage.tokens_path(wc.dataset, wc.model),
+        tokens=lambda wc: paths.tokens_path(wc.dataset, wc.model),
     output:
         measures="results/analysis/geometry/{dataset}/measures/{model}.csv",
     wildcard_constraints:
@@ -156,12 +156,12 @@ rule geometry_measures:
     conda:
         "../envs/geometry.yaml"
     script:
-        "../workflow_scripts/geometry.py"
+        "../workflow_scripts/geometry_measures.py"
 
 
 rule geometry_score:
     input:
-        pooled=lambda wc: storage.pooled_path(wc.dataset, wc.model),
+        pooled=lambda wc: paths.pooled_path(wc.dataset, wc.model),
     output:
         score="results/analysis/geometry/scores/{dataset}/{model}.csv",
     wildcard_constraints:
@@ -185,7 +185,7 @@ rule geometry_score:
     conda:
         "../envs/geometry.yaml"
     script:
-        "../workflow_scripts/geometry.py"
+        "../workflow_scripts/geometry_score.py"
 
 
 rule geometry_regression:
@@ -213,7 +213,7 @@ rule geometry_regression:
     conda:
         "../envs/geometry.yaml"
     script:
-        "../workflow_scripts/geometry.py"
+        "../workflow_scripts/geometry_regression.py"
 
 
 rule geometry_figures:
@@ -251,7 +251,7 @@ rule geometry_figures:
     conda:
         "../envs/geometry.yaml"
     script:
-        "../workflow_scripts/geometry.py"
+        "../workflow_scripts/geometry_figures.py"
 
 
 if GEOMETRY["enabled"]:

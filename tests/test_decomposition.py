@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import Ridge
 
-from workflow_scripts import decomposition as lmd
-from workflow_scripts import storage
-from workflow_scripts.prepare_dataset import word_offsets
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import decomposition as lmd
+from lmcompare import hidden_states, paths
+from lmcompare.data.prepare import word_offsets
+from lmcompare.errors import WorkflowInputError
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -48,8 +48,8 @@ def write_pooled(path, model, example_ids, splits, layers: dict, row_group_size=
     hidden = next(iter(layers.values())).shape[1]
     columns = {"example_id": pa.array(np.asarray(example_ids, np.int64)), "split": pa.array(list(splits))}
     for layer, values in layers.items():
-        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list(values.astype(np.float32))
-        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(values[:, ::-1].astype(np.float32))
+        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(values.astype(np.float32))
+        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(values[:, ::-1].astype(np.float32))
     meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers or (max(layers) + 1), "hidden_size": hidden,
             "token_layers": [], "store_dtype": "float32"}
     table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
@@ -69,7 +69,7 @@ def write_tokens(path, model, rows: pd.DataFrame, layer_values: dict, n_layers, 
         "is_special": pa.array(rows["is_special"].to_numpy(bool)),
     }
     for layer, values in layer_values.items():
-        columns[storage.token_column(layer)] = storage.fixed_size_list(values.astype(np.float32))
+        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(values.astype(np.float32))
     meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers, "hidden_size": hidden,
             "token_layers": sorted(layer_values), "store_dtype": "float32"}
     table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
@@ -386,10 +386,10 @@ def copy_run(workdir, target):
 
 
 def token_frame(workdir, dataset, model, layer):
-    path = workdir / storage.tokens_path(dataset, model)
+    path = workdir / paths.tokens_path(dataset, model)
     table = pq.read_table(path)
     frame = table.select(["example_id", "split", "word_id", "is_special", "char_start", "char_end"]).to_pandas()
-    return frame, storage.vectors(table, storage.token_column(layer)).astype(np.float64)
+    return frame, hidden_states.vectors(table, hidden_states.token_column(layer)).astype(np.float64)
 
 
 def test_workflow_writes_tables_and_figures(lmd_run):
@@ -424,7 +424,7 @@ def test_workflow_writes_tables_and_figures(lmd_run):
 
 def test_word_units_align_the_same_words_across_tokenizers(lmd_run):
     workdir, _ = lmd_run
-    dataset = pd.read_parquet(workdir / storage.dataset_path("toy"))
+    dataset = pd.read_parquet(workdir / paths.dataset_path("toy"))
     means = {}
     for model, layer in (("tiny-bert", 2), ("tiny-roberta", 3)):
         frame, vecs = token_frame(workdir, "toy", model, layer)
@@ -456,7 +456,7 @@ def test_word_units_align_the_same_words_across_tokenizers(lmd_run):
 def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
     from transformers import AutoTokenizer
 
-    from workflow_scripts import chunk_dataset
+    from lmcompare.data import chunks as chunk_dataset
 
     assert chunk_dataset.cut_chunks([[1, 2, 3], [4], [5, 6, 7, 8, 9]], 4) == ([[1, 2, 3, 4], [5, 6, 7, 8]], 1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
@@ -501,10 +501,10 @@ def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, 
     planned = pending_jobs(fresh)
     extracted = sorted(out for rule, out in planned if rule == "extract_hidden_states")
     assert extracted and all("/chunks16/" in out for out in extracted), extracted
-    assert storage.dataset_path("toy") in {out for _, out in planned}
+    assert paths.dataset_path("toy") in {out for _, out in planned}
     workdir = copy_run(lmd_run[0], tmp_path / "chunks")  # reuses the materialised models and the base dataset
     run_workflow(workdir, config)
-    chunks = pq.read_table(workdir / storage.dataset_path("chunks16"))
+    chunks = pq.read_table(workdir / paths.dataset_path("chunks16"))
     assert chunks.schema.names == ["example_id", "text", "label", "split", "word_starts", "word_ends"]
     meta = json.loads(chunks.schema.metadata[b"dataset"])
     assert (meta["source"], meta["base"], meta["tokenizer_model"], meta["chunk_tokens"]) == ("chunks", "toy", "tiny-bert", 16)
@@ -513,8 +513,8 @@ def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, 
     # every model reads the chunks truncated at T = 16 (special tokens included), although extraction.max_length
     # is 32, and the log says so instead of advising to raise max_length
     for model in ("tiny-bert", "tiny-roberta"):
-        tokens = workdir / storage.tokens_path("chunks16", model)
-        assert storage.read_hidden_metadata(tokens)["max_length"] == 16
+        tokens = workdir / paths.tokens_path("chunks16", model)
+        assert hidden_states.read_hidden_metadata(tokens)["max_length"] == 16
         counted = pq.read_table(tokens, columns=["example_id"]).to_pandas().groupby("example_id").size()
         assert counted.max() == 16
         log = (workdir / f"results/logs/extract_hidden_states/chunks16/{model}.log").read_text()

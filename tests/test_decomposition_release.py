@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.test_decomposition import latent_models, token_table, write_pooled, write_tokens
-from workflow_scripts import chunk_dataset
-from workflow_scripts import decomposition as lmd
+from lmcompare.data import chunks as chunk_dataset
+from lmcompare import decomposition as lmd
 
 
 # ------------------------------------------------------------------------ transcriptions of the release
@@ -252,8 +252,8 @@ def test_release_split_is_positional_as_datasets_percent_slices(tiny_models, tin
 
 def test_chunks_longer_than_a_models_positions_stop_the_extraction(tiny_models, tiny_corpus, tmp_path):
     # a too-small limit must not silently change the unit: the tiny BERT reads at most 64 positions
-    from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
-    from workflow_scripts.prepare_dataset import build_dataset, write_dataset
+    from lmcompare.extraction.extract import ExtractionSettings, extract
+    from lmcompare.data.prepare import build_dataset, write_dataset
 
     raw = pd.DataFrame({"text": list(tiny_corpus[1][:6]), "label": list(tiny_corpus[2][:6])})
     frame, _ = build_dataset(raw, {"name": "c", "text_column": "text", "label_column": "label", "test_fraction": 0.3,

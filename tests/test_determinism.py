@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tests.conftest import PROJECT, run_workflow, tiny_config
-from workflow_scripts import storage
+from lmcompare import paths
 
 ANALYSES = dict(
     decomposition={"enabled": True, "units": ["example"], "modes": ["paper"], "alpha": [1e-6],
@@ -34,8 +34,8 @@ def test_two_runs_as_a_user_runs_them_give_byte_identical_files(tiny_models, tin
     assert len(tables) == 27, tables  # decomposition 3, variability 7, compression 10, geometry 7
     assert any(t.endswith("geometry/toy/measures.csv") for t in tables)
     assert any(t.endswith("/group.csv") for t in tables) and any(t.endswith("/pairwise.csv") for t in tables)
-    hidden = [storage.pooled_path("toy", f"tiny-{m}") for m in ("bert", "gpt2")]
-    hidden += [storage.tokens_path("toy", f"tiny-{m}") for m in ("bert", "gpt2")]
-    differ = [relative for relative in (storage.dataset_path("toy"), *hidden, *tables)
+    hidden = [paths.pooled_path("toy", f"tiny-{m}") for m in ("bert", "gpt2")]
+    hidden += [paths.tokens_path("toy", f"tiny-{m}") for m in ("bert", "gpt2")]
+    differ = [relative for relative in (paths.dataset_path("toy"), *hidden, *tables)
               if (a / relative).read_bytes() != (b / relative).read_bytes()]
     assert not differ, f"not byte-identical between two runs: {differ}"

@@ -12,7 +12,7 @@ import yaml
 from scipy.stats import binom
 
 from tests.conftest import PROJECT
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare.errors import WorkflowInputError
 
 
 def test_the_readme_test_command_is_the_one_ci_runs_and_prints_skip_reasons():
@@ -44,7 +44,7 @@ def test_under_the_null_about_five_percent_of_types_have_p_below_005():
     """docs/twotower.md: "under the null about 5% of types fall below 0.05". With 200 permutations the p-value
     (1 + k)/201 is below 0.05 for k <= 9, so the exact rate is 10/201; types have disjoint occurrences, so the
     count is binomial: the fraction must lie in its 99.9% interval (for 1,000 types: 3.0%-7.3%)."""
-    from workflow_scripts import twotower_preference as tp
+    from lmcompare.twotower import preference as tp
 
     n_types, permutations = 1000, 200
     types, _, summary, _ = tp.analyse_measurement(_null_occurrences(150_000, n_types, seed=0), min_count=50,
@@ -57,7 +57,7 @@ def test_under_the_null_about_five_percent_of_types_have_p_below_005():
 
 def test_a_validated_alpha_at_an_end_of_the_grid_is_logged_as_a_warning(caplog):
     """docs/decomposition.md: "a choice at either end of the grid is logged as a warning"."""
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     rng = np.random.default_rng(3)
     z = rng.normal(size=(600, 6))
@@ -95,7 +95,7 @@ def hang(*args):
 def test_a_hub_download_that_never_answers_times_out_with_one_message(tmp_path, monkeypatch):
     """docs/reliability.md: "the download runs in a child process with a timeout so a hub that never answers
     cannot hang the job"."""
-    from workflow_scripts import materialise_model
+    from lmcompare.models import materialise as materialise_model
 
     monkeypatch.setattr(materialise_model, "_download", hang)
     started = time.perf_counter()
@@ -109,9 +109,9 @@ def test_a_hub_download_that_never_answers_times_out_with_one_message(tmp_path, 
 def test_a_tokenizer_without_offsets_stops_extraction_before_the_model_is_loaded(tiny_models, tiny_corpus, tmp_path,
                                                                                monkeypatch):
     """docs/reliability.md: "extraction stops before loading the model" for a tokenizer without offsets."""
-    from workflow_scripts import extract_hidden_states
-    from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare.extraction import extract as extract_hidden_states
+    from lmcompare.extraction.extract import ExtractionSettings, extract
+    from lmcompare.data.prepare import prepare
 
     folder = tmp_path / "slow-bert"
     shutil.copytree(tiny_models["bert"], folder)
@@ -148,7 +148,7 @@ def test_the_moments_file_format_is_a_parameter_of_its_rule(tmp_path):
     import subprocess
     import sys
 
-    from workflow_scripts.decomposition import MOMENTS_FORMAT
+    from lmcompare.decomposition import MOMENTS_FORMAT
 
     from tests.bad_configs import BASE, write_local_sources
 

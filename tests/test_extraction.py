@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from workflow_scripts import storage
-from workflow_scripts.extract_hidden_states import ExtractionSettings, extract, plan_batches, word_ids_for_tokens
-from workflow_scripts.prepare_dataset import build_dataset, write_dataset
+from lmcompare import hidden_states
+from lmcompare.extraction.extract import ExtractionSettings, extract, plan_batches, word_ids_for_tokens
+from lmcompare.data.prepare import build_dataset, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_vectors_equal_a_direct_forward_pass_on_each_text_alone(name, tiny_model
 
     dataset_path, frame = toy_dataset
     pooled_path, tokens_path, counts = extract_tiny(tiny_models[name], dataset_path, tmp_path)
-    meta = storage.read_hidden_metadata(pooled_path)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
     model = AutoModel.from_pretrained(tiny_models[name], local_files_only=True, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[name])
     n_layers = model.config.num_hidden_layers + 1
@@ -58,26 +58,26 @@ def test_vectors_equal_a_direct_forward_pass_on_each_text_alone(name, tiny_model
         assert mine["is_special"].tolist() == special.tolist()
         for layer in range(n_layers):
             reference = hidden[layer][0]
-            first = storage.vectors(pooled.slice(row, 1), storage.pooled_column(layer, "first"))[0]
-            mean = storage.vectors(pooled.slice(row, 1), storage.pooled_column(layer, "mean"))[0]
+            first = hidden_states.vectors(pooled.slice(row, 1), hidden_states.pooled_column(layer, "first"))[0]
+            mean = hidden_states.vectors(pooled.slice(row, 1), hidden_states.pooled_column(layer, "mean"))[0]
             np.testing.assert_allclose(first, reference[0].numpy(), rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(mean, reference[~special].mean(0).numpy(), rtol=1e-4, atol=1e-5)
         for layer in (0, n_layers - 1):
-            stored = np.stack(mine[storage.token_column(layer)].to_numpy())
+            stored = np.stack(mine[hidden_states.token_column(layer)].to_numpy())
             np.testing.assert_allclose(stored, hidden[layer][0].numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_pooled_mean_is_mean_of_non_special_token_rows(tiny_models, toy_dataset, tmp_path):
     pooled_path, tokens_path, _ = extract_tiny(tiny_models["roberta"], toy_dataset[0], tmp_path)
-    meta = storage.read_hidden_metadata(pooled_path)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
     last = meta["n_layers"] - 1
     pooled = pq.read_table(pooled_path)
     tokens = pq.read_table(tokens_path)
     ids = tokens.column("example_id").to_numpy()
     special = tokens.column("is_special").to_numpy()
-    vectors = storage.vectors(tokens, storage.token_column(last))
-    means = storage.vectors(pooled, storage.pooled_column(last, "mean"))
-    firsts = storage.vectors(pooled, storage.pooled_column(last, "first"))
+    vectors = hidden_states.vectors(tokens, hidden_states.token_column(last))
+    means = hidden_states.vectors(pooled, hidden_states.pooled_column(last, "mean"))
+    firsts = hidden_states.vectors(pooled, hidden_states.pooled_column(last, "first"))
     for row, example in enumerate(pooled.column("example_id").to_numpy()):
         rows = ids == example
         np.testing.assert_allclose(means[row], vectors[rows & ~special].mean(0), rtol=1e-5, atol=1e-6)
@@ -121,9 +121,9 @@ def test_padding_never_changes_a_result(tiny_models, toy_dataset, tmp_path):
     pooled_a, _, counts_a = extract_tiny(tiny_models["gpt2"], dataset_path, small, batch_tokens=24)
     pooled_b, _, counts_b = extract_tiny(tiny_models["gpt2"], dataset_path, large, batch_tokens=2000)
     assert counts_a.batches > counts_b.batches
-    column = storage.pooled_column(2, "mean")
-    np.testing.assert_allclose(storage.vectors(pq.read_table(pooled_a), column),
-                               storage.vectors(pq.read_table(pooled_b), column), rtol=1e-4, atol=1e-5)
+    column = hidden_states.pooled_column(2, "mean")
+    np.testing.assert_allclose(hidden_states.vectors(pq.read_table(pooled_a), column),
+                               hidden_states.vectors(pq.read_table(pooled_b), column), rtol=1e-4, atol=1e-5)
 
 
 def test_plan_batches_respects_the_token_budget():
@@ -145,7 +145,7 @@ def test_word_ids_for_byte_level_tokens_with_leading_spaces():
 def test_nonfinite_hidden_states_fail_naming_the_example_or_are_dropped(tiny_models, toy_dataset, tmp_path):
     from transformers import AutoTokenizer, BertModel
 
-    from workflow_scripts.storage import WorkflowInputError
+    from lmcompare.errors import WorkflowInputError
 
     dataset_path, frame = toy_dataset
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
@@ -171,7 +171,7 @@ def test_nonfinite_hidden_states_fail_naming_the_example_or_are_dropped(tiny_mod
 
 
 def test_unlabelled_dataset_extracts_with_null_labels(tiny_models, tmp_path):
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare.data.prepare import prepare
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("first line of text\nsecond line, longer than the first\n\nthird\n")
@@ -185,7 +185,8 @@ def test_unlabelled_dataset_extracts_with_null_labels(tiny_models, tmp_path):
 def test_examples_straddling_token_row_groups_give_the_same_word_units(tiny_models, toy_dataset, tmp_path,
                                                                          monkeypatch):
     """Token row groups are capped in rows; readers that aggregate per word must not care where the cuts fall."""
-    from workflow_scripts import decomposition, extract_hidden_states
+    from lmcompare import decomposition
+    from lmcompare.extraction import extract as extract_hidden_states
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir()

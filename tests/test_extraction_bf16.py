@@ -5,9 +5,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from workflow_scripts import extract_hidden_states, storage
-from workflow_scripts.extract_hidden_states import ExtractionSettings, extract, mean_pool
-from workflow_scripts.prepare_dataset import build_dataset, write_dataset
+from lmcompare.extraction import extract as extract_hidden_states
+from lmcompare import hidden_states
+from lmcompare.extraction.extract import ExtractionSettings, extract, mean_pool
+from lmcompare.data.prepare import build_dataset, write_dataset
 
 
 def test_mean_pool_of_bf16_states_longer_than_256_tokens_equals_a_float64_mean():
@@ -31,7 +32,7 @@ def test_extraction_in_bf16_keeps_the_scale_of_a_long_input(tiny_models, tiny_co
     the stored mean equals the float64 mean of the same bf16 hidden states."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from workflow_scripts.model_loading import load_model
+    from lmcompare.models.loading import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
     torch.manual_seed(0)
@@ -64,7 +65,7 @@ def test_extraction_in_bf16_keeps_the_scale_of_a_long_input(tiny_models, tiny_co
     pooled_path, tokens_path = tmp_path / "pooled.parquet", tmp_path / "tokens.parquet"
     extract(folder, dataset, pooled_path, tokens_path, settings, model_name="m", dataset_name="long", progress=False)
     pooled = pq.read_table(pooled_path)
-    assert storage.read_hidden_metadata(pooled_path)["compute_dtype"] == "bfloat16"
+    assert hidden_states.read_hidden_metadata(pooled_path)["compute_dtype"] == "bfloat16"
     reference_model = load_model(folder, dtype=torch.bfloat16)
     for row, text in enumerate(frame["text"]):
         enc = tokenizer(text, truncation=True, max_length=400, return_tensors="pt", return_special_tokens_mask=True)
@@ -75,6 +76,6 @@ def test_extraction_in_bf16_keeps_the_scale_of_a_long_input(tiny_models, tiny_co
             hidden = reference_model(**enc, output_hidden_states=True).hidden_states
         index = pooled.column("example_id").to_pylist().index(int(frame["example_id"].iloc[row]))
         for layer in range(len(hidden)):
-            mean = storage.vectors(pooled.slice(index, 1), storage.pooled_column(layer, "mean"))[0]
+            mean = hidden_states.vectors(pooled.slice(index, 1), hidden_states.pooled_column(layer, "mean"))[0]
             reference = hidden[layer][0][~special].to(torch.float64).mean(0).numpy()
             np.testing.assert_allclose(mean, reference, rtol=1e-4, atol=1e-4)

@@ -11,20 +11,20 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT, SNAKEMAKE, tiny_config
-from workflow_scripts import storage
-from workflow_scripts.storage import WorkflowInputError
-from workflow_scripts.summary_figure import draw_summary
+from lmcompare import plotting
+from lmcompare.errors import WorkflowInputError
+from lmcompare.report.summary import draw_summary
 
 PROVENANCE = pd.DataFrame({"model": ["m1", "m2"], "source": ["local", "local"], "origin": ["/a", "/b"]})
 
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The matplotlib figures handed to storage.save_figure, in order (nothing is written)."""
+    """The matplotlib figures handed to plotting.save_figure, in order (nothing is written)."""
     import matplotlib.pyplot as plt
 
     captured = []
-    monkeypatch.setattr(storage, "save_figure", lambda fig, paths: captured.append(fig))
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, paths: captured.append(fig))
     yield captured
     for fig in captured:
         plt.close(fig)
@@ -164,7 +164,7 @@ def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_mode
                          variability={"enabled": True}, figures={"enabled": True})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     copy = tmp_path / "project"  # the workflow's files, with only the order of the includes changed
-    for part in ("rules", "schemas", "workflow_scripts", "report", "envs"):
+    for part in ("rules", "schemas", "workflow_scripts", "report", "envs"):  # the library is installed
         shutil.copytree(PROJECT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     text = (PROJECT / "Snakefile").read_text()
     text = text.replace('include: "rules/figures.smk"\n', "")
@@ -179,7 +179,7 @@ def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_mode
 
 # ------------------------------------------------------------------------------- per-analysis figures
 def test_decomposition_figures_draw_the_group_table_and_the_pairwise_matrix(figures):
-    from workflow_scripts.decomposition import plot_group, plot_pairwise
+    from lmcompare.decomposition import plot_group, plot_pairwise
 
     group = pd.DataFrame({"model": ["a", "b", "c"], "r2_train": [0.9, 0.8, 0.7], "r2_test": [0.6, 0.5, 0.65]})
     plot_group(group, "group", ["unused.png"])
@@ -199,7 +199,7 @@ def test_decomposition_figures_draw_the_group_table_and_the_pairwise_matrix(figu
 def test_geometry_r2_figure_draws_every_measure_of_the_table():
     import matplotlib.pyplot as plt
 
-    from workflow_scripts.geometry import r2_figure
+    from lmcompare.geometry import r2_figure
 
     table = pd.DataFrame({"measure": ["vrm", "eee", "iso"], "r2": [0.7, 0.2, np.nan],
                           "pearson_r": [-0.84, 0.45, np.nan], "n": [5, 5, 2], "r_ci_low": [-0.99, -0.3, np.nan],
@@ -217,7 +217,7 @@ def test_geometry_r2_figure_draws_every_measure_of_the_table():
 
 
 def test_variability_figure_draws_nu_and_accuracy_of_each_model(figures):
-    from workflow_scripts.variability import plot_variability
+    from lmcompare.variability import plot_variability
 
     nu = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 3, "layer": [0, 1, 2] * 2, "subset": "full",
                        "nu": [4.0, 2.0, 3.0, 6.0, 5.0, 1.0]})
@@ -239,7 +239,7 @@ def test_variability_figure_draws_nu_and_accuracy_of_each_model(figures):
 
 
 def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
-    from workflow_scripts.compression import plot_curves
+    from lmcompare.compression import plot_curves
 
     curves = pd.DataFrame({"model": ["a"] * 3, "kind": "pca", "k": [1, 2, 4], "accuracy": [0.55, 0.7, 0.8],
                            "ci_low": 0.4, "ci_high": 0.9, "accuracy_diff": [-0.26, -0.11, -0.01],
@@ -261,7 +261,7 @@ def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
 def test_twotower_split_half_figure_draws_the_halves_and_names_the_consistency_row():
     import matplotlib.pyplot as plt
 
-    from workflow_scripts.twotower_preference import plot_split_half
+    from lmcompare.twotower.preference import plot_split_half
 
     types = pd.DataFrame({"seed": [0, 0, 0], "in_split_half": [True, True, False],
                           "preference_half1": [0.1, -0.4, 2.0], "preference_half2": [0.2, -0.3, 9.0]})

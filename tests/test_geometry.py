@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts import geometry as g
-from workflow_scripts import storage
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import geometry as g
+from lmcompare import hidden_states, paths
+from lmcompare.errors import WorkflowInputError
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def write_tokens(path, layers, n_examples=30, hidden=6, rows_per_group=17, seed=
         "is_special": pa.array(position == 0),
     }
     for layer, array in vectors.items():
-        columns[storage.token_column(layer)] = storage.fixed_size_list(array)
+        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(array)
     meta = {"model": "toy", "dataset": "d", "n_layers": 4, "hidden_size": hidden, "token_layers": list(layers)}
     table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
     pq.write_table(table, path, row_group_size=rows_per_group)
@@ -240,7 +240,7 @@ def test_read_token_cloud_names_a_missing_layer(tmp_path):
 
 # ------------------------------------------------------------------------------------ scores and regression
 def test_probe_score_is_the_shared_probe(tmp_path, rng):
-    from workflow_scripts.probe import linear_probe
+    from lmcompare.probe import linear_probe
 
     n, hidden = 120, 5
     labels = rng.choice(["neg", "pos"], n)
@@ -249,8 +249,8 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
     meta = {"model": "toy", "dataset": "d", "n_layers": 2, "hidden_size": hidden}
     table = pa.table({
         "example_id": pa.array(np.arange(n), pa.int64()), "split": pa.array(split), "label": pa.array(labels),
-        storage.pooled_column(1, "mean"): storage.fixed_size_list(x),
-        storage.pooled_column(1, "first"): storage.fixed_size_list(-x),
+        hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(x),
+        hidden_states.pooled_column(1, "first"): hidden_states.fixed_size_list(-x),
     }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
     pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=50)
     row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="split")
@@ -313,7 +313,7 @@ def tiny_bert(seed=0):
 
 
 def test_perturbed_tensors_are_the_encoder_weights():
-    from workflow_scripts.perturb_model import perturbed_parameter_names
+    from lmcompare.models.perturb import perturbed_parameter_names
 
     model = tiny_bert()
     names = perturbed_parameter_names(model)
@@ -326,7 +326,7 @@ def test_perturbed_tensors_are_the_encoder_weights():
 def test_perturbation_alpha_zero_is_exact_and_alpha_one_replaces(tmp_path):
     import torch
 
-    from workflow_scripts.perturb_model import perturb_
+    from lmcompare.models.perturb import perturb_
 
     base = tiny_bert()
     ids = torch.tensor([[1, 5, 7, 9, 2], [1, 4, 4, 2, 0]])
@@ -368,7 +368,7 @@ def test_perturbation_alpha_zero_is_exact_and_alpha_one_replaces(tmp_path):
 def test_gpt2_like_models_use_their_layer_stack():
     from transformers import GPT2Config, GPT2Model
 
-    from workflow_scripts.perturb_model import perturbed_parameter_names
+    from lmcompare.models.perturb import perturbed_parameter_names
 
     model = GPT2Model(GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=2, n_head=2))
     names = perturbed_parameter_names(model)
@@ -399,8 +399,8 @@ def save_tiny_bert_folder(folder):
 def test_perturb_model_folder_loads_offline_with_provenance(tmp_path):
     import torch
 
-    from workflow_scripts import model_loading
-    from workflow_scripts.perturb_model import perturb_model_folder
+    from lmcompare.models import loading as model_loading
+    from lmcompare.models.perturb import perturb_model_folder
 
     base_dir = tmp_path / "base"
     base, tokenizer = save_tiny_bert_folder(base_dir)
@@ -453,18 +453,18 @@ def geometry_run(tmp_path_factory, tiny_models, tiny_corpus):
 
 
 def test_workflow_perturbed_models_are_models(geometry_run):
-    from workflow_scripts.model_loading import read_provenance
+    from lmcompare.models.loading import read_provenance
 
     workdir, _ = geometry_run
-    provenance = read_provenance(workdir / storage.model_dir("tiny-bert-a1"))
+    provenance = read_provenance(workdir / paths.model_dir("tiny-bert-a1"))
     assert provenance["source"] == "perturb" and provenance["base"] == "tiny-bert" and provenance["alpha"] == 1.0
     assert provenance["perturbed_tensors"] and all(n.startswith("encoder.") for n in provenance["perturbed_tensors"])
-    base = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert"))
-    same = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert-a0"))
-    noisy = pq.read_table(workdir / storage.tokens_path("toy", "tiny-bert-a1"))
-    column = storage.token_column(2)
-    np.testing.assert_array_equal(storage.vectors(same, column), storage.vectors(base, column))  # a = 0: exact
-    assert not np.allclose(storage.vectors(noisy, column), storage.vectors(base, column))
+    base = pq.read_table(workdir / paths.tokens_path("toy", "tiny-bert"))
+    same = pq.read_table(workdir / paths.tokens_path("toy", "tiny-bert-a0"))
+    noisy = pq.read_table(workdir / paths.tokens_path("toy", "tiny-bert-a1"))
+    column = hidden_states.token_column(2)
+    np.testing.assert_array_equal(hidden_states.vectors(same, column), hidden_states.vectors(base, column))  # a = 0: exact
+    assert not np.allclose(hidden_states.vectors(noisy, column), hidden_states.vectors(base, column))
     log = (workdir / "results/logs/perturb_model/tiny-bert-a1.log").read_text()
     assert "perturbed 16 tensors" in log and "done in" in log
 
@@ -501,7 +501,7 @@ def test_workflow_measures_scores_regression_and_figures(geometry_run):
     assert sorted(measures["model"].unique()) == sorted(models)
     assert len(measures) == len(models) * (2 * len(g.QUANTIZER_MEASURES) + len(g.SPREAD_MEASURES))
     assert measures.groupby("model")["measure"].nunique().eq(17).all()
-    tokens = pq.read_metadata(workdir / storage.tokens_path("toy", "tiny-bert")).num_rows
+    tokens = pq.read_metadata(workdir / paths.tokens_path("toy", "tiny-bert")).num_rows
     bert = measures[measures["model"] == "tiny-bert"]
     assert (bert["n"] == tokens).all() and (bert["dims"] == 32).all() and (bert["layer"] == 2).all()
     quantized = measures[measures["quantizer"] != "none"]
@@ -620,8 +620,8 @@ def test_workflow_geometry_family_members_are_measured_by_geometry_only(geometry
     import yaml
 
     from tests.conftest import pending_jobs, run_workflow
-    from workflow_scripts.model_loading import read_provenance
-    from workflow_scripts.perturb_model import derived_seed
+    from lmcompare.models.loading import read_provenance
+    from lmcompare.models.perturb import derived_seed
 
     workdir, config = geometry_run
     scratch = tmp_path / "family"
@@ -634,12 +634,12 @@ def test_workflow_geometry_family_members_are_measured_by_geometry_only(geometry
     assert "rule geometry_family_extract:" in log and "rule extract_hidden_states:" not in log
     seeds = []
     for name in members:
-        record = read_provenance(scratch / storage.model_dir(name))
+        record = read_provenance(scratch / paths.model_dir(name))
         assert record["seed"] == derived_seed(name) and record["seed_source"] == "derived from the model name"
         assert record["alpha"] == 0.5 and record["geometry_family"] == "geometry.family"
         seeds.append(record["seed"])
-        tokens = pq.read_schema(scratch / storage.tokens_path("toy", name)).names
-        assert [c for c in tokens if c.startswith("layer_")] == [storage.token_column(2)]
+        tokens = pq.read_schema(scratch / paths.tokens_path("toy", name)).names
+        assert [c for c in tokens if c.startswith("layer_")] == [hidden_states.token_column(2)]
     assert seeds[0] != seeds[1]
     out = scratch / "results/analysis/geometry/toy"
     assert set(pd.read_csv(out / "measures.csv")["model"]) == {m["name"] for m in config["models"]} | set(members)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from workflow_scripts import geometry as g
+from lmcompare import geometry as g
 
 
 @pytest.mark.parametrize("seed", range(3))

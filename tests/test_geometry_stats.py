@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workflow_scripts import geometry as g
-from workflow_scripts import storage
-from workflow_scripts.perturb_model import (derived_seed, family_entries, model_seed, perturb_,
+from lmcompare import geometry as g
+from lmcompare import hidden_states
+from lmcompare.models.perturb import (derived_seed, family_entries, model_seed, perturb_,
                                             perturbed_parameter_names)
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare.errors import WorkflowInputError
 
 
 # ------------------------------------------------------------------------------------ seeds and noise
@@ -219,7 +219,7 @@ def sklearn_nested_cv_accuracy(x, y, folds, seed):
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    from workflow_scripts.probe import C_GRID
+    from lmcompare.probe import C_GRID
 
     inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     probe = make_pipeline(StandardScaler(), GridSearchCV(LogisticRegression(max_iter=1000), {"C": list(C_GRID)},
@@ -251,7 +251,7 @@ def test_probe_score_cv_uses_every_labelled_example(tmp_path):
     meta = {"model": "toy", "dataset": "d", "n_layers": 2, "hidden_size": hidden}
     table = pa.table({
         "example_id": pa.array(np.arange(n), pa.int64()), "split": pa.array(split), "label": pa.array(list(labels)),
-        storage.pooled_column(1, "mean"): storage.fixed_size_list(x),
+        hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(x),
     }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
     pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=30)
     row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="cv",

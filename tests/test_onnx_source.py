@@ -8,8 +8,8 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from tests.conftest import _wordpiece_tokenizer, make_corpus_texts  # noqa: E402
-from workflow_scripts.onnx_conversion import compare_with_onnx, convert, dequantise  # noqa: E402
-from workflow_scripts.storage import WorkflowInputError  # noqa: E402
+from lmcompare.models.onnx import compare_with_onnx, convert, dequantise  # noqa: E402
+from lmcompare.errors import WorkflowInputError  # noqa: E402
 
 
 def _tiny_tagger(folder):
@@ -168,7 +168,7 @@ def test_an_onnx_file_of_another_architecture_is_refused(tmp_path):
 def test_materialise_an_onnx_source_records_its_provenance(tmp_path):
     import hashlib
 
-    from workflow_scripts.materialise_model import materialise
+    from lmcompare.models.materialise import materialise
 
     _tiny_tagger(tmp_path / "src")
     entry = {"name": "tagger", "source": "onnx", "path": str(tmp_path / "src" / "model.onnx"),

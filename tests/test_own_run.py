@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, PROJECT, SNAKEMAKE
-from workflow_scripts import figure_style, storage
-from workflow_scripts.prepare_dataset import (MIN_CLASS_EXAMPLES, build_dataset, hashed_split, n_test_rows,
+from lmcompare import plotting
+from lmcompare import paths, runtime
+from lmcompare.data.prepare import (MIN_CLASS_EXAMPLES, build_dataset, hashed_split, n_test_rows,
                                               stratified_split)
 
 MIDDLE = "fine okay average decent middling plain usual standard fair ordinary".split()
@@ -102,7 +103,7 @@ def test_own_config_runs_every_analysis_and_the_report(own_run):
 def test_dropped_rows_keep_the_other_ids_and_are_listed(own_run):
     workdir, csv, _ = own_run
     source = pd.read_csv(csv, keep_default_na=False)
-    dataset = pd.read_parquet(workdir / storage.dataset_path("mine"))
+    dataset = pd.read_parquet(workdir / paths.dataset_path("mine"))
     kept = [i for i in range(len(source)) if i not in EMPTY_ROWS]
     assert dataset["example_id"].tolist() == kept
     # each id is the source row: its text and label
@@ -114,13 +115,13 @@ def test_dropped_rows_keep_the_other_ids_and_are_listed(own_run):
     log = (workdir / "results/logs/prepare_dataset/mine.log").read_text()
     assert "empty texts dropped 2" in log and "mine.dropped.csv" in log
     # every consumer joins by these ids: the hidden states carry exactly the dataset's ids
-    pooled = pd.read_parquet(workdir / storage.pooled_path("mine", "bert-a"), columns=["example_id"])
+    pooled = pd.read_parquet(workdir / paths.pooled_path("mine", "bert-a"), columns=["example_id"])
     assert pooled["example_id"].tolist() == kept
 
 
 def test_run_split_is_stratified(own_run):
     workdir, _, _ = own_run
-    dataset = pd.read_parquet(workdir / storage.dataset_path("mine"))
+    dataset = pd.read_parquet(workdir / paths.dataset_path("mine"))
     counts = dataset.groupby(["label", "split"]).size().unstack()
     for label, row in counts.iterrows():
         n = int(row.sum())
@@ -219,23 +220,23 @@ def test_a_schema_error_names_the_users_file(own_files, tiny_models, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ colours
 def test_a_model_has_one_colour_in_every_figure(monkeypatch):
-    from workflow_scripts import compression
+    from lmcompare import compression
 
-    monkeypatch.setattr(figure_style, "_MODEL_INDEX", {})
+    monkeypatch.setattr(plotting, "_MODEL_INDEX", {})
     configured = ["base", "tuned", "other", "fourth"]
     # the summary figure takes the configured list; a per-analysis figure its subset's configured indices
-    figure_style.use_model_order(configured)
-    summary = {m: figure_style.model_style(m, i)[0] for i, m in enumerate(sorted(configured))}
-    figure_style._MODEL_INDEX.clear()
-    figure_style.use_model_order({m: configured.index(m) for m in ("other", "fourth")})
+    plotting.use_model_order(configured)
+    summary = {m: plotting.model_style(m, i)[0] for i, m in enumerate(sorted(configured))}
+    plotting._MODEL_INDEX.clear()
+    plotting.use_model_order({m: configured.index(m) for m in ("other", "fourth")})
     subset = compression._colours(["fourth", "other"])
     assert subset == {"fourth": summary["fourth"], "other": summary["other"]}
-    assert subset["fourth"] == figure_style.colour(3) and subset["other"] == figure_style.colour(2)
+    assert subset["fourth"] == plotting.colour(3) and subset["other"] == plotting.colour(2)
 
 
 # ------------------------------------------------------------------------------------------- small things
 def test_batches_bound_the_padding_of_short_texts():
-    from workflow_scripts.extract_hidden_states import MIN_LENGTH_RATIO, plan_batches
+    from lmcompare.extraction.extract import MIN_LENGTH_RATIO, plan_batches
 
     lengths = [int(x) for x in np.clip(np.random.default_rng(0).lognormal(2.7, 0.5, 512).astype(int) + 2, 3, 128)]
     batches = plan_batches(lengths, 8192)
@@ -253,7 +254,7 @@ def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
 
     from scipy.stats import spearmanr
 
-    from workflow_scripts.variability import spearman
+    from lmcompare.variability import spearman
 
     x, y = np.arange(6.0), np.array([0.1, 0.3, 0.35, 0.5, 0.8, 0.9])
     rho, p, n = spearman(x, y)
@@ -267,7 +268,7 @@ def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
 def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(tiny_models, tmp_path):
     import shutil
 
-    from workflow_scripts.perturb_model import perturb_model_folder
+    from lmcompare.models.perturb import perturb_model_folder
 
     base = tmp_path / "base"
     shutil.copytree(tiny_models["bert"], base)
@@ -280,10 +281,10 @@ def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(
 def test_the_transformers_load_report_reaches_the_job_log(tiny_models, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from workflow_scripts.model_loading import load_model
+    from lmcompare.models.loading import load_model
 
     log = tmp_path / "job.log"
-    with storage.job_logging(log):
+    with runtime.job_logging(log):
         load_model(tiny_models["bert"], auto_class=AutoModelForSequenceClassification, num_labels=3)
     text = log.read_text()
     assert "LOAD REPORT" in text and "classifier" in text, text[-2000:]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.precision_emulation import emulate, round_to, round_to_tf32
+from lmcompare.extraction.precision import emulate, round_to, round_to_tf32
 
 
 def test_rounding_matches_the_formats():
@@ -67,7 +67,7 @@ def test_emulation_leaves_float32_and_integer_work_alone(tiny_models):
 
 
 def test_pick_dtype_on_the_cpu():
-    from workflow_scripts.model_loading import AUTO_GPU_PRECISION, dtype_label, pick_dtype
+    from lmcompare.models.loading import AUTO_GPU_PRECISION, dtype_label, pick_dtype
 
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu) == torch.float32 and pick_dtype("tf32", cpu) == torch.float32

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from workflow_scripts.probe import C_GRID, linear_probe, wilson_interval
+from lmcompare.probe import C_GRID, linear_probe, wilson_interval
 
 
 def _task(seed, n_train=150, n_test=90, d=6, classes=3, shift=0.0):

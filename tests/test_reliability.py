@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT, SNAKEMAKE, make_corpus_texts, pending_jobs, run_workflow, tiny_config
-from workflow_scripts import storage
-from workflow_scripts.extract_hidden_states import ExtractionSettings, extract
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import hidden_states, paths
+from lmcompare.extraction.extract import ExtractionSettings, extract
+from lmcompare.errors import WorkflowInputError
 
 
 def hidden_files(workdir, dataset, model):
-    return [workdir / storage.pooled_path(dataset, model), workdir / storage.tokens_path(dataset, model)]
+    return [workdir / paths.pooled_path(dataset, model), workdir / paths.tokens_path(dataset, model)]
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +81,25 @@ def pair_run(tiny_models, tiny_corpus, tmp_path_factory):
 
 
 def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
-    pooled = pair_run / storage.pooled_path("toy", "tiny-bert")
+    pooled = pair_run / paths.pooled_path("toy", "tiny-bert")
     data = pooled.read_bytes()
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(WorkflowInputError, match="broken.parquet is not a readable Parquet file"):
-        storage.read_hidden_metadata(broken)
+        hidden_states.read_hidden_metadata(broken)
     with pytest.raises(WorkflowInputError, match="broken.parquet is not a readable Parquet file"):
-        list(storage.iter_row_groups(broken))
+        list(hidden_states.iter_row_groups(broken))
 
 
 def test_parquet_of_another_model_is_refused(pair_run):
-    foreign = pair_run / storage.pooled_path("toy", "tiny-roberta")
+    foreign = pair_run / paths.pooled_path("toy", "tiny-roberta")
     with pytest.raises(WorkflowInputError, match="hidden_size=48 but 32 was expected"):
-        storage.check_hidden_metadata(foreign, hidden_size=32)
+        hidden_states.check_hidden_metadata(foreign, hidden_size=32)
     with pytest.raises(WorkflowInputError, match="model='tiny-roberta' but 'tiny-bert' was expected"):
-        storage.check_hidden_metadata(foreign, model="tiny-bert")
+        hidden_states.check_hidden_metadata(foreign, model="tiny-bert")
     with pytest.raises(WorkflowInputError, match="dataset='toy' but 'other' was expected"):
-        storage.check_hidden_metadata(foreign, dataset="other", model="tiny-roberta")
-    assert storage.hidden_path_owner(foreign) == ("toy", "tiny-roberta")
+        hidden_states.check_hidden_metadata(foreign, dataset="other", model="tiny-roberta")
+    assert paths.hidden_path_owner(foreign) == ("toy", "tiny-roberta")
 
 
 # Every stage that reads hidden-state Parquet, one job each: (stage, the job's output for tiny-bert on toy).
@@ -117,7 +117,7 @@ def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_mode
     reads them stops, naming the file and the fix, instead of analysing RoBERTa's vectors under BERT's name."""
     workdir = tmp_path / "run"
     shutil.copytree(pair_run, workdir, symlinks=True)
-    for kind in (storage.pooled_path, storage.tokens_path):
+    for kind in (paths.pooled_path, paths.tokens_path):
         shutil.copyfile(workdir / kind("toy", "tiny-roberta"), workdir / kind("toy", "tiny-bert"))
     config = tiny_config(
         tiny_models, tiny_corpus, variability=DETERMINISM_ANALYSES["variability"],
@@ -134,16 +134,16 @@ def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_mode
     assert {path.relative_to(log_dir).parts[0] for path in analysis_logs} == {
         "variability", "compression_model", "geometry", "decomposition"}
     for path, text in analysis_logs.items():
-        kind = storage.tokens_path if "measures" in path.parts else storage.pooled_path  # geometry measures: tokens
+        kind = paths.tokens_path if "measures" in path.parts else paths.pooled_path  # geometry measures: tokens
         hidden = kind("toy", "tiny-bert")
         assert f"{hidden} holds model='tiny-roberta' but 'tiny-bert' was expected" in text, (path, text[-2000:])
         assert f"Rerun the extraction for model 'tiny-bert' on dataset 'toy': delete {hidden}" in text
     for target in targets:
         assert not (workdir / target).exists(), f"{target} was written from another model's hidden states"
     # the fix the message gives: delete the files and the next run re-extracts them
-    for kind in (storage.pooled_path, storage.tokens_path):
+    for kind in (paths.pooled_path, paths.tokens_path):
         (workdir / kind("toy", "tiny-bert")).unlink()
-    assert ("extract_hidden_states", storage.pooled_path("toy", "tiny-bert")) in pending_jobs(workdir, *targets)
+    assert ("extract_hidden_states", paths.pooled_path("toy", "tiny-bert")) in pending_jobs(workdir, *targets)
 
 
 def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny_corpus, tmp_path):
@@ -153,8 +153,8 @@ def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny
     (a folder declaring BertTokenizer loads as a fast tokenizer since transformers 5)."""
     import json
 
-    from workflow_scripts.model_loading import load_tokenizer
-    from workflow_scripts.prepare_dataset import prepare
+    from lmcompare.models.loading import load_tokenizer
+    from lmcompare.data.prepare import prepare
 
     folder = tmp_path / "slow-bert"
     shutil.copytree(tiny_models["bert"], folder)
@@ -222,12 +222,12 @@ def _kill_when_logged(workdir, log, marker, timeout=240):
 def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, tmp_path):
     import yaml
 
-    from workflow_scripts.model_loading import read_provenance
+    from lmcompare.models.loading import read_provenance
 
     config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
     config["models"].append({"name": "bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
                              "epochs": 60, "learning_rate": 1e-3, "batch_size": 8, "max_length": 32, "seed": 0})
-    target = storage.model_dir("bert-ft")
+    target = paths.model_dir("bert-ft")
     run_workflow(tmp_path / "clean", config, target)
     killed = tmp_path / "killed"
     killed.mkdir()

@@ -178,7 +178,7 @@ def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, t
 
 def test_twotower_summary_bars_are_one_per_row_with_the_control_where_measured():
     """Split halves at two checkpoints of one seed used to share a label, so their bars were drawn on top of each other."""
-    from workflow_scripts.summary_figure import twotower_consistency_bars
+    from lmcompare.report.summary import twotower_consistency_bars
 
     table = pd.DataFrame({
         "comparison": ["split_half", "split_half", "split_half", "checkpoint", "seed"],

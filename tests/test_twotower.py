@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_scripts import twotower as tt
-from workflow_scripts import twotower_preference as tp
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import twotower as tt
+from lmcompare.twotower import preference as tp
+from lmcompare.errors import WorkflowInputError
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_scripts import twotower as tt
+from lmcompare import twotower as tt
 
 torch.set_num_threads(1)
 

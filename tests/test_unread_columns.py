@@ -10,7 +10,7 @@ import pytest
 def test_decomposition_mse_and_sst_equal_sums_of_squares_of_sklearns_ridge(mode):
     from sklearn.linear_model import Ridge
 
-    from workflow_scripts import decomposition as lmd
+    from lmcompare import decomposition as lmd
 
     rng = np.random.default_rng(7)
     shared = rng.normal(size=(1500, 4))
@@ -51,8 +51,8 @@ def test_compression_single_dim_columns_and_best_dims_together_against_sklearn()
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from workflow_scripts import compression
-    from workflow_scripts.probe import C_GRID
+    from lmcompare import compression
+    from lmcompare.probe import C_GRID
 
     view = _view()
     # k_values=[1]: the PCA curve is not what is checked here, and each k costs a C search

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from workflow_scripts import storage
-from workflow_scripts import variability as var
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import hidden_states, paths
+from lmcompare import variability as var
+from lmcompare.errors import WorkflowInputError
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -57,8 +57,8 @@ def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.flo
         "truncated": pa.array(np.zeros(n, bool)),
     }
     for layer, x in enumerate(layers):
-        columns[storage.pooled_column(layer, "first")] = storage.fixed_size_list(x[:, ::-1].copy(), dtype)
-        columns[storage.pooled_column(layer, "mean")] = storage.fixed_size_list(x, dtype)
+        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x[:, ::-1].copy(), dtype)
+        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(x, dtype)
     meta = {"model": "synthetic", "dataset": "synthetic", "n_layers": len(layers), "hidden_size": d,
             "store_dtype": "float32", "n_examples": n, **(extra_meta or {})}
     table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
@@ -409,9 +409,9 @@ def test_gather_rows(tmp_path):
     x = rng.standard_normal((50, 3)).astype(np.float32)
     path = write_pooled(tmp_path / "pooled.parquet", [x], ["a", "b"] * 25, ["train"] * 50, row_group_size=7)
     rows = np.array([0, 6, 7, 8, 20, 49])
-    np.testing.assert_array_equal(var.gather_rows(path, storage.pooled_column(0, "mean"), rows), x[rows])
+    np.testing.assert_array_equal(var.gather_rows(path, hidden_states.pooled_column(0, "mean"), rows), x[rows])
     with pytest.raises(WorkflowInputError, match="beyond"):
-        var.gather_rows(path, storage.pooled_column(0, "mean"), np.array([3, 50]))
+        var.gather_rows(path, hidden_states.pooled_column(0, "mean"), np.array([3, 50]))
 
 
 def test_stratified_subsample():
@@ -425,7 +425,7 @@ def test_stratified_subsample():
 from types import SimpleNamespace  # noqa: E402
 
 from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
-from workflow_scripts.probe import linear_probe  # noqa: E402
+from lmcompare.probe import linear_probe  # noqa: E402
 
 VARIABILITY_SECTION = {
     "enabled": True, "poolings": ["mean"], "datasets": ["toy"], "tolerance": 0.05,
@@ -454,23 +454,23 @@ def train_labels(pooled):
 def test_workflow_nu_equals_direct_formula_on_the_extracted_vectors(variability_run, tmp_path):
     workdir, _, _ = variability_run
     for model in ("tiny-bert", "tiny-roberta"):
-        path = workdir / storage.pooled_path("toy", model)
+        path = workdir / paths.pooled_path("toy", model)
         train, y = train_labels(pq.read_table(path))
-        meta = storage.read_hidden_metadata(path)
+        meta = hidden_states.read_hidden_metadata(path)
         table = pd.read_csv(workdir / f"results/analysis/variability/toy/mean/{model}/nu.csv")
         assert set(table["subset"]) == set(var.SUBSETS)
         full = table[table["subset"] == "full"].set_index("layer")
         assert list(full.index) == list(range(meta["n_layers"]))
         assert (full["n"] == train.num_rows).all() and (full["dims"] == meta["hidden_size"]).all()
         for layer in full.index:
-            x = storage.vectors(train, storage.pooled_column(layer, "mean"), dtype=np.float64)
+            x = hidden_states.vectors(train, hidden_states.pooled_column(layer, "mean"), dtype=np.float64)
             assert full.loc[layer, "nu"] == pytest.approx(nu_direct(x, y), rel=1e-8)
         # first-token pooling: at the embedding layer that vector is the same for every example, ν is undefined
         var.run_nu(path, tmp_path / f"{model}.csv", dataset="toy", model=model, pooling="first", **NU_PARAMS)
         first = pd.read_csv(tmp_path / f"{model}.csv")
         first = first[first["subset"] == "full"].set_index("layer")
         assert first.loc[0, "degenerate"] and np.isnan(first.loc[0, "nu"])
-        x = storage.vectors(train, storage.pooled_column(1, "first"), dtype=np.float64)
+        x = hidden_states.vectors(train, hidden_states.pooled_column(1, "first"), dtype=np.float64)
         assert first.loc[1, "nu"] == pytest.approx(nu_direct(x, y), rel=1e-8)
 
 
@@ -504,11 +504,11 @@ def test_workflow_selection_probe_robustness_and_figures(variability_run):
     svg = (workdir / "results/figures/variability/toy_mean.svg").read_text()
     assert png.stat().st_size > 10_000 and "tiny-roberta" in svg and "tiny-bert" in svg
     # the probe column is the shared protocol on the same split
-    path = workdir / storage.pooled_path("toy", "tiny-bert")
+    path = workdir / paths.pooled_path("toy", "tiny-bert")
     frame = var.read_labels(path)
     split = frame["split"].to_numpy()
     y = np.unique(frame["label"], return_inverse=True)[1]
-    x = storage.vectors(pq.read_table(path), storage.pooled_column(2, "mean"))
+    x = hidden_states.vectors(pq.read_table(path), hidden_states.pooled_column(2, "mean"))
     direct = linear_probe(x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"], seed=0)
     probe = pd.read_csv(root / "tiny-bert" / "probe.csv").set_index("layer")
     assert probe.loc[2, "accuracy"] == pytest.approx(direct.accuracy) and probe.loc[2, "C"] == direct.C

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import variability as var
+from lmcompare import variability as var
 
 
 def test_authors_numbering_is_ours_minus_one():

@@ -10,11 +10,11 @@ import pytest
 
 from tests.bad_configs import CASES, bad_config, validation_messages
 from tests.conftest import PROJECT, pending_jobs, run_workflow, tiny_config
-from workflow_scripts import storage
-from workflow_scripts.materialise_model import materialise
-from workflow_scripts.model_loading import read_provenance, weights_sha256
-from workflow_scripts.prepare_dataset import build_dataset, clean_text, prepare, word_offsets
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import hidden_states, paths
+from lmcompare.models.materialise import materialise
+from lmcompare.models.loading import read_provenance, weights_sha256
+from lmcompare.data.prepare import build_dataset, clean_text, prepare, word_offsets
+from lmcompare.errors import WorkflowInputError
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,19 @@ def spine_run(tmp_path_factory, tiny_models, tiny_corpus):
 
 def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus):
     workdir, config, _ = spine_run
-    dataset = pd.read_parquet(workdir / storage.dataset_path("toy"))
+    dataset = pd.read_parquet(workdir / paths.dataset_path("toy"))
     assert len(dataset) == len(tiny_corpus[1])
     assert set(dataset["split"]) == {"train", "test"}
     for name, hidden in (("tiny-bert", 32), ("tiny-roberta", 48)):
-        provenance = read_provenance(workdir / storage.model_dir(name))
+        provenance = read_provenance(workdir / paths.model_dir(name))
         assert provenance["source"] == "local" and len(provenance["weights_sha256"]) == 64
-        pooled = workdir / storage.pooled_path("toy", name)
-        meta = storage.read_hidden_metadata(pooled)
+        pooled = workdir / paths.pooled_path("toy", name)
+        meta = hidden_states.read_hidden_metadata(pooled)
         assert meta["model"] == name and meta["hidden_size"] == hidden
         assert meta["weights_sha256"] == provenance["weights_sha256"]
         # row counts reconcile from dataset to hidden states
         assert pq.read_metadata(pooled).num_rows == len(dataset)
-        tokens = pq.read_table(workdir / storage.tokens_path("toy", name), columns=["example_id"])
+        tokens = pq.read_table(workdir / paths.tokens_path("toy", name), columns=["example_id"])
         counts = pq.read_table(pooled, columns=["n_tokens"]).column("n_tokens").to_numpy()
         assert tokens.num_rows == counts.sum()
         log = (workdir / f"results/logs/extract_hidden_states/toy/{name}.log").read_text()
@@ -64,8 +64,8 @@ def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny
     jobs = pending_jobs(scratch)
     joins = {"summary_figure", "model_provenance", "effective_config"}
     own = sorted(output for rule, output in jobs if rule not in joins)
-    assert own == sorted([storage.model_dir("tiny-gpt2"), storage.pooled_path("toy", "tiny-gpt2"),
-                          storage.tokens_path("toy", "tiny-gpt2")]), jobs
+    assert own == sorted([paths.model_dir("tiny-gpt2"), paths.pooled_path("toy", "tiny-gpt2"),
+                          paths.tokens_path("toy", "tiny-gpt2")]), jobs
     assert {rule for rule, _ in jobs} - {"materialise_model", "extract_hidden_states"} == joins, jobs
 
 
@@ -275,7 +275,8 @@ def _requirements():
 
 
 def _third_party_imports(script, seen=None):
-    """Top-level modules a workflow script imports (anywhere in it), following workflow_scripts.* imports."""
+    """Top-level modules a rule's script imports (anywhere in it), following its imports of the lmcompare library
+    (src/lmcompare) and of the scripts' shared module (workflow_scripts/job.py)."""
     import ast
     import sys
 
@@ -288,17 +289,24 @@ def _third_party_imports(script, seen=None):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = "workflow_scripts." + (node.module or "") if node.level else node.module
-            names = [f"{base}.{alias.name}".replace("..", ".") for alias in node.names] + [base]
+            if node.level:  # relative: within the package of `script`
+                package = script.parent.relative_to(PROJECT / "src").parts
+                base = ".".join(package[:len(package) - node.level + 1] + tuple(filter(None, [node.module])))
+            else:
+                base = node.module
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
         for name in names:
             parts = name.strip(".").split(".")
-            if parts[0] == "workflow_scripts":
-                for depth in range(2, len(parts) + 1):
-                    module = PROJECT.joinpath(*parts[:depth]).with_suffix(".py")
-                    if module.exists():
-                        found |= _third_party_imports(module, seen)
+            if parts[0] == "lmcompare":
+                for depth in range(1, len(parts) + 1):
+                    stem = PROJECT.joinpath("src", *parts[:depth])
+                    for module in (stem.with_suffix(".py"), stem / "__init__.py"):
+                        if module.exists():
+                            found |= _third_party_imports(module, seen)
+            elif parts[0] == "job" and len(parts) <= 2:
+                found |= _third_party_imports(PROJECT / "workflow_scripts" / "job.py", seen)
             elif parts[0] not in sys.stdlib_module_names and parts[0] != "snakemake":
                 found.add(parts[0])
     return found

@@ -1,12 +1,37 @@
-"""The colours every figure shares: the Okabe–Ito palette, told apart with the common colour-vision deficiencies
+"""Plotting, one way for every figure: a headless matplotlib (`pyplot()`), atomic saving (`save_figure`), and the
+colours every figure shares: the Okabe–Ito palette, told apart with the common colour-vision deficiencies
 (tab10's red/green pair is not). Past eight series the colours repeat, and `marker` changes with each round so
 that a ninth model is still told from the first. A model keeps its colour across the figures of a run: each is
 picked by the model's index in the full configured model list (`use_model_order`, `model_style`)."""
+
+from pathlib import Path
+from typing import Sequence
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 POSITIVE = OKABE_ITO[0]  # blue: a positive correlation, a fit, a measured value
 NEGATIVE = OKABE_ITO[5]  # vermillion: a negative correlation, a control
 MARKERS = ("o", "s", "^", "D", "v")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (jobs have no display); imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, paths: Sequence[str]) -> None:
+    """Save a matplotlib figure to each path (png/svg/pdf) atomically, then close it."""
+    from lmcompare.files import atomic_path
+
+    plt = pyplot()
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(fig)
 
 
 # model -> its index in the run's full configured model list (set by a figure job from its `model_index` param),

@@ -29,9 +29,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import storage
-from workflow_scripts.prepare_dataset import stratified_subsample, word_offsets, write_dataset
-from workflow_scripts.storage import WorkflowInputError
+import lmcompare
+
+from lmcompare import files
+from lmcompare.data.prepare import stratified_subsample, word_offsets, write_dataset
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -175,26 +177,23 @@ def load_tokenizer(model_folder: str, model_name: str):
     return tokenizer
 
 
-def main(snakemake) -> None:
-    with storage.job_logging(snakemake):
-        entry = dict(snakemake.params.entry)
-        chunk_tokens = int(entry["chunk_tokens"])
-        LOG.info("chunks of %d tokens of %r from dataset %r (chunking %s, split %s)", chunk_tokens,
-                 entry["tokenizer_model"], entry["base"], entry.get("chunking") or "release",
-                 entry.get("chunk_split") or "base")
-        base = storage.read_dataset(snakemake.input.base)
-        tokenizer = load_tokenizer(snakemake.input.tokenizer, entry["tokenizer_model"])
-        frame, counts = build_chunks(base, tokenizer, chunk_tokens, entry)
-        write_dataset(frame, snakemake.output.dataset, {
-            "name": entry["name"], "source": "chunks", "base": entry["base"], "tokenizer_model": entry["tokenizer_model"],
-            "chunk_tokens": chunk_tokens, "chunking": counts["chunking"], "chunk_split": counts["chunk_split"],
-            "counts": counts, "code_version": storage.CODE_VERSION,
-        })
-        LOG.info("chunks: %s", counts)
-        LOG.info("%d of %d chunks re-encode to more than %d tokens with the special tokens: the extraction of this "
-                 "dataset truncates every model's input at %d tokens (special tokens included), as the release does",
-                 counts["reencoded_longer_than_T"], counts["rows_out"], chunk_tokens, chunk_tokens)
-
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+def prepare_chunk_dataset(entry: dict, base_path, tokenizer_folder, out_path) -> dict:
+    """The prepare_chunk_dataset job: the `chunks` dataset `entry` (chunk_tokens tokens of its tokenizer model's
+    tokenizer, cut from the base dataset at `base_path`) written to `out_path`; returns the counts."""
+    chunk_tokens = int(entry["chunk_tokens"])
+    LOG.info("chunks of %d tokens of %r from dataset %r (chunking %s, split %s)", chunk_tokens,
+             entry["tokenizer_model"], entry["base"], entry.get("chunking") or "release",
+             entry.get("chunk_split") or "base")
+    base = files.read_dataset(base_path)
+    tokenizer = load_tokenizer(tokenizer_folder, entry["tokenizer_model"])
+    frame, counts = build_chunks(base, tokenizer, chunk_tokens, entry)
+    write_dataset(frame, out_path, {
+        "name": entry["name"], "source": "chunks", "base": entry["base"], "tokenizer_model": entry["tokenizer_model"],
+        "chunk_tokens": chunk_tokens, "chunking": counts["chunking"], "chunk_split": counts["chunk_split"],
+        "counts": counts, "code_version": lmcompare.__version__,
+    })
+    LOG.info("chunks: %s", counts)
+    LOG.info("%d of %d chunks re-encode to more than %d tokens with the special tokens: the extraction of this "
+             "dataset truncates every model's input at %d tokens (special tokens included), as the release does",
+             counts["reencoded_longer_than_T"], counts["rows_out"], chunk_tokens, chunk_tokens)
+    return counts

@@ -17,6 +17,7 @@ fine-tuning entries) and draws the accuracy-vs-k curves and the single-dimension
 See docs/compression.md.
 """
 
+import contextlib
 import logging
 import time
 import warnings
@@ -24,10 +25,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import figure_style, storage
-from workflow_scripts.probe import C_GRID, linear_probe, wilson_interval
-from workflow_scripts.config_checks import where
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import plotting
+from lmcompare import files, hidden_states
+from lmcompare.probe import C_GRID, linear_probe, wilson_interval
+from lmcompare.config import where
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -56,18 +58,18 @@ def read_view(pooled_path, *, layer: int, pooling: str, model: str = "model", da
     Only the needed columns are read. Returns x (n, d) float32, y (n,) int codes, split (n,), classes,
     the resolved layer and the file's metadata. Unlabelled rows are dropped (and counted in the log).
     """
-    meta = storage.read_hidden_metadata(pooled_path)
-    resolved = storage.resolve_layer(int(layer), int(meta["n_layers"]), what=f"compression layer of model {model!r}")
-    column = storage.pooled_column(resolved, pooling)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
+    resolved = hidden_states.resolve_layer(int(layer), int(meta["n_layers"]), what=f"compression layer of model {model!r}")
+    column = hidden_states.pooled_column(resolved, pooling)
     blocks, labels, splits = [], [], []
-    for group in storage.iter_row_groups(pooled_path, ["split", "label", column]):
-        blocks.append(storage.vectors(group, column))
+    for group in hidden_states.iter_row_groups(pooled_path, ["split", "label", column]):
+        blocks.append(hidden_states.vectors(group, column))
         labels.append(group.column("label").to_pandas())
         splits.append(group.column("split").to_numpy(zero_copy_only=False))
     if not blocks:
         raise WorkflowInputError(f"{pooled_path} holds no rows: dataset {dataset!r} is empty for model {model!r}.")
     frame = pd.DataFrame({"label": pd.concat(labels, ignore_index=True), "split": np.concatenate(splits)})
-    labelled, classes = storage.labelled_examples(frame, dataset)
+    labelled, classes = hidden_states.labelled_examples(frame, dataset)
     x = np.concatenate(blocks)
     keep = labelled.index.to_numpy()
     dropped = len(frame) - len(keep)
@@ -162,7 +164,7 @@ def probe_with_predictions(train_x, train_y, test_x, test_y, *, seed: int = 0, c
     """
     from sklearn.linear_model import LogisticRegression
 
-    from workflow_scripts.probe import _standardise
+    from lmcompare.probe import _standardise
 
     result = linear_probe(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds)
     train_x = np.asarray(train_x, dtype=np.float64)
@@ -492,9 +494,7 @@ def _pair_panels(models: list[str], pairs):
 
 
 def _colours(models):
-    import matplotlib.pyplot as plt
-
-    return {model: figure_style.model_style(model, i)[0] for i, model in enumerate(models)}
+    return {model: plotting.model_style(model, i)[0] for i, model in enumerate(models)}
 
 
 def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: str, view: str, paths) -> None:
@@ -561,7 +561,7 @@ def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: 
                  f"k not worse than the full vector\n(exact McNemar test on the same test examples, alpha={alpha:g}; "
                  f"hollow: significantly worse)", fontsize=9)
     fig.tight_layout()
-    storage.save_figure(fig, paths)
+    plotting.save_figure(fig, paths)
 
 
 def plot_single_dims(dims: pd.DataFrame, summary: pd.DataFrame, pairs, *, dataset: str, view: str, paths) -> None:
@@ -605,7 +605,7 @@ def plot_single_dims(dims: pd.DataFrame, summary: pd.DataFrame, pairs, *, datase
     fig.suptitle(f"Single-dimension probe accuracy - {dataset}, {view}\n(dashed: full vector; star: best dimension "
                  f"chosen on train; dotted: majority class)", fontsize=10)
     fig.tight_layout()
-    storage.save_figure(fig, paths)
+    plotting.save_figure(fig, paths)
 
 
 # ----------------------------------------------------------------------------------- rule entries
@@ -621,14 +621,14 @@ def run_model(snakemake) -> None:
         view, model=model, dataset=dataset, pooling=pooling, k_values=params.k_values, alpha=params.alpha,
         single_dim_c=params.single_dim_c, n_best=params.n_best, seed=params.seed, folds=params.folds,
     )
-    storage.write_table(curve, snakemake.output.curve)
-    storage.write_table(dims, snakemake.output.dims)
-    storage.write_table(best, snakemake.output.best)
-    storage.write_table(summary, snakemake.output.summary)
+    files.write_table(curve, snakemake.output.curve)
+    files.write_table(dims, snakemake.output.dims)
+    files.write_table(best, snakemake.output.best)
+    files.write_table(summary, snakemake.output.summary)
 
 
 def run_dataset(snakemake) -> None:
-    from workflow_scripts.model_loading import read_provenance
+    from lmcompare.models.loading import read_provenance
 
     dataset, view = snakemake.wildcards.dataset, snakemake.wildcards.view
     summary = pd.concat([pd.read_csv(p) for p in snakemake.input.summaries], ignore_index=True)
@@ -640,8 +640,8 @@ def run_dataset(snakemake) -> None:
         record = read_provenance(folder)
         provenance[record.get("name", folder.rstrip("/").split("/")[-1])] = record
     LOG.info("%s / %s: %d models, pairs %s", dataset, view, len(summary), pairs)
-    storage.write_table(summary, snakemake.output.summary)
-    storage.write_table(pairs_table(summary, pairs, provenance), snakemake.output.pairs)
+    files.write_table(summary, snakemake.output.summary)
+    files.write_table(pairs_table(summary, pairs, provenance), snakemake.output.pairs)
     plot_curves(curves, summary, pairs, dataset=dataset, view=view,
                 paths=[snakemake.output.curve_png, snakemake.output.curve_svg])
     plot_single_dims(dims, summary, pairs, dataset=dataset, view=view,
@@ -649,13 +649,10 @@ def run_dataset(snakemake) -> None:
 
 
 def main(snakemake) -> None:
-    with storage.job_logging(snakemake):
-        figure_style.use_model_order(getattr(snakemake.params, "model_index", None))
+    with contextlib.nullcontext():  # TRANSITIONAL: the rule script opens the job log
+        plotting.use_model_order(getattr(snakemake.params, "model_index", None))
         if snakemake.rule == "compression_dataset":
             run_dataset(snakemake)
         else:
             run_model(snakemake)
 
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821

@@ -9,7 +9,7 @@ default when none does.
 
 from pathlib import Path
 
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare.errors import WorkflowInputError
 
 REQUIRED_BY_MODEL_SOURCE = {
     "hub": ("repo_id", "revision"),
@@ -255,7 +255,7 @@ def _file_columns(path: Path, fmt: str) -> list[str] | None:
 
 
 def _check_local_dataset(index: int, entry: dict) -> None:
-    from workflow_scripts import prepare_dataset as prep
+    from lmcompare.data import prepare as prep
 
     key = f"datasets[{index}]"
     head = f"config: {key} ({entry['name']!r}, {_entry_source('datasets')})"

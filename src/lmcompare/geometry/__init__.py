@@ -26,6 +26,7 @@ its Holm correction over the measures; sorted by R².
 All maths lives in plain functions; `main(snakemake)` dispatches on the rule name.
 """
 
+import contextlib
 import logging
 import math
 import time
@@ -33,8 +34,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from workflow_scripts import figure_style, storage
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import plotting
+from lmcompare import files, hidden_states
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 # faiss logs at INFO which of its builds it tried ("No module named 'faiss.swigfaiss_avx2'" on CPUs without the build):
@@ -75,9 +77,9 @@ def read_token_cloud(path, layer: int, max_points: int | None, seed: int):
     """
     import pyarrow.parquet as pq
 
-    meta = storage.read_hidden_metadata(path)
-    resolved = storage.resolve_layer(layer, meta["n_layers"], what="geometry.layer")
-    column = storage.token_column(resolved)
+    meta = hidden_states.read_hidden_metadata(path)
+    resolved = hidden_states.resolve_layer(layer, meta["n_layers"], what="geometry.layer")
+    column = hidden_states.token_column(resolved)
     names = pq.read_schema(path).names
     if column not in names:
         stored = sorted(int(n[len("layer_"):]) for n in names if n.startswith("layer_"))
@@ -91,11 +93,11 @@ def read_token_cloud(path, layer: int, max_points: int | None, seed: int):
         raise WorkflowInputError(f"{path} holds no tokens: the dataset is empty for model {meta.get('model')!r}.")
     keep = subsample_indices(n_total, max_points, seed)
     chunks, offset = [], 0
-    for table in storage.iter_row_groups(path, [column]):
+    for table in hidden_states.iter_row_groups(path, [column]):
         rows = table.num_rows
         lo, hi = np.searchsorted(keep, [offset, offset + rows])
         if hi > lo:
-            chunks.append(storage.vectors(table, column)[keep[lo:hi] - offset])
+            chunks.append(hidden_states.vectors(table, column)[keep[lo:hi] - offset])
         offset += rows
     points = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False))
     if not np.isfinite(points).all():
@@ -358,7 +360,7 @@ def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
-    from workflow_scripts.probe import linear_probe, wilson_interval
+    from lmcompare.probe import linear_probe, wilson_interval
 
     x = np.asarray(x)
     y = np.asarray(y)
@@ -385,14 +387,14 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
     """Linear-probe accuracy from one pooled layer of pooled.parquet: cross-validated over every labelled example
     (`protocol: cv`, cv_probe_accuracy; `cv_splits` restricts it to those splits, e.g. ["test"] for a model
     fine-tuned on the train split's labels) or fitted on train and scored on test (`split`, probe.py's protocol)."""
-    from workflow_scripts.probe import linear_probe
+    from lmcompare.probe import linear_probe
 
-    meta = storage.read_hidden_metadata(pooled_path)
-    resolved = storage.resolve_layer(layer, meta["n_layers"], what="geometry.score.layer")
-    column = storage.pooled_column(resolved, pooling)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
+    resolved = hidden_states.resolve_layer(layer, meta["n_layers"], what="geometry.score.layer")
+    column = hidden_states.pooled_column(resolved, pooling)
     xs, labels, splits = [], [], []
-    for table in storage.iter_row_groups(pooled_path, [column, "label", "split"]):
-        xs.append(storage.vectors(table, column))
+    for table in hidden_states.iter_row_groups(pooled_path, [column, "label", "split"]):
+        xs.append(hidden_states.vectors(table, column))
         labels += table.column("label").to_pylist()
         splits += table.column("split").to_pylist()
     x = np.concatenate(xs) if xs else np.zeros((0, meta["hidden_size"]), np.float32)
@@ -610,7 +612,7 @@ def scatter_figure(merged: pd.DataFrame, fit: dict, *, measure: str, score_name:
                     elinewidth=1, capsize=3, zorder=1)
         ylabel = f"{score_name}\n(bars: Wilson 95% interval)"
     for index, ((x, y), models) in enumerate(groups.items()):
-        point_colour, point_marker = figure_style.model_style(models[0], index)
+        point_colour, point_marker = plotting.model_style(models[0], index)
         ax.scatter(x, y, color=point_colour, marker=point_marker, s=45, zorder=3)
         ax.annotate(", ".join(map(str, models)), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if np.isfinite(fit.get("slope", np.nan)):
@@ -650,7 +652,7 @@ def r2_figure(table: pd.DataFrame, *, dataset: str, score_name: str):
         if not np.isfinite(r):
             ax.text(-0.98, y, f"no fit (n={row['n']})", va="center", fontsize=7, color="0.4")
             continue
-        colour = figure_style.POSITIVE if r >= 0 else figure_style.NEGATIVE
+        colour = plotting.POSITIVE if r >= 0 else plotting.NEGATIVE
         low, high = row.get("r_ci_low", np.nan), row.get("r_ci_high", np.nan)
         if np.isfinite(low) and np.isfinite(high):
             ax.plot([low, high], [y, y], color=colour, lw=2.2, alpha=0.55, solid_capstyle="butt")
@@ -700,7 +702,7 @@ def run_measures(smk) -> None:
                          where=f"geometry of model {smk.wildcards.model!r} on dataset {smk.wildcards.dataset!r}")
     frame = pd.DataFrame(rows).assign(model=smk.wildcards.model, dataset=smk.wildcards.dataset, layer=layer,
                                       n=len(points), n_total=n_total, dims=points.shape[1])
-    storage.write_table(frame[MEASURE_COLUMNS], smk.output.measures)
+    files.write_table(frame[MEASURE_COLUMNS], smk.output.measures)
 
 
 def run_score(smk) -> None:
@@ -724,7 +726,7 @@ def run_score(smk) -> None:
     else:
         LOG.info("probe accuracy of %s on %s: %.4f [%.4f, %.4f] (train %d, test %d)", row["model"], row["dataset"],
                  row["score"], row["ci_low"], row["ci_high"], row["n_train"], row["n_test"])
-    storage.write_table(pd.DataFrame([row]), smk.output.score)
+    files.write_table(pd.DataFrame([row]), smk.output.score)
 
 
 def run_regression(smk) -> None:
@@ -734,8 +736,8 @@ def run_regression(smk) -> None:
         scores = read_score_table(smk.input.score_table, list(p.models))
     else:
         scores = pd.concat([pd.read_csv(path) for path in smk.input.scores], ignore_index=True)
-    storage.write_table(measures, smk.output.measures)
-    storage.write_table(scores, smk.output.scores)
+    files.write_table(measures, smk.output.measures)
+    files.write_table(scores, smk.output.scores)
     started = time.perf_counter()
     table = regression_table(measures, scores, dataset=smk.wildcards.dataset, score_name=p.score_name,
                              min_models=p.min_models, bootstrap=p.bootstrap, permutations=p.permutations,
@@ -748,7 +750,7 @@ def run_regression(smk) -> None:
         LOG.info("  %s: r = %+.3f [%+.3f, %+.3f], R² = %.3f, permutation p = %.4f, Holm p = %.4f (n = %d)",
                  row.measure, row.pearson_r, row.r_ci_low, row.r_ci_high, row.r2, row.p_permutation, row.p_holm,
                  row.n)
-    storage.write_table(table, smk.output.regression)
+    files.write_table(table, smk.output.regression)
 
 
 def run_figures(smk) -> None:
@@ -759,14 +761,14 @@ def run_figures(smk) -> None:
     wide = measures.pivot_table(index="model", columns="measure", values="value", aggfunc="first")
     score_columns = [c for c in ("score", "ci_low", "ci_high") if c in scores.columns]
     merged = wide.join(scores.set_index("model")[score_columns], how="inner")
-    storage.save_figure(r2_figure(table, dataset=smk.wildcards.dataset, score_name=p.score_name),
+    plotting.save_figure(r2_figure(table, dataset=smk.wildcards.dataset, score_name=p.score_name),
                         [smk.output.r2_png, smk.output.r2_svg])
     for rank in range(1, p.top_k + 1):
         row = table.iloc[min(rank, len(table)) - 1].to_dict()
         fig = scatter_figure(merged[[row["measure"]] + score_columns].dropna(subset=[row["measure"], "score"]),
                              row, measure=row["measure"],
                              score_name=p.score_name, dataset=smk.wildcards.dataset, rank=rank)
-        storage.save_figure(fig, [smk.output.scatter_png[rank - 1], smk.output.scatter_svg[rank - 1]])
+        plotting.save_figure(fig, [smk.output.scatter_png[rank - 1], smk.output.scatter_svg[rank - 1]])
 
 
 def faiss_threads(threads: int) -> None:
@@ -784,10 +786,7 @@ RULES = {
 
 
 def main(smk) -> None:
-    with storage.job_logging(smk):
-        figure_style.use_model_order(getattr(smk.params, "model_index", None))
+    with contextlib.nullcontext():  # TRANSITIONAL: the rule script opens the job log
+        plotting.use_model_order(getattr(smk.params, "model_index", None))
         RULES[smk.rule](smk)
 
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 ROOT_PREFIX = "distilbert."

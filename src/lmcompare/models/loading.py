@@ -8,7 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from workflow_scripts.storage import WorkflowInputError, read_json, write_json
+from lmcompare.errors import WorkflowInputError
+from lmcompare.files import read_json, write_json
 
 LOG = logging.getLogger("workflow")
 

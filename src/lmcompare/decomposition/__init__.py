@@ -51,8 +51,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import scipy.linalg
 
-from workflow_scripts import figure_style, storage
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import plotting
+import lmcompare
+from lmcompare import files, hidden_states
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -387,13 +389,13 @@ def _ensure_sorted(keys: np.ndarray, last: int | None, path: str) -> None:
 
 def iter_example_units(view: ViewSpec, pooling: str = "mean") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(keys=example_id, split codes, vectors (n, d*views)) per row group of pooled.parquet."""
-    columns = [storage.pooled_column(layer, pooling) for layer in view.layers]
+    columns = [hidden_states.pooled_column(layer, pooling) for layer in view.layers]
     last = None
-    for table in storage.iter_row_groups(view.path, ["example_id", "split", *columns]):
+    for table in hidden_states.iter_row_groups(view.path, ["example_id", "split", *columns]):
         keys = table.column("example_id").to_numpy().astype(np.int64)
         _ensure_sorted(keys, last, view.path)
         last = int(keys[-1]) if keys.size else last
-        vecs = np.hstack([storage.vectors(table, c, np.float64) for c in columns]) if keys.size else np.zeros((0, view.hidden_size * len(columns)))
+        vecs = np.hstack([hidden_states.vectors(table, c, np.float64) for c in columns]) if keys.size else np.zeros((0, view.hidden_size * len(columns)))
         _check_finite(vecs, keys, view.model, view.path, "example")
         yield keys, _split_codes(table.column("split")), vecs
 
@@ -406,7 +408,7 @@ def iter_token_units(view: ViewSpec, unit: str, chunk_tokens: int | None = None
     chunk: sum over every token of the example (special tokens included) / chunk_tokens.
     An example cut across row groups is carried over to the next one.
     """
-    columns = [storage.token_column(layer) for layer in view.layers]
+    columns = [hidden_states.token_column(layer) for layer in view.layers]
     width = view.hidden_size * len(columns)
     carry = None  # (example_id, word_id, split, vectors) of the last example of the previous row group
     last_key = None
@@ -434,12 +436,12 @@ def iter_token_units(view: ViewSpec, unit: str, chunk_tokens: int | None = None
         denominators = counts[:, None] if unit == "word" else float(chunk_tokens)
         return keys[starts], split[starts], sums / denominators
 
-    for table in storage.iter_row_groups(view.path, wanted):
+    for table in hidden_states.iter_row_groups(view.path, wanted):
         example_id = table.column("example_id").to_numpy().astype(np.int64)
         word_id = table.column("word_id").to_numpy().astype(np.int64)
         split = _split_codes(table.column("split"))
         # float32 rows (a token row group can be large); the per-unit sums accumulate in float64
-        vecs = np.hstack([storage.vectors(table, c) for c in columns]) if example_id.size else np.zeros((0, width), np.float32)
+        vecs = np.hstack([hidden_states.vectors(table, c) for c in columns]) if example_id.size else np.zeros((0, width), np.float32)
         if carry is not None:
             example_id = np.r_[carry[0], example_id]
             word_id = np.r_[carry[1], word_id]
@@ -583,17 +585,17 @@ def layers_tag(target_layer: int, basis_layer: int) -> str:
 
 def view_layers(target_layer: int, basis_layer: int, n_layers: int, model: str) -> tuple:
     """Resolved layers of a model's views: (target,) when target and basis layers coincide, else (target, basis)."""
-    target = storage.resolve_layer(target_layer, n_layers, f"decomposition.target_layer for model {model!r}:")
-    basis = storage.resolve_layer(basis_layer, n_layers, f"decomposition.basis_layer for model {model!r}:")
+    target = hidden_states.resolve_layer(target_layer, n_layers, f"decomposition.target_layer for model {model!r}:")
+    basis = hidden_states.resolve_layer(basis_layer, n_layers, f"decomposition.basis_layer for model {model!r}:")
     return (target,) if target == basis else (target, basis)
 
 
 def make_view(model: str, path: str, unit: str, target_layer: int, basis_layer: int) -> ViewSpec:
-    meta = storage.check_hidden_metadata(path, model=model)  # a file of another model is refused
+    meta = hidden_states.check_hidden_metadata(path, model=model)  # a file of another model is refused
     n_layers = int(meta["n_layers"])
     layers = view_layers(target_layer, basis_layer, n_layers, model)
     if unit in ("word", "chunk"):
-        stored = sorted({storage.resolve_layer(int(l), n_layers) for l in meta.get("token_layers", [])})
+        stored = sorted({hidden_states.resolve_layer(int(l), n_layers) for l in meta.get("token_layers", [])})
         missing = [l for l in layers if l not in stored]
         if missing:
             raise WorkflowInputError(
@@ -745,7 +747,7 @@ def save_pair_moments(path, view_a: ViewSpec, view_b: ViewSpec, moments: dict, i
         arrays[f"comoment_{split}"] = mom.comoment
         arrays[f"groups_{split}"] = np.array(mom.groups)
         arrays[f"between_{split}"] = mom.between
-    with storage.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
@@ -1089,7 +1091,7 @@ def plot_pairwise(matrix, title: str, paths: Sequence[str]) -> None:
     ax.set_ylabel("target model (u)")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="test R² (fraction of variance explained)")
-    storage.save_figure(fig, paths)
+    plotting.save_figure(fig, paths)
 
 
 def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
@@ -1101,8 +1103,8 @@ def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
     models = list(group_frame["model"])
     x = np.arange(len(models))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(models) + 2.5), 4.5))
-    for offset, column, label, colour in ((-0.2, "r2_train", "train", figure_style.colour(0)),
-                                           (0.2, "r2_test", "test", figure_style.colour(1))):
+    for offset, column, label, colour in ((-0.2, "r2_train", "train", plotting.colour(0)),
+                                           (0.2, "r2_test", "test", plotting.colour(1))):
         bars = ax.bar(x + offset, group_frame[column], width=0.4, label=label, color=colour)
         ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     mean_test = float(group_frame["r2_test"].mean())
@@ -1117,7 +1119,7 @@ def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:
     ax.set_ylim(low, 1.08)
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    storage.save_figure(fig, paths)
+    plotting.save_figure(fig, paths)
 
 
 # ====================================================================================== entry points
@@ -1150,7 +1152,7 @@ def run_moments(smk) -> None:
         LOG.warning("%d + %d units are missing from one of the two models (truncation or untokenised words)",
                     counts.only_a, counts.only_b)
     info = {"dataset": wc.dataset, "unit": wc.unit, "pooling": p.pooling, "chunk_tokens": p.chunk_tokens,
-            "only_a": counts.only_a, "only_b": counts.only_b, "code_version": storage.CODE_VERSION}
+            "only_a": counts.only_a, "only_b": counts.only_b, "code_version": lmcompare.__version__}
     save_pair_moments(smk.output.moments, view_a, view_b, moments, info, p.validation_fraction, p.validation_seed)
 
 
@@ -1167,9 +1169,9 @@ def run_fit(smk) -> None:
     extra = {"dataset": smk.wildcards.dataset, "unit": smk.wildcards.unit}
     group = pd.DataFrame([{**extra, **row} for row in group_rows])
     pairs = pd.DataFrame([{**extra, **row} for row in pair_rows])
-    storage.write_table(group, smk.output.group)
-    storage.write_table(pairs, smk.output.pairwise)
-    storage.write_table(pairwise_matrix(pair_rows, models).reset_index(), smk.output.matrix)
+    files.write_table(group, smk.output.group)
+    files.write_table(pairs, smk.output.pairwise)
+    files.write_table(pairwise_matrix(pair_rows, models).reset_index(), smk.output.matrix)
     LOG.info("mean group R2 (test) over %d models: %.4f", len(models), group["r2_test"].mean())
 
 
@@ -1196,7 +1198,7 @@ def main(smk) -> None:
     from threadpoolctl import threadpool_limits
 
     # BLAS may use only the threads the scheduler granted (on a shared node it would take every core)
-    with storage.job_logging(smk), threadpool_limits(limits=max(1, int(smk.threads))):
+    with threadpool_limits(limits=max(1, int(smk.threads))):
         step = smk.params.step
         if step == "moments":
             run_moments(smk)
@@ -1207,6 +1209,3 @@ def main(smk) -> None:
         else:
             raise ValueError(f"unknown step {step!r}")
 
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821

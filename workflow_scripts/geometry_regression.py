@@ -1,0 +1,6 @@
+"""Rule geometry_regression: TRANSITIONAL forwarder into the library (being made thin)."""
+from job import job_log
+from lmcompare.geometry import main
+
+with job_log(snakemake):  # noqa: F821
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,6 @@
+"""Rule twotower_figures: TRANSITIONAL forwarder into the library (being made thin)."""
+from job import job_log
+from lmcompare.twotower.preference import main
+
+with job_log(snakemake):  # noqa: F821
+    main(snakemake)  # noqa: F821
