@@ -7,7 +7,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # The maths and I/O are the `lmcompare` library (src/lmcompare, installed into .venv by setup.sh; into the conda
-# envs by their post-deploy scripts); each rule's script in workflow_scripts/ is a thin call into it.
+# envs by their post-deploy scripts, envs/*.post-deploy.sh, which read LMCOMPARE_PROJECT); each rule's script in
+# workflow_scripts/ is a thin call into it.
+os.environ.setdefault("LMCOMPARE_PROJECT", workflow.basedir)
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -39,23 +41,18 @@ check_config(config)
 if not workflow.remote_exec:
     check_local_sources(config)
 
-# Targets of `rule all`: every included rule file appends what it wants built.
-ALL_TARGETS = []
-
-
 include: "rules/common.smk"
-include: "rules/models.smk"
-include: "rules/data.smk"
+include: "rules/sources.smk"
 include: "rules/extract.smk"
 include: "rules/decomposition.smk"
 include: "rules/variability.smk"
 include: "rules/compression.smk"
 include: "rules/geometry.smk"
 include: "rules/twotower.smk"
-include: "rules/figures.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        ALL_TARGETS,
+        final_targets(),

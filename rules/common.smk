@@ -91,3 +91,17 @@ def model_weights_mb(model):
         os.path.join(paths.model_dir(model), "*.bin")
     )
     return sum(os.path.getsize(f) for f in files) / 1e6 if files else 500.0
+
+
+# ------------------------------------------------------------------------------------------------ targets
+# Each rule file defines its stage's `*_targets()` (empty when the stage is disabled); they are called when the
+# DAG is built, after every file has been read, so no result depends on the order of the include lines.
+def analysis_targets():
+    """What the enabled stages build: hidden states and every analysis's tables and figures."""
+    return (extraction_targets() + decomposition_targets() + variability_targets() + compression_targets()
+            + geometry_targets() + twotower_targets())
+
+
+def final_targets():
+    """The inputs of `rule all`: the enabled stages' outputs and the report."""
+    return analysis_targets() + report_targets()

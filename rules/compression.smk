@@ -1,50 +1,10 @@
-# [CLS] compression (Matton & de Oliveira) and fine-tuning as a model source. See docs/compression.md.
+# [CLS] compression (Matton & de Oliveira). See docs/compression.md; fine-tuned models are a model source
+# (rules/sources.smk).
 validate_section("compression")
 
 from lmcompare.compression import resolve_pairs, view_name
 
 COMPRESSION = config["compression"]
-FINETUNED_MODELS = models_of_source("finetune")
-
-
-# ------------------------------------------------------------------------------ fine-tuning source
-def finetune_mem_mb(wildcards, attempt):
-    """Weights, gradients and two AdamW moments (x4), activations of a batch, grown per retry."""
-    return int((3000 + 6 * model_weights_mb(MODELS[wildcards.model]["base"])) * attempt)
-
-
-def finetune_runtime(wildcards, attempt):
-    """Minutes: generous for CPU runs; scaled with epochs, the dataset's example cap and the model size."""
-    entry = MODELS[wildcards.model]
-    examples = DATASETS[entry["dataset"]].get("max_examples") or 100_000
-    weights = model_weights_mb(entry["base"])
-    return int(max(30, entry.get("epochs", 1) * examples * weights / 2_000) * attempt)
-
-
-rule finetune_model:
-    input:
-        base=lambda wc: paths.model_dir(MODELS[wc.model]["base"]),
-        dataset=lambda wc: paths.dataset_path(MODELS[wc.model]["dataset"]),
-    output:
-        model=directory("results/models/{model}"),
-    wildcard_constraints:
-        model=name_regex(FINETUNED_MODELS),
-    params:
-        entry=lambda wc: MODELS[wc.model],
-        device=config["extraction"]["device"],
-    log:
-        "results/logs/finetune_model/{model}.log",
-    benchmark:
-        "results/benchmarks/finetune_model/{model}.tsv"
-    threads: RES["threads"]
-    resources:
-        mem_mb=finetune_mem_mb,
-        runtime=finetune_runtime,
-        **gpu_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../workflow_scripts/finetune_model.py"
 
 
 # ------------------------------------------------------------------------------------- selection
@@ -161,8 +121,11 @@ rule compression_dataset:
         "../workflow_scripts/compression_dataset.py"
 
 
-if COMPRESSION["enabled"]:
-    ALL_TARGETS.extend(
+def compression_targets():
+    """The compression tables and figures of every dataset and view (none when disabled)."""
+    if not COMPRESSION["enabled"]:
+        return []
+    return (
         expand(
             [
                 "results/analysis/compression/{dataset}/{view}/summary.csv",

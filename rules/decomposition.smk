@@ -101,27 +101,6 @@ def _lmd_fit_mem_mb():
     return lambda wc: int(1000 + (6 if wc.alpha != alpha_tag(VALIDATION) else 12) * dims * dims * 8 / 1e6)
 
 
-rule prepare_chunk_dataset:
-    input:
-        base=lambda wc: paths.dataset_path(DATASETS[wc.dataset]["base"]),
-        tokenizer=lambda wc: paths.model_dir(DATASETS[wc.dataset]["tokenizer_model"]),
-    output:
-        dataset="results/data/{dataset}.parquet",
-    wildcard_constraints:
-        dataset=name_regex(datasets_of_source("chunks")),
-    params:
-        entry=lambda wc: DATASETS[wc.dataset],
-    log:
-        "results/logs/prepare_chunk_dataset/{dataset}.log",
-    threads: 1
-    resources:
-        **light_resources(),
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../workflow_scripts/prepare_chunk_dataset.py"
-
-
 # One file per unordered model pair (canonical order: by name): adding a model adds only its pairs.
 rule decomposition_moments:
     input:
@@ -229,5 +208,6 @@ rule decomposition_figures:
         "../workflow_scripts/decomposition_figures.py"
 
 
-if LMD["enabled"]:
-    ALL_TARGETS.extend(lmd_targets())
+def decomposition_targets():
+    """The decomposition tables and figures of every (dataset, unit, mode, alpha) (none when disabled)."""
+    return lmd_targets() if LMD["enabled"] else []

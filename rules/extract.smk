@@ -61,10 +61,12 @@ rule extract_hidden_states:
         "../workflow_scripts/extract_hidden_states.py"
 
 
-ALL_TARGETS.extend(
-    expand(
-        "results/hidden/{dataset}/{model}/pooled.parquet",
-        dataset=default_extraction_datasets(),
-        model=MODEL_NAMES,
+def extraction_targets():
+    """Every (dataset, model)'s pooled hidden states of the datasets extracted by default."""
+    return (
+        expand(
+            "results/hidden/{dataset}/{model}/pooled.parquet",
+            dataset=default_extraction_datasets(),
+            model=MODEL_NAMES,
+        )
     )
-)

@@ -1,51 +1,6 @@
-# The geometry stage (docs/geometry.md): perturbed models as a model source, geometry measures of each
-# model's final-layer token cloud, each model's downstream score, and the regression of score on each measure.
-validate_section("geometry")
-
-from lmcompare.models.perturb import family_entries, model_seed
-
-GEOMETRY = config["geometry"]
-PERTURBED_MODELS = models_of_source("perturb")
-# The geometry-only family (geometry.family): perturbed models measured by this stage alone (perturbed, extracted
-# with only the layers geometry reads, measured and scored), not run through the other analyses.
-FAMILY = {e["name"]: e for e in family_entries(GEOMETRY["family"], MODELS)} if GEOMETRY["enabled"] else {}
-FAMILY_NAMES = list(FAMILY)
-PERTURB_ENTRIES = {**{name: MODELS[name] for name in PERTURBED_MODELS}, **FAMILY}
-GEOMETRY_MODELS = MODEL_NAMES + FAMILY_NAMES
-
-
-# ------------------------------------------------------------------ perturbed models (a model source)
-# Built whether or not the geometry analysis is enabled: perturbed models are models, every analysis covers them.
-rule perturb_model:
-    input:
-        base=lambda wc: paths.model_dir(PERTURB_ENTRIES[wc.model]["base"]),
-    output:
-        model=directory("results/models/{model}"),
-    wildcard_constraints:
-        model=name_regex(list(PERTURB_ENTRIES)),
-    params:
-        base=lambda wc: PERTURB_ENTRIES[wc.model]["base"],
-        alpha=lambda wc: float(PERTURB_ENTRIES[wc.model]["alpha"]),
-        # the entry's seed, else one derived from the model's name: every model draws its own noise
-        seed=lambda wc: model_seed(wc.model, PERTURB_ENTRIES[wc.model].get("seed"))[0],
-        seed_source=lambda wc: model_seed(wc.model, PERTURB_ENTRIES[wc.model].get("seed"))[1],
-        family=lambda wc: "geometry.family" if wc.model in FAMILY else None,
-        tensors=GEOMETRY["perturb_tensors"],
-        trust_remote_code=lambda wc: bool(MODELS[PERTURB_ENTRIES[wc.model]["base"]].get("trust_remote_code", False)),
-    log:
-        "results/logs/perturb_model/{model}.log",
-    benchmark:
-        "results/benchmarks/perturb_model/{model}.tsv"
-    threads: RES["threads"]
-    resources:
-        mem_mb=lambda wc: int(RES["mem_mb_base"] + 4 * model_weights_mb(PERTURB_ENTRIES[wc.model]["base"])),
-        runtime=RES["runtime_minutes_base"],
-    conda:
-        "../envs/workflow.yaml"
-    script:
-        "../workflow_scripts/perturb_model.py"
-
-
+# The geometry stage (docs/geometry.md): geometry measures of each model's final-layer token cloud, each model's
+# downstream score, and the regression of score on each measure. Perturbed models (the family included) are a model
+# source: rules/sources.smk.
 # The family's hidden states: the extraction rule itself, for family members only, writing only the token
 # layer that geometry measures (pooled vectors of every layer are always written; the score reads one of them).
 use rule extract_hidden_states as geometry_family_extract with:
@@ -254,8 +209,11 @@ rule geometry_figures:
         "../workflow_scripts/geometry_figures.py"
 
 
-if GEOMETRY["enabled"]:
-    ALL_TARGETS.extend(
+def geometry_targets():
+    """The geometry regression and figures of every dataset (none when disabled)."""
+    if not GEOMETRY["enabled"]:
+        return []
+    return (
         expand(
             "results/analysis/geometry/{dataset}/regression.csv",
             dataset=geometry_datasets(),

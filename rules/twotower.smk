@@ -170,8 +170,11 @@ rule twotower_figures:
         "../workflow_scripts/twotower_figures.py"
 
 
-if TT["enabled"]:
-    ALL_TARGETS.extend(
+def twotower_targets():
+    """The two-tower tables and figures (none when disabled)."""
+    if not TT["enabled"]:
+        return []
+    return (
         [
             f"{TT_DIR}/{TT_DATASET}/{TT_MODEL}/{name}.csv"
             for name in ("preference", "consistency", "distribution", "top_tokens", "history")

@@ -106,8 +106,11 @@ rule variability_summary:
         "../workflow_scripts/variability_summary.py"
 
 
-if VAR["enabled"]:
-    ALL_TARGETS.extend(
+def variability_targets():
+    """The variability tables and figures of every dataset and pooling (none when disabled)."""
+    if not VAR["enabled"]:
+        return []
+    return (
         expand(
             [
                 f"{VAR_DIR}/{{dataset}}/{{pooling}}/{name}.csv"

@@ -156,7 +156,7 @@ def _summary_inputs(snakefile: Path, workdir: Path) -> list[str]:
 
 
 def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_models, tiny_corpus, tmp_path):
-    """With rules/figures.smk read first, before the analyses that add their tables, the summary job is given
+    """With rules/report.smk read first, before the analyses that add their tables, the summary job is given
     the same tables as with the Snakefile's order."""
     import yaml
 
@@ -167,9 +167,9 @@ def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_mode
     for part in ("rules", "schemas", "workflow_scripts", "report", "envs"):  # the library is installed
         shutil.copytree(PROJECT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     text = (PROJECT / "Snakefile").read_text()
-    text = text.replace('include: "rules/figures.smk"\n', "")
-    text = text.replace('include: "rules/common.smk"\n', 'include: "rules/common.smk"\ninclude: "rules/figures.smk"\n')
-    assert text.index("rules/figures.smk") < text.index("rules/decomposition.smk")
+    text = text.replace('include: "rules/report.smk"\n', "")
+    text = text.replace('include: "rules/common.smk"\n', 'include: "rules/common.smk"\ninclude: "rules/report.smk"\n')
+    assert text.index("rules/report.smk") < text.index("rules/decomposition.smk")
     reordered = copy / "Snakefile"
     reordered.write_text(text)
     original = _summary_inputs(PROJECT / "Snakefile", tmp_path)

@@ -4,15 +4,15 @@ validate_section("figures")
 
 
 def analysis_tables(prefix, suffix):
-    """Aggregated tables that the enabled analyses put into ALL_TARGETS (so disabled ones add nothing); the panel
-    shows the first: a validation-chosen ridge alpha before the paper's fixed one, then in path order."""
-    tables = [t for t in ALL_TARGETS if t.startswith(prefix) and t.endswith(suffix)]
+    """Aggregated tables among the enabled analyses' targets (analysis_targets: disabled ones add nothing); the
+    panel shows the first: a validation-chosen ridge alpha before the paper's fixed one, then in path order."""
+    tables = [t for t in analysis_targets() if t.startswith(prefix) and t.endswith(suffix)]
     return sorted(tables, key=lambda t: ("alpha-validation" not in t, t))
 
 
 def summary_tables(prefix, suffix):
-    """An input function: it reads ALL_TARGETS when the DAG is built, after every rule file has been read, so the
-    tables a panel is given do not depend on the order of the `include:` lines in the Snakefile."""
+    """An input function: it calls analysis_targets when the DAG is built, after every rule file has been read, so
+    the tables a panel is given do not depend on the order of the `include:` lines in the Snakefile."""
     return lambda wildcards: analysis_tables(prefix, suffix)
 
 
@@ -103,7 +103,10 @@ rule summary_figure:
         "../workflow_scripts/summary_figure.py"
 
 
-if config["figures"]["enabled"]:
-    ALL_TARGETS.extend(
+def report_targets():
+    """The summary page, the provenance table and the effective config (none when disabled)."""
+    if not config["figures"]["enabled"]:
+        return []
+    return (
         ["results/figures/summary.png", "results/report/models.csv", "results/report/config_used.yaml"]
     )
