@@ -34,6 +34,47 @@ DATASET_NAMES = list(DATASETS)
 EXTERNAL_SOURCES = ("hub", "local", "package", "archive", "onnx")
 
 
+def selected_names(key, known, what, *, enabled=True):
+    """The names a section selects with `key` (e.g. "variability.models"), one convention for every section: null
+    (the default) selects every name in `known`; a list selects exactly its names (in its order, once each); a
+    name not in `known`, or an empty list, is an error naming the key and the file it came from. A disabled section is not checked
+    against the configured names (nothing of it runs): its unknown names are dropped."""
+    section, _, field = key.rpartition(".")
+    chosen = config
+    for part in key.split("."):
+        chosen = chosen.get(part) if isinstance(chosen, dict) else None
+    if chosen is None:
+        return list(known)
+    if not chosen and enabled:
+        raise WorkflowInputError(
+            f"config: {key} is an empty list, which would select no {what}; remove it from {where(key)} (or set it "
+            f"to null) to select every one of them, or list the names."
+        )
+    unknown = [name for name in chosen if name not in known]
+    if unknown and enabled:
+        raise WorkflowInputError(
+            f"config: {key} lists {unknown}, which are not {what} ({list(known)}); fix {where(key)} (or remove it: "
+            f"the default is every one of them)."
+        )
+    return [name for name in dict.fromkeys(chosen) if name in known]
+
+
+def selected_name(key, known, what, *, enabled=True):
+    """The one name a section selects with `key` (e.g. "twotower.dataset"): null (the default) selects the first of
+    `known`; a name not in `known` is an error naming the key and its file (unless the section is disabled)."""
+    chosen = config
+    for part in key.split("."):
+        chosen = chosen.get(part) if isinstance(chosen, dict) else None
+    if chosen is None or (chosen not in known and not enabled):
+        return known[0]
+    if chosen not in known:
+        raise WorkflowInputError(
+            f"config: {key} is {chosen!r}, which is not {what} ({list(known)}); fix {where(key)} (or remove it: the "
+            f"default takes the first configured one)."
+        )
+    return chosen
+
+
 def model_index(names):
     """Each model's index in the configured model list: the `model_index` param of a figure rule, so a model has one
     colour in every figure (lmcompare/plotting.py). Adding a model at the end changes no entry."""

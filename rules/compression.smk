@@ -8,33 +8,20 @@ COMPRESSION = config["compression"]
 
 
 # ------------------------------------------------------------------------------------- selection
-def _compression_models():
-    unknown = [m for m in COMPRESSION["models"] or [] if m not in MODELS]
-    if unknown:
-        raise WorkflowInputError(
-            f"config: compression.models lists {unknown}, which are not configured model names; fix "
-            f"{where('compression.models')}: use names from 'models' (or remove the key for all models)."
-        )
-    return list(COMPRESSION["models"] or MODEL_NAMES)
-
-
 def _compression_datasets():
-    chosen = list(COMPRESSION["datasets"] or labelled_datasets())
-    for name in chosen:
-        if name not in DATASETS:
-            raise WorkflowInputError(
-                f"config: compression.datasets lists {name!r}, which is not a configured dataset name; fix "
-                f"{where('compression.datasets')}."
-            )
+    chosen = selected_names("compression.datasets", DATASET_NAMES, "configured datasets",
+                            enabled=COMPRESSION["enabled"])
+    for name in chosen if COMPRESSION["datasets"] is not None else []:
         if not DATASETS[name].get("label_column"):
             raise WorkflowInputError(
                 f"config: compression.datasets lists {name!r}, which has no label_column: the probes need labels. "
-                f"Set its label_column or remove it from compression.datasets."
+                f"Set its label_column or remove it from compression.datasets ({where('compression.datasets')})."
             )
-    return chosen
+    return chosen if COMPRESSION["datasets"] is not None else labelled_datasets()
 
 
-COMPRESSION_MODELS = _compression_models()
+COMPRESSION_MODELS = selected_names("compression.models", MODEL_NAMES, "configured models",
+                                    enabled=COMPRESSION["enabled"])
 COMPRESSION_DATASETS = _compression_datasets()
 COMPRESSION_VIEWS = [view_name(p, l) for p in COMPRESSION["poolings"] for l in COMPRESSION["layers"]]
 COMPRESSION_PAIRS = resolve_pairs(COMPRESSION["pairs"], config["models"], COMPRESSION_MODELS,

@@ -20,21 +20,8 @@ if LMD["enabled"] and alpha_tag(VALIDATION) in LMD_ALPHAS and not LMD["alpha_gri
     )
 
 
-def _lmd_selected(key, known, what):
-    names = LMD[key] or list(known)
-    unknown = [name for name in names if name not in known]
-    if unknown and not LMD["enabled"]:
-        return [name for name in names if name in known]  # a disabled section is not checked: nothing of it runs
-    if unknown:
-        raise WorkflowInputError(
-            f"config: decomposition.{key} lists {unknown}, which are not configured {what}; fix "
-            f"{where('decomposition.' + key)}: use names from '{what}' (configured: {list(known)})."
-        )
-    return names
-
-
-LMD_MODELS = _lmd_selected("models", MODELS, "models")
-LMD_DATASETS = _lmd_selected("datasets", DATASETS, "datasets")
+LMD_MODELS = selected_names("decomposition.models", MODEL_NAMES, "configured models", enabled=LMD["enabled"])
+LMD_DATASETS = selected_names("decomposition.datasets", DATASET_NAMES, "configured datasets", enabled=LMD["enabled"])
 if LMD["enabled"] and len(LMD_MODELS) < 2:
     raise WorkflowInputError(
         f"config: decomposition needs at least two models, got {LMD_MODELS}; configure another model or list two "

@@ -12,14 +12,7 @@ use rule extract_hidden_states as geometry_family_extract with:
 
 # ------------------------------------------------------------------ geometry analysis
 def geometry_datasets():
-    names = GEOMETRY["datasets"] if GEOMETRY["datasets"] is not None else DATASET_NAMES
-    unknown = [name for name in names if name not in DATASETS]
-    if unknown:
-        raise WorkflowInputError(
-            f"config: geometry.datasets names {unknown}, which are not configured datasets ({DATASET_NAMES}); "
-            f"fix {where('geometry.datasets')} or set it to null for all datasets."
-        )
-    return list(names)
+    return selected_names("geometry.datasets", DATASET_NAMES, "configured datasets", enabled=GEOMETRY["enabled"])
 
 
 def geometry_score_dataset():
@@ -67,21 +60,9 @@ def geometry_score_inputs(wc):
     }
 
 
-def geometry_regression_models():
-    """The models of the regression: geometry.regression.models, or every configured model and family member."""
-    chosen = GEOMETRY["regression"]["models"]
-    if chosen is None:
-        return GEOMETRY_MODELS
-    unknown = [name for name in chosen if name not in GEOMETRY_MODELS]
-    if unknown:
-        raise WorkflowInputError(
-            f"config: geometry.regression.models names {unknown}, which are neither configured models nor members "
-            f"of geometry.family ({GEOMETRY_MODELS}); fix the list, or set it to null for all of them."
-        )
-    return list(dict.fromkeys(chosen))
-
-
-REGRESSION_MODELS = geometry_regression_models() if GEOMETRY["enabled"] else MODEL_NAMES
+# the models of the regression: every configured model and family member by default
+REGRESSION_MODELS = selected_names("geometry.regression.models", GEOMETRY_MODELS,
+                                   "configured models or members of geometry.family") if GEOMETRY["enabled"] else MODEL_NAMES
 
 
 GEOMETRY_TOP_K = GEOMETRY["regression"]["top_k"]

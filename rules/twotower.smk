@@ -7,22 +7,8 @@ TT = config["twotower"]
 TT_DIR = "results/analysis/twotower"
 
 
-def _twotower_choice(key, known, what):
-    chosen = TT[key]
-    if chosen is None:
-        return known[0]
-    if chosen not in known:
-        if not TT["enabled"]:
-            return known[0]  # a disabled section is not checked against the configured names: nothing of it runs
-        raise WorkflowInputError(
-            f"twotower.{key} is {chosen!r}, which is not {what} ({known}); fix {where('twotower.' + key)} "
-            f"(or remove it: the default takes the first configured one)."
-        )
-    return chosen
-
-
-TT_DATASET = _twotower_choice("dataset", DATASET_NAMES, "a configured dataset")
-TT_MODEL = _twotower_choice("tokenizer_model", MODEL_NAMES, "a configured model")
+TT_DATASET = selected_name("twotower.dataset", DATASET_NAMES, "a configured dataset", enabled=TT["enabled"])
+TT_MODEL = selected_name("twotower.tokenizer_model", MODEL_NAMES, "a configured model", enabled=TT["enabled"])
 TT_SEEDS = [int(s) for s in TT["seeds"]]
 TT_STEPS = sorted({int(s) for s in TT["measure_steps"]} | {int(TT["steps"])})
 if max(TT_STEPS) != int(TT["steps"]):

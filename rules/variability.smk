@@ -6,21 +6,9 @@ VAR = config["variability"]
 VAR_DIR = "results/analysis/variability"
 
 
-def _variability_names(key, known, what):
-    chosen = VAR[key]
-    if chosen is None:
-        return list(known)
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        raise WorkflowInputError(
-            f"variability.{key} names {unknown}, which are not {what} ({list(known)}); fix "
-            f"{where('variability.' + key)} (or remove it: the default is every one of them)."
-        )
-    return list(chosen)
-
-
-VAR_DATASETS = _variability_names("datasets", labelled_datasets(), "labelled datasets (with a label_column)")
-VAR_MODELS = _variability_names("models", MODEL_NAMES, "configured models")
+VAR_DATASETS = selected_names("variability.datasets", labelled_datasets(), "labelled datasets (with a label_column)",
+                              enabled=VAR["enabled"])
+VAR_MODELS = selected_names("variability.models", MODEL_NAMES, "configured models", enabled=VAR["enabled"])
 
 
 wildcard_constraints:

@@ -545,7 +545,7 @@ def test_workflow_caching_and_bad_config(variability_run, tmp_path):
     # an unknown or unlabelled dataset named in the section: refused when the workflow is read
     bad = {**config, "variability": {**config["variability"], "datasets": ["nosuch"]}}
     result = run_workflow(tmp_path, bad, extra=["-n"], check=False)
-    assert result.returncode != 0 and "variability.datasets names ['nosuch']" in result.stdout + result.stderr
+    assert result.returncode != 0 and "variability.datasets lists ['nosuch']" in result.stdout + result.stderr
     # a changed tolerance or selection reruns only the light summary, never the streaming or the probes; on a
     # copy (mtimes and .snakemake records kept), so the shared run keeps its config
     import shutil
