@@ -125,12 +125,7 @@ def light_resources():
 
 def model_weights_mb(model):
     """Rough size of a model's weights for scaling memory and time requests (known after materialising)."""
-    import glob
-    import os
-
-    files = glob.glob(os.path.join(paths.model_dir(model), "*.safetensors")) + glob.glob(
-        os.path.join(paths.model_dir(model), "*.bin")
-    )
+    files = paths.weight_files(paths.model_dir(model))
     return sum(os.path.getsize(f) for f in files) / 1e6 if files else 500.0
 
 

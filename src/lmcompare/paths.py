@@ -31,3 +31,15 @@ def hidden_path_owner(path: str | os.PathLike) -> tuple[str, str] | None:
     """(dataset, model) of a path laid out as pooled_path / tokens_path lay it out; None for any other path."""
     match = HIDDEN_PATH.search(Path(path).as_posix())
     return (match["dataset"], match["model"]) if match else None
+
+
+# Files that hold a model's weights, in any format transformers reads (the provenance hash covers exactly these).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """A model folder's weight files, in name order (none when the folder does not exist yet)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)

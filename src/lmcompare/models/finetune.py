@@ -17,19 +17,35 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmcompare import files, hidden_states
+from lmcompare import files, hidden_states, runtime
 from lmcompare.models.loading import (environment_summary, load_model, load_tokenizer, pick_device,
                                             read_provenance, weights_sha256, write_provenance)
 from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
 
-DEFAULTS = {"epochs": 1, "learning_rate": 5e-5, "batch_size": 16, "max_length": 128, "seed": 0}
 MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class FineTuneSettings:
+    """The hyper-parameters of a `finetune` model entry; the defaults are the schema's (schemas/config.schema.yaml),
+    for callers that pass a partial entry. A seed of null (the schema default) is 0."""
+
+    epochs: float = 1
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 128
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, entry: dict) -> "FineTuneSettings":
+        return cls(**{key: entry[key] for key in cls.__dataclass_fields__ if entry.get(key) is not None})
 
 
 def seed_everything(seed: int) -> None:
@@ -147,24 +163,22 @@ def finetune(base_dir, train_texts, train_labels, classes, *, epochs=1, learning
 
 def run(entry: dict, base_dir, dataset_path, output_dir, *, device: str = "auto", threads: int | None = None) -> dict:
     """The whole rule: fine-tune, evaluate, save model + tokenizer + provenance through a temporary folder."""
-    import torch
 
     if threads:
-        torch.set_num_threads(int(threads))
-    settings = {key: entry.get(key, default) if entry.get(key) is not None else default
-                for key, default in DEFAULTS.items()}
+        runtime.torch_threads(threads)
+    settings = FineTuneSettings.from_config(entry)
     name, dataset = entry["name"], entry["dataset"]
     torch_device = pick_device(device)
     train_texts, train_y, test_texts, test_y, classes = training_examples(dataset_path, dataset)
     model, tokenizer, record = finetune(
-        base_dir, train_texts, train_y, classes, epochs=settings["epochs"], learning_rate=settings["learning_rate"],
-        batch_size=int(settings["batch_size"]), max_length=int(settings["max_length"]), seed=int(settings["seed"]),
+        base_dir, train_texts, train_y, classes, epochs=settings.epochs, learning_rate=settings.learning_rate,
+        batch_size=int(settings.batch_size), max_length=int(settings.max_length), seed=int(settings.seed),
         device=torch_device, trust_remote_code=bool(entry.get("trust_remote_code", False)),
     )
-    eval_batch = max(8, int(settings["batch_size"]) * 2)
-    train_pred = predict(model, tokenizer, train_texts, batch_size=eval_batch, max_length=int(settings["max_length"]),
+    eval_batch = max(8, int(settings.batch_size) * 2)
+    train_pred = predict(model, tokenizer, train_texts, batch_size=eval_batch, max_length=int(settings.max_length),
                          device=torch_device)
-    test_pred = predict(model, tokenizer, test_texts, batch_size=eval_batch, max_length=int(settings["max_length"]),
+    test_pred = predict(model, tokenizer, test_texts, batch_size=eval_batch, max_length=int(settings.max_length),
                         device=torch_device)
     train_accuracy = float(np.mean(train_pred == train_y))
     test_accuracy = float(np.mean(test_pred == test_y)) if len(test_y) else None
@@ -187,9 +201,9 @@ def run(entry: dict, base_dir, dataset_path, output_dir, *, device: str = "auto"
             "name": name, "source": "finetune", "revision": None,
             "base": entry["base"], "base_weights_sha256": base_record.get("weights_sha256") or weights_sha256(base_dir),
             "dataset": dataset, "classes": classes,
-            "epochs": settings["epochs"], "learning_rate": settings["learning_rate"],
-            "batch_size": int(settings["batch_size"]), "max_length": int(settings["max_length"]),
-            "seed": int(settings["seed"]), "optimizer": "AdamW(weight_decay=0), linear decay, no warm-up, clip 1.0",
+            "epochs": settings.epochs, "learning_rate": settings.learning_rate,
+            "batch_size": int(settings.batch_size), "max_length": int(settings.max_length),
+            "seed": int(settings.seed), "optimizer": "AdamW(weight_decay=0), linear decay, no warm-up, clip 1.0",
             "n_train": len(train_y), "n_test": len(test_y),
             "train_accuracy": train_accuracy, "test_accuracy": test_accuracy,
             "architecture": type(model).__name__, "model_type": model.config.model_type,

@@ -10,16 +10,11 @@ from pathlib import Path
 
 from lmcompare.errors import WorkflowInputError
 from lmcompare.files import read_json, write_json
+from lmcompare.paths import weight_files
 
 LOG = logging.getLogger("workflow")
 
 PROVENANCE_FILE = "provenance.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
-
-
-def weight_files(folder) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-
 
 def weights_sha256(folder) -> str:
     """sha256 over the model's weight files (name and content, in name order)."""

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from lmcompare import files
+from lmcompare import files, paths
 from lmcompare.models.loading import load_tokenizer, write_provenance
 from lmcompare.errors import WorkflowInputError
 
@@ -43,7 +43,7 @@ def find_model_folder(root: Path, subdir: str, what: str) -> Path:
             raise WorkflowInputError(f"{what}: no config.json in {folder}; fix `subdir` in the config file.")
         return folder
     found = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: (len(p.parts), str(p)))
-    found = [p for p in found if any(p.glob("*.safetensors")) or any(p.glob("*.bin"))] or found
+    found = [p for p in found if paths.weight_files(p)] or found
     if not found:
         raise WorkflowInputError(f"{what}: no config.json anywhere under {root}; it does not hold a Hugging Face model.")
     return found[0]

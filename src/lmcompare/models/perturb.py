@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from lmcompare.models import loading as model_loading
-from lmcompare import files
+from lmcompare import files, paths
 from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -146,7 +146,7 @@ def copy_support_files(base_dir, target_dir) -> list[str]:
     """Copy the base folder's top-level non-weight files (config, tokenizer, ...) into the new folder."""
     copied = []
     for path in sorted(Path(base_dir).iterdir()):
-        if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in model_loading.WEIGHT_SUFFIXES:
+        if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in paths.WEIGHT_SUFFIXES:
             continue
         if path.name.endswith(".index.json"):  # sharded-weight index of the base: save_pretrained writes its own
             continue
