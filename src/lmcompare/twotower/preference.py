@@ -1,7 +1,7 @@
 """Per-token-type tower preference of a two-tower LM, its consistency, and the shuffled-assignment control.
 
 Input: per held-out target token, the log-probability of the true token under each tower's own head
-(twotower.py, rule twotower_measure). For a token type t seen n_t times,
+(measure.py, rule twotower_measure). For a token type t seen n_t times,
 
     mean_k(t)     = (1 / n_t) * sum_{i: token_i = t} log p_k(token_i | context_i)       k in {a, b}
     preference(t) = mean_a(t) - mean_b(t)      (> 0: tower a predicts t better; nats)
@@ -17,23 +17,21 @@ Control (shuffled assignment): every occurrence's pair (log p_a, log p_b) is swa
 this keeps everything except a consistent tower identity. Repeated `permutations` times, it gives the null
 distribution of the split-half agreement (one-sided permutation p-value) and a per-type permutation p-value
 of |preference|.
+
+`preference_tables` builds rule twotower_preference's tables from the measurements (`read_logprobs`).
 """
 
-import contextlib
 import logging
 
 import numpy as np
 import pandas as pd
 
-from lmcompare import plotting
-from lmcompare import files
 from lmcompare.errors import WorkflowInputError
+from lmcompare.twotower.corpus import UNSEEN
 
 LOG = logging.getLogger("workflow")
-UNSEEN = -1
 
 
-# ============================================================================================ maths
 def type_means(token_id: np.ndarray, logp_a: np.ndarray, logp_b: np.ndarray) -> pd.DataFrame:
     """Per token type: count, mean log p under each tower's head, preference = mean_a - mean_b."""
     token_id = np.asarray(token_id)
@@ -98,8 +96,8 @@ def split_half(token_id, example_id, logp_a, logp_b, min_count: int) -> tuple[pd
     return frame, result
 
 
-def shuffled_control(token_id, example_id, logp_a, logp_b, min_count: int, permutations: int, seed: int = 0,
-                     observed: pd.DataFrame | None = None) -> dict:
+def shuffled_control(token_id, example_id, logp_a, logp_b, min_count: int, permutations: int,
+                     seed: int = 0) -> dict:
     """The shuffled-assignment null: each occurrence's (log p_a, log p_b) swapped with probability 1/2.
 
     Returns per-permutation split-half agreement (arrays), per-type permutation p-values of |preference|
@@ -177,7 +175,6 @@ def distribution_summary(pref: np.ndarray) -> dict:
     return out
 
 
-# ============================================================================== one measurement
 def analyse_measurement(frame: pd.DataFrame, *, min_count: int, permutations: int, seed: int = 0):
     """All statistics of one (seed, step) measurement: the type table and the consistency rows."""
     frame = frame[frame["token_id"] != UNSEEN]
@@ -268,27 +265,26 @@ def top_tokens(types: pd.DataFrame, k: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
-# ================================================================================== Snakemake glue
-def _read_logprobs(path) -> pd.DataFrame:
+# ============================================================================================ the tables
+def read_logprobs(path) -> pd.DataFrame:
+    """One twotower_measure output: per held-out target token of one (seed, step), its log-probabilities."""
     try:
         return pd.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise WorkflowInputError(f"{path} is not a readable two-tower measurement ({err}); delete it and rerun.") from err
 
 
-def main_preference(snakemake) -> None:
-    from lmcompare.models.loading import load_tokenizer
-
-    section = dict(snakemake.params.twotower)
-    model, dataset = snakemake.wildcards.model, snakemake.wildcards.dataset
-    min_count, permutations, k = section["min_count"], section["control_permutations"], section["top_k"]
-    tokenizer = load_tokenizer(snakemake.input.model)
+def preference_tables(logprob_paths, tokenizer, *, model: str, dataset: str, min_count: int, permutations: int,
+                      top_k: int, control_seed: int) -> dict[str, pd.DataFrame]:
+    """Rule twotower_preference's tables from every (seed, step) measurement: `preference` (per type),
+    `consistency` (split halves, checkpoints, seeds), `distribution` (per measurement) and `top_tokens` (the
+    top_k types of each tower at each seed's last step). `model` is the tokenizer model, `dataset` the corpus."""
     type_frames, consistency, summaries, finals, by_seed = [], [], [], {}, {}
-    for path in snakemake.input.logprobs:
-        frame = _read_logprobs(path)
+    for path in logprob_paths:
+        frame = read_logprobs(path)
         seed, step = int(frame["seed"].iloc[0]), int(frame["step"].iloc[0])
         types, rows, summary, _ = analyse_measurement(frame, min_count=min_count, permutations=permutations,
-                                                      seed=section["control_seed"])
+                                                      seed=control_seed)
         LOG.info("seed %d step %d: %d tokens, %d types >= %d; split-half r = %.3f (null q95 %.3f)", seed, step,
                  summary["n_tokens"], len(types), min_count, rows[0]["value"], rows[0]["null_q95"])
         types.insert(0, "seed", seed)
@@ -309,9 +305,8 @@ def main_preference(snakemake) -> None:
         )
     strings = dict(zip(all_types["token_id"].unique(), token_strings(tokenizer, all_types["token_id"].unique())))
     all_types.insert(3, "token", all_types["token_id"].map(strings))
-    for frame in (all_types,):
-        frame.insert(0, "model", model)
-        frame.insert(1, "dataset", dataset)
+    all_types.insert(0, "model", model)
+    all_types.insert(1, "dataset", dataset)
     consistency = pd.DataFrame(consistency)
     for col in ("seed", "step", "other_seed", "other_step"):
         if col not in consistency:
@@ -329,130 +324,30 @@ def main_preference(snakemake) -> None:
     tops = []
     for seed, step in last_steps.items():
         part = all_types[(all_types["seed"] == seed) & (all_types["step"] == step)]
-        tops.append(top_tokens(part, k))
+        tops.append(top_tokens(part, top_k))
     tops = pd.concat(tops, ignore_index=True)[
         ["model", "dataset", "seed", "step", "tower", "rank", "token_id", "token", "count", "mean_logp_a",
          "mean_logp_b", "preference", "p_value"]]
-    files.write_table(all_types, snakemake.output.preference)
-    files.write_table(consistency, snakemake.output.consistency)
-    files.write_table(distribution, snakemake.output.distribution)
-    files.write_table(tops, snakemake.output.top_tokens)
-    histories = pd.concat([pd.read_csv(p) for p in snakemake.input.histories], ignore_index=True)
-    files.write_table(histories, snakemake.output.history)
+    return {"preference": all_types, "consistency": consistency, "distribution": distribution, "top_tokens": tops}
 
 
-# ========================================================================================= figures
-def plot_loss(history: pd.DataFrame, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (seed, part) in enumerate(history.groupby("seed")):
-        part = part.sort_values("step")
-        ax.plot(part["step"], part["test_loss"], "-o", ms=3, color=plotting.colour(i),
-                label=f"seed {seed} test split")
-        train = part[part["step"] > 0]
-        ax.plot(train["step"], train["train_loss"], "--", color=plotting.colour(i), alpha=0.7,
-                label=f"seed {seed} train (mean since last eval)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("next-token cross-entropy (nats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+def join_histories(paths) -> pd.DataFrame:
+    """The seeds' loss histories (twotower_train's history.csv) in one table."""
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
 
-def plot_distribution(types: pd.DataFrame, controls: dict, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    values = [types["preference"].to_numpy()] + [c for c in controls.values() if len(c)]
-    edges = np.histogram_bin_edges(np.concatenate(values) if values else [0, 1], bins=40)
-    for i, (seed, part) in enumerate(types.groupby("seed")):
-        ax.hist(part["preference"], bins=edges, histtype="step", lw=1.8, color=plotting.colour(i),
-                label=f"seed {seed} (n={len(part)} types)")
-    pooled = [c for c in controls.values() if len(c)]
-    if pooled:  # one shuffled assignment per seed, pooled and scaled to one seed's number of types
-        values = np.concatenate(pooled)
-        ax.hist(values, bins=edges, weights=np.full(len(values), 1.0 / len(pooled)), histtype="stepfilled",
-                alpha=0.3, color="0.4", label="shuffled-assignment control (mean over seeds)")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("preference = mean log p(tower a head) − mean log p(tower b head)  (nats)")
-    ax.set_ylabel("number of token types")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def plot_split_half(types: pd.DataFrame, consistency: pd.DataFrame, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    seeds = sorted(types["seed"].unique())
-    fig, axes = plt.subplots(1, len(seeds), figsize=(4.4 * len(seeds), 4.6), squeeze=False, constrained_layout=True)
-    for i, (ax, seed) in enumerate(zip(axes[0], seeds)):
-        part = types[(types["seed"] == seed) & types["in_split_half"].astype(bool)]
-        ax.scatter(part["preference_half1"], part["preference_half2"], s=8, alpha=0.6, color=plotting.colour(i))
-        lim = np.nanmax(np.abs(part[["preference_half1", "preference_half2"]].to_numpy())) if len(part) else 1.0
-        lim = float(lim) * 1.05 if np.isfinite(lim) and lim > 0 else 1.0
-        ax.plot([-lim, lim], [-lim, lim], color="0.5", lw=0.8, ls="--")
-        ax.axhline(0, color="0.7", lw=0.6)
-        ax.axvline(0, color="0.7", lw=0.6)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        row = consistency[(consistency["comparison"] == "split_half") & (consistency["seed"] == seed)
-                          & (consistency["measure"] == "pearson")]
-        if len(row):
-            row = row.iloc[0]
-            ax.set_title(f"seed {seed}: Pearson r = {row['value']:.2f}, {int(row['n_types'])} types\n"
-                         f"control 95% quantile {row['null_q95']:.2f}, p = {row['p_value']:.3g}", fontsize=9)
-        ax.set_xlabel("preference, held-out half 1 (nats)")
-        ax.set_ylabel("preference, held-out half 2 (nats)")
-    fig.suptitle(title)
-    return fig
-
-
-def main_figures(snakemake) -> None:
-    model, dataset = snakemake.wildcards.model, snakemake.wildcards.dataset
-    section = dict(snakemake.params.twotower)
-    history = pd.read_csv(snakemake.input.history)
-    types = pd.read_csv(snakemake.input.preference)
-    consistency = pd.read_csv(snakemake.input.consistency)
-    final = types[types["step"] == types.groupby("seed")["step"].transform("max")]
+def final_step_controls(logprob_paths, types: pd.DataFrame, *, min_count: int, control_seed: int) -> dict:
+    """seed -> one shuffled-assignment preference vector (shuffled_control's example_preference) of that seed's
+    last measured step in `types` (preference.csv rows); measurements of other steps are skipped."""
     controls = {}
-    for path in snakemake.input.logprobs:
-        frame = _read_logprobs(path)
+    for path in logprob_paths:
+        frame = read_logprobs(path)
         seed, step = int(frame["seed"].iloc[0]), int(frame["step"].iloc[0])
-        if step != final[final["seed"] == seed]["step"].max():
+        if step != types[types["seed"] == seed]["step"].max():
             continue
         frame = frame[frame["token_id"] != UNSEEN]
         control = shuffled_control(frame["token_id"].to_numpy(), frame["example_id"].to_numpy(),
-                                   frame["logp_a"].to_numpy(), frame["logp_b"].to_numpy(), section["min_count"], 1,
-                                   seed=section["control_seed"])
+                                   frame["logp_a"].to_numpy(), frame["logp_b"].to_numpy(), min_count, 1,
+                                   seed=control_seed)
         controls[seed] = control["example_preference"]
-    label = f"two-tower LM on {dataset} ({model} tokenizer)"
-    out = snakemake.output
-    plotting.save_figure(plot_loss(history, f"{label}: loss"), [out.loss_png, out.loss_svg])
-    plotting.save_figure(plot_distribution(final, controls, f"{label}: per-type preference"),
-                        [out.distribution_png, out.distribution_svg])
-    plotting.save_figure(plot_split_half(final, consistency[consistency["step"].isin(final["step"].unique())],
-                                        f"{label}: split-half agreement of the preference"),
-                        [out.split_half_png, out.split_half_svg])
-
-
-def main(snakemake) -> None:
-    with contextlib.nullcontext():  # TRANSITIONAL: the rule script opens the job log
-        if snakemake.rule == "twotower_preference":
-            main_preference(snakemake)
-        elif snakemake.rule == "twotower_figures":
-            main_figures(snakemake)
-        else:
-            raise ValueError(f"twotower_preference.py does not implement rule {snakemake.rule!r}")
-
+    return controls
