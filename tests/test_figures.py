@@ -261,7 +261,7 @@ def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
 def test_twotower_split_half_figure_draws_the_halves_and_names_the_consistency_row():
     import matplotlib.pyplot as plt
 
-    from lmcompare.twotower.preference import plot_split_half
+    from lmcompare.twotower.figures import plot_split_half
 
     types = pd.DataFrame({"seed": [0, 0, 0], "in_split_half": [True, True, False],
                           "preference_half1": [0.1, -0.4, 2.0], "preference_half2": [0.2, -0.3, 9.0]})
