@@ -1,0 +1,115 @@
+"""The statistics a fit needs, from pair files: a pair's own (exact) statistics, and the joint covariance of all
+models assembled block by block from every pair (for the group fits)."""
+
+from typing import Sequence
+
+import numpy as np
+
+from lmcompare.decomposition.moments import ALL_SPLITS
+from lmcompare.decomposition.pair_file import PairMoments, read_pair_header
+from lmcompare.decomposition.solvers import SplitStats
+from lmcompare.decomposition.tags import canonical_pair, model_pairs
+from lmcompare.decomposition.units import SPLITS
+from lmcompare.errors import WorkflowInputError
+
+
+def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str) -> SplitStats:
+    """Exact statistics of target u (the target's target layer) and basis z (the basis model's basis layer) from
+    one pair file."""
+    n = pair.n[split]
+    su, sz = pair.columns_of(target, "target"), pair.columns_of(basis, "basis")
+    cov = pair.comoment[split] / n if n else np.full(pair.comoment[split].shape, np.nan)
+    return SplitStats(n, pair.mean[split][su], pair.mean[split][sz], float(np.trace(cov[su, su])),
+                      cov[su, sz], cov[sz, sz], pair.groups[split], pair.between_share(target, split))
+
+
+class JointMoments:
+    """The joint covariance of all models' layers (per split), assembled from the pair files.
+
+    Off-diagonal blocks (m, m') come from the pair (m, m'); a model's own block and mean come from the first
+    pair (in canonical order) that holds it. When every pair aligned the same units (always for `example` and
+    `chunk` units; for `word` units when no word is missing from any model), this is exactly the joint
+    covariance; otherwise it is the pairwise-complete estimate, and `consistent` says so.
+    Pair files are read one at a time: memory is one joint matrix per split in `splits` (2: train, test for a
+    fixed alpha; 4: fit, valid, train, test for alpha='validation'), each (sum of the models' layer dims)^2 x 8
+    bytes, plus the pair being read: 4 x (d_a + d_b)^2 x 8 bytes (the 3 stored co-moments, fit, valid and test,
+    and their merged train).
+    """
+
+    def __init__(self, pair_paths: dict, models: Sequence[str], splits: Sequence[str] = SPLITS):
+        self.models = list(models)
+        self.splits = tuple(splits)
+        self.paths = {canonical_pair(a, b): path for (a, b), path in pair_paths.items()}
+        missing = [p for p in model_pairs(self.models) if p not in self.paths]
+        if missing:
+            raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
+        self.dims, self.layers, self.n = {}, {}, {split: {} for split in ALL_SPLITS}
+        self.groups = {split: {} for split in ALL_SPLITS}
+        self.validation = set()
+        for pair in model_pairs(self.models):
+            header = read_pair_header(self.paths[pair])
+            if set(header["models"]) != set(pair):
+                raise WorkflowInputError(f"{self.paths[pair]} holds the pair {header['models']}, not {pair}; delete it and re-run.")
+            for model, dim, layers in zip(header["models"], header["dims"], header["layers"]):
+                if self.dims.setdefault(model, dim) != dim or self.layers.setdefault(model, layers) != layers:
+                    raise WorkflowInputError(
+                        f"model {model!r} has different hidden sizes or layers in different pair moment files "
+                        f"({self.paths[pair]}); delete results/analysis/decomposition/.../moments and re-run."
+                    )
+            for split in ALL_SPLITS:
+                self.n[split][pair] = header["n"][split]
+                self.groups[split][pair] = header["groups"][split]
+            self.validation.add(header["validation"])
+        if len(self.validation) > 1:
+            raise WorkflowInputError(
+                f"the pair moment files of {self.models} cut the train split with different validation settings "
+                f"{sorted(self.validation)} (fraction, seed); delete results/analysis/decomposition/.../moments and re-run."
+            )
+        self.consistent = all(len(set(self.n[s].values())) <= 1 for s in ALL_SPLITS)
+        # column offsets of each model's layers in the joint matrix
+        self.offset, total = {}, 0
+        for model in self.models:
+            self.offset[model] = total
+            total += self.dims[model] * len(self.layers[model])
+        self.cov = {split: np.zeros((total, total)) for split in self.splits}
+        self.mean = {split: np.zeros(total) for split in self.splits}
+        self.model_n = {split: {} for split in self.splits}
+        self.share = {split: {} for split in self.splits}  # per model (target layer): between-example share
+        for pair_name in model_pairs(self.models):
+            pair = PairMoments.load(self.paths[pair_name])
+            a, b = pair.models
+            ja, jb = self._block(a), self._block(b)
+            pa_, pb_ = pair.model_columns(a), pair.model_columns(b)
+            for split in self.splits:
+                cov = pair.comoment[split] / pair.n[split] if pair.n[split] else np.full(pair.comoment[split].shape, np.nan)
+                self.cov[split][ja, jb] = cov[pa_, pb_]
+                self.cov[split][jb, ja] = cov[pb_, pa_]
+                for model, j, p in ((a, ja, pa_), (b, jb, pb_)):
+                    if model not in self.model_n[split]:
+                        self.cov[split][j, j] = cov[p, p]
+                        self.mean[split][j] = pair.mean[split][p]
+                        self.model_n[split][model] = pair.n[split]
+                        self.share[split][model] = pair.between_share(model, split)
+            del pair
+
+    def _block(self, model: str) -> slice:
+        """Joint-matrix slice of all of a model's layers."""
+        start = self.offset[model]
+        return slice(start, start + self.dims[model] * len(self.layers[model]))
+
+    def columns_of(self, model: str, role: str) -> np.ndarray:
+        """Joint-matrix indices of a model's target layer (role 'target') or basis layer (role 'basis')."""
+        d = self.dims[model]
+        k = 0 if role == "target" or len(self.layers[model]) == 1 else 1
+        start = self.offset[model] + k * d
+        return np.arange(start, start + d)
+
+    def group_stats(self, target: str, basis: Sequence[str], split: str) -> SplitStats:
+        """Statistics of a group fit: the target's target layer from the basis models' basis layers."""
+        iu = self.columns_of(target, "target")
+        iz = np.concatenate([self.columns_of(m, "basis") for m in basis])
+        cov, mean = self.cov[split], self.mean[split]
+        n_values = [self.n[split][p] for p in model_pairs([target, *basis])]
+        group_values = [self.groups[split][p] for p in model_pairs([target, *basis])]
+        return SplitStats(min(n_values), mean[iu], mean[iz], float(np.trace(cov[np.ix_(iu, iu)])),
+                          cov[np.ix_(iu, iz)], cov[np.ix_(iz, iz)], min(group_values), self.share[split][target])

@@ -1,0 +1,210 @@
+"""Streamed moments of a model pair's units: count, mean and co-moment matrix of the concatenation [a, b] per
+split, and per split the number of examples and the between-example sum of squares.
+
+Every quantity of a fit is a function of these per-split sufficient statistics, so the hidden states are read once,
+row group by row group, and memory grows with the hidden sizes only. The train split is stored as its fit and
+valid parts (validation_split); `merge_train` gives the whole train split exactly.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from lmcompare.decomposition.alignment import AlignmentCounts, align_streams
+from lmcompare.decomposition.units import ModelLayers, iter_units, unit_example_ids
+from lmcompare.decomposition.validation_split import VALID_CODE, mark_validation
+
+STORED_SPLITS = ("fit", "valid", "test")  # what a pair file holds: train = fit + valid (merged exactly on load)
+ALL_SPLITS = ("fit", "valid", "train", "test")
+
+
+@dataclass
+class Moments:
+    """Streaming count, mean and co-moment matrix sum_n (x_n - mean)(x_n - mean)^T of d-dimensional rows.
+
+    Chunks are merged with the pairwise update of Chan, Golub & LeVeque, which is exact and avoids the
+    cancellation of E[xx^T] - mean mean^T when the means are large compared with the spread.
+    """
+
+    dim: int
+    n: int = 0
+    mean: np.ndarray = field(default=None)
+    comoment: np.ndarray = field(default=None)
+    # set by compute_pair_moments (see BetweenExamples); `merge` leaves them alone, merge_train combines them
+    groups: int = 0
+    between: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.mean is None:
+            self.mean = np.zeros(self.dim)
+        if self.comoment is None:
+            self.comoment = np.zeros((self.dim, self.dim))
+        if self.between is None:
+            self.between = np.zeros(self.dim)
+
+    def update(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        m = rows.shape[0]
+        if m == 0:
+            return
+        if rows.shape[1] != self.dim:
+            raise ValueError(f"rows have {rows.shape[1]} columns, the moments {self.dim}")
+        chunk_mean = rows.mean(axis=0)
+        centred = rows - chunk_mean
+        chunk_comoment = _gram(centred)
+        self.merge(Moments(self.dim, m, chunk_mean, chunk_comoment))
+
+    def merge(self, other: "Moments") -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.comoment = other.n, other.mean.copy(), other.comoment.copy()
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.comoment += other.comoment + np.outer(delta, delta) * (self.n * other.n / total)
+        self.mean = self.mean + delta * (other.n / total)
+        self.n = total
+
+    def copy(self) -> "Moments":
+        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy(), self.groups, self.between.copy())
+
+    def covariance(self) -> np.ndarray:
+        """Population covariance (divides by n, as the card's Cov)."""
+        return self.comoment / self.n if self.n else np.full((self.dim, self.dim), np.nan)
+
+
+def _gram(centred: np.ndarray) -> np.ndarray:
+    """X^T X with a symmetric rank-k update (half the flops of a general product)."""
+    if centred.shape[0] == 0:
+        return np.zeros((centred.shape[1], centred.shape[1]))
+    a = np.asfortranarray(centred.T)  # (d, m) column-major: no copy when `centred` is C-contiguous
+    upper = scipy.linalg.blas.dsyrk(1.0, a, trans=0, lower=0)
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+class BetweenExamples:
+    """Streamed number of examples and between-example sum of squares, per dimension, of one split's units.
+
+    between = sum_e n_e (mean_e - mean)^2 (a vector over dimensions), mean_e the mean of example e's units.
+    Units arrive in key order, so the units of one example are contiguous; the last example of a block is
+    carried over to the next block. Example means are merged into the running weighted mean with the exact
+    pairwise update (Chan et al.), as Moments does for units.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.groups = 0
+        self.weight = 0
+        self.mean = np.zeros(dim)
+        self.between = np.zeros(dim)
+        self._open = None  # (example_id, count, sum) of the example still receiving units
+
+    def update(self, example_ids: np.ndarray, rows: np.ndarray) -> None:
+        if example_ids.size == 0:
+            return
+        rows = np.asarray(rows, dtype=np.float64)
+        starts = np.flatnonzero(np.r_[True, example_ids[1:] != example_ids[:-1]])
+        sums = np.add.reduceat(rows, starts, axis=0)
+        counts = np.diff(np.r_[starts, example_ids.size])
+        ids = example_ids[starts]
+        if self._open is not None:
+            if ids[0] == self._open[0]:
+                counts[0] += self._open[1]
+                sums[0] += self._open[2]
+            else:
+                self._add(np.array([self._open[1]]), self._open[2][None, :])
+        self._open = (ids[-1], int(counts[-1]), sums[-1].copy())
+        self._add(counts[:-1], sums[:-1])
+
+    def finish(self) -> None:
+        if self._open is not None:
+            self._add(np.array([self._open[1]]), self._open[2][None, :])
+            self._open = None
+
+    def _add(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        if counts.size == 0:
+            return
+        weights = counts.astype(np.float64)
+        means = sums / weights[:, None]
+        total = float(weights.sum())
+        block_mean = weights @ means / total
+        block_between = weights @ (means - block_mean) ** 2
+        self.groups += int(counts.size)
+        self._merge(total, block_mean, block_between)
+
+    def _merge(self, weight: float, mean: np.ndarray, between: np.ndarray) -> None:
+        if self.weight == 0:
+            self.weight, self.mean, self.between = weight, mean.copy(), between.copy()
+            return
+        total = self.weight + weight
+        delta = mean - self.mean
+        self.between = self.between + between + delta ** 2 * (self.weight * weight / total)
+        self.mean = self.mean + delta * (weight / total)
+        self.weight = total
+
+
+def merge_between(n_a: int, mean_a: np.ndarray, between_a: np.ndarray, n_b: int, mean_b: np.ndarray,
+                  between_b: np.ndarray) -> np.ndarray:
+    """Between-example sums of squares of two splits with disjoint examples, merged exactly."""
+    if n_a == 0 or n_b == 0:
+        return between_a + between_b
+    return between_a + between_b + (mean_a - mean_b) ** 2 * (n_a * n_b / (n_a + n_b))
+
+
+def compute_pair_moments(a: ModelLayers, b: ModelLayers, unit: str, pooling: str = "mean",
+                         chunk_tokens: int | None = None, block_rows: int = 8192, validation_fraction: float = 0.2,
+                         validation_seed: int = 0) -> tuple[dict, AlignmentCounts]:
+    """One streamed pass over both models' files: moments of the concatenation [a's layers, b's layers] for the
+    `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split,
+    and per split the examples' count and between-example sums of squares (moments[split].groups /
+    .between, see BetweenExamples). `merge_train` gives the whole train split."""
+    dim = a.hidden_size * len(a.layers) + b.hidden_size * len(b.layers)
+    moments = {split: Moments(dim) for split in STORED_SPLITS}
+    between = {split: BetweenExamples(dim) for split in STORED_SPLITS}
+    counts = AlignmentCounts()
+    streams = [mark_validation(iter_units(source, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed)
+               for source in (a, b)]
+    stream = align_streams(*streams, counts, (a.model, b.model), with_keys=True)
+    # Small row groups are gathered into blocks of about `block_rows` before the rank-k update (BLAS is
+    # faster on big blocks); memory stays bounded by the block, not by the corpus.
+    pending = {split: [] for split in STORED_SPLITS}
+    pending_rows = {split: 0 for split in STORED_SPLITS}
+    code_of = {"fit": 0, "test": 1, "valid": VALID_CODE}
+
+    def flush(split):
+        if pending[split]:
+            moments[split].update(np.vstack(pending[split]))
+            pending[split], pending_rows[split] = [], 0
+
+    for keys, codes, rows_a, rows_b in stream:
+        rows = np.hstack([rows_a, rows_b])
+        examples = unit_example_ids(keys, unit)
+        for split, code in code_of.items():
+            mask = codes == code
+            if mask.any():
+                pending[split].append(rows[mask])
+                pending_rows[split] += int(mask.sum())
+                between[split].update(examples[mask], rows[mask])
+                if pending_rows[split] >= block_rows:
+                    flush(split)
+    for split in STORED_SPLITS:
+        flush(split)
+        between[split].finish()
+        moments[split].groups = between[split].groups
+        moments[split].between = between[split].between
+    return moments, counts
+
+
+def merge_train(moments: dict) -> Moments:
+    """The whole train split: the fit and valid parts merged (exact, Chan et al.), with their examples' counts
+    and between-example sums of squares (the parts hold disjoint examples)."""
+    fit, valid = moments["fit"], moments["valid"]
+    train = fit.copy()
+    train.merge(valid)
+    train.groups = fit.groups + valid.groups
+    train.between = merge_between(fit.n, fit.mean, fit.between, valid.n, valid.mean, valid.between)
+    return train
+
+
