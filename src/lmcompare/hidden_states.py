@@ -282,16 +282,19 @@ class HiddenStates:
         """example_id, split, label, n_content_tokens of every row, in file order (a pandas DataFrame).
 
         With mean pooling, rows without a content token (their mean vector is a placeholder zero) lose their label,
-        so that every analysis leaves them out; their number is logged.
+        so that every analysis leaves them out; their number is logged. A file without the n_content_tokens column
+        (not this workflow's extraction, e.g. one written by hand) cannot tell them apart: every label is kept.
         """
         try:
-            frame = pq.read_table(self.path, columns=list(POOLED_LABEL_COLUMNS)).to_pandas()
+            present = pq.read_schema(self.path).names
+            columns = [c for c in POOLED_LABEL_COLUMNS if c != "n_content_tokens" or c in present]
+            frame = pq.read_table(self.path, columns=columns).to_pandas()
         except (OSError, KeyError, ValueError, pa.ArrowInvalid) as err:
             raise WorkflowInputError(
                 f"{self.path} lacks the columns {list(POOLED_LABEL_COLUMNS)} or is unreadable ({err}); it was not "
                 f"written by this workflow's extraction: delete it and rerun."
             ) from err
-        if pooling == "mean":
+        if pooling == "mean" and "n_content_tokens" in frame:
             empty = frame["n_content_tokens"] == 0
             if empty.any():
                 LOG.warning("%s: %d examples have no content token (mean undefined); left out", self.path,
