@@ -10,23 +10,10 @@ import pandas as pd
 
 from lmcompare import files
 from lmcompare.errors import WorkflowInputError
-from lmcompare.hidden_states import POOLED_LABEL_COLUMNS, HiddenStates
+from lmcompare.hidden_states import HiddenStates
 from lmcompare.runtime import blas_threads
 
 LOG = logging.getLogger("workflow")
-
-
-class PooledStates(HiddenStates):
-    """HiddenStates whose labels() also reads a pooled file without the n_content_tokens column (files written
-    by hand, e.g. in the tests): such a file's rows all keep their labels. To move into HiddenStates.labels."""
-
-    def labels(self, pooling: str = "mean"):
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(self.path).names
-        if "n_content_tokens" in names or not {"split", "label"} <= set(names):
-            return super().labels(pooling)
-        return pq.read_table(self.path, columns=[c for c in POOLED_LABEL_COLUMNS if c in names]).to_pandas()
 
 
 def cv_probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, threads: int = 1) -> dict:
@@ -69,7 +56,7 @@ def probe_score(pooled_path, *, layer: int = -1, pooling: str = "mean", seed: in
 
     if protocol not in ("cv", "split"):
         raise WorkflowInputError(f"geometry.score.protocol must be 'cv' or 'split', got {protocol!r}.")
-    states = PooledStates(pooled_path)
+    states = HiddenStates(pooled_path)
     data = states.labelled_layer(layer, pooling, what="geometry.score.layer")
     head = dict(model=states.model, dataset=dataset, layer=data.layer, pooling=pooling, protocol=protocol)
     if protocol == "split":
