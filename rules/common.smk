@@ -2,6 +2,7 @@
 import os
 
 from lmcompare import paths
+from lmcompare.code_digest import code_digest
 from lmcompare.config import check_schema, where
 from lmcompare.errors import WorkflowInputError
 
@@ -32,6 +33,13 @@ DATASETS = {entry["name"]: entry for entry in config["datasets"]}
 MODEL_NAMES = list(MODELS)
 DATASET_NAMES = list(DATASETS)
 EXTERNAL_SOURCES = ("hub", "local", "package", "archive", "onnx")
+
+
+def library_code(script):
+    """The `code` param of every rule: a digest of the lmcompare modules its script (workflow_scripts/<script>.py)
+    imports. Snakemake's code trigger sees only the script; through this param a change of the library code a rule
+    runs reruns its jobs (lmcompare/code_digest.py)."""
+    return code_digest(os.path.join(workflow.basedir, "workflow_scripts", f"{script}.py"))
 
 
 def selected_names(key, known, what, *, enabled=True):

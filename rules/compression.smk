@@ -46,6 +46,7 @@ rule compression_model:
     wildcard_constraints:
         view=r"(first|mean)_layer-?[0-9]+",
     params:
+        code=library_code("compression_model"),
         k_values=COMPRESSION["k_values"],
         alpha=COMPRESSION["alpha"],
         single_dim_c=COMPRESSION["single_dim_c"],
@@ -94,6 +95,7 @@ rule compression_dataset:
     wildcard_constraints:
         view=r"(first|mean)_layer-?[0-9]+",
     params:
+        code=library_code("compression_dataset"),
         pairs=COMPRESSION_PAIRS,
         alpha=COMPRESSION["alpha"],
         model_index=model_index(COMPRESSION_MODELS),

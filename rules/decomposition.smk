@@ -101,6 +101,7 @@ rule decomposition_moments:
         unit="|".join(UNITS),
         layers=r"t-?\d+_b-?\d+",
     params:
+        code=library_code("decomposition_moments"),
         step="moments",
         target_layer=lambda wc: _lmd_layers(wc)[0],
         basis_layer=lambda wc: _lmd_layers(wc)[1],
@@ -136,6 +137,7 @@ rule decomposition_fit:
         mode="|".join(MODES),
         alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
+        code=library_code("decomposition_fit"),
         step="fit",
         models=LMD_MODELS,
         pairs=model_pairs(LMD_MODELS),
@@ -183,6 +185,7 @@ rule decomposition_figures:
         mode="|".join(MODES),
         alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
+        code=library_code("decomposition_figures"),
         step="figures",
     log:
         "results/logs/decomposition/figures/{dataset}/{unit}/{layers}/{mode}/{alpha}.log",

@@ -45,6 +45,7 @@ rule extract_hidden_states:
         pooled="results/hidden/{dataset}/{model}/pooled.parquet",
         tokens="results/hidden/{dataset}/{model}/tokens.parquet",
     params:
+        code=library_code("extract_hidden_states"),
         extraction=extraction_settings,
     log:
         "results/logs/extract_hidden_states/{dataset}/{model}.log",

@@ -76,6 +76,7 @@ rule geometry_measures:
     wildcard_constraints:
         model=name_regex(GEOMETRY_MODELS),
     params:
+        code=library_code("geometry_measures"),
         mode=GEOMETRY["mode"],
         layer=GEOMETRY["layer"],
         max_points=GEOMETRY["max_points"],
@@ -103,6 +104,7 @@ rule geometry_score:
     wildcard_constraints:
         model=name_regex(GEOMETRY_MODELS),
     params:
+        code=library_code("geometry_score"),
         layer=GEOMETRY["score"]["layer"],
         pooling=GEOMETRY["score"]["pooling"],
         protocol=GEOMETRY["score"]["protocol"],
@@ -133,6 +135,7 @@ rule geometry_regression:
         scores="results/analysis/geometry/{dataset}/scores.csv",
         regression="results/analysis/geometry/{dataset}/regression.csv",
     params:
+        code=library_code("geometry_regression"),
         models=REGRESSION_MODELS,
         score_source=GEOMETRY["score"]["source"],
         score_name=geometry_score_name() if GEOMETRY["enabled"] else "score",
@@ -176,6 +179,7 @@ rule geometry_figures:
             f"results/figures/geometry/{{dataset}}/scatter_top{rank}.svg" for rank in range(1, GEOMETRY_TOP_K + 1)
         ],
     params:
+        code=library_code("geometry_figures"),
         score_name=geometry_score_name() if GEOMETRY["enabled"] else "score",
         top_k=GEOMETRY_TOP_K,
         model_index=model_index(MODEL_NAMES),

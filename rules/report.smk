@@ -40,6 +40,7 @@ rule model_provenance:
             labels={"table": "model provenance"},
         ),
     params:
+        code=library_code("model_provenance"),
         models=MODEL_NAMES,
     log:
         "results/logs/model_provenance.log",
@@ -61,6 +62,7 @@ rule effective_config:
             labels={"file": "effective configuration"},
         ),
     params:
+        code=library_code("effective_config"),
         # the whole validated config, `resources` included: this record, and only it, reruns on any config edit
         config=config,
     log:
@@ -88,6 +90,7 @@ rule summary_figure:
         ),
         svg="results/figures/summary.svg",
     params:
+        code=library_code("summary_figure"),
         # only what the drawing uses (model and dataset names, in the caption too); no config
         models=MODEL_NAMES,
         datasets=DATASET_NAMES,

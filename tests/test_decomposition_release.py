@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.test_decomposition import latent_models, token_table, write_pooled, write_tokens
+from lmcompare.errors import WorkflowInputError
 from lmcompare.data import chunks as chunk_dataset
 from lmcompare import decomposition as lmd
 
@@ -260,7 +261,7 @@ def test_chunks_longer_than_a_models_positions_stop_the_extraction(tiny_models, 
                                    "seed": 1})
     write_dataset(frame, tmp_path / "c.parquet", {"name": "c"})
     settings = ExtractionSettings(max_length=128, token_layers=(-1,), truncation_note="chunk_tokens = 128")
-    with pytest.raises(lmd.WorkflowInputError, match=r"reads at most 64 tokens.*chunk_tokens <= 64"):
+    with pytest.raises(WorkflowInputError, match=r"reads at most 64 tokens.*chunk_tokens <= 64"):
         extract(tiny_models["bert"], tmp_path / "c.parquet", tmp_path / "p.parquet", tmp_path / "t.parquet", settings,
                 model_name="tiny-bert", dataset_name="c", progress=False)
 

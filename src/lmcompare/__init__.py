@@ -12,19 +12,15 @@ compression, geometry, twotower, report. `import lmcompare` is light: the API be
 
 __version__ = "0.1.0"
 
-# name -> module that defines it; imported on first use so that `import lmcompare` (the rule files do) stays light
+from lmcompare.exports import lazy_exports
+
+# name -> the module that defines it (lmcompare/exports.py); imported on first use, so that `import lmcompare` (the
+# rule files do) stays light
 _API = {
-    "load_hidden_states": "lmcompare.hidden_states",
-    "HiddenStates": "lmcompare.hidden_states",
-    "WorkflowInputError": "lmcompare.errors",
+    "load_hidden_states": "hidden_states",
+    "HiddenStates": "hidden_states",
+    "WorkflowInputError": "errors",
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name):
-    if name in _API:
-        import importlib
-
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'lmcompare' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcompare.errors import WorkflowInputError
+from lmcompare.files import json_bytes
 from lmcompare.paths import hidden_path_owner
 
 LOG = logging.getLogger("workflow")
@@ -58,11 +59,6 @@ def resolve_layer(layer: int, n_layers: int, what: str = "layer") -> int:
             f"Fix the layer in the config file."
         )
     return resolved
-
-
-def json_bytes(obj) -> bytes:
-    """Compact, key-sorted JSON for Parquet schema metadata."""
-    return json.dumps(obj, sort_keys=True, default=str).encode()
 
 
 def pooled_schema(n_layers, width, value_type, metadata):

@@ -23,6 +23,8 @@ from the fine-tuning entries) and draws the accuracy-vs-k curves and the single-
 See docs/compression.md.
 """
 
+from lmcompare.exports import lazy_exports
+
 # name -> the module that defines it (and its name there); imported on first use, so that the rule file's import
 # of view_name and resolve_pairs stays light (no numpy, pandas or scipy while the workflow is parsed)
 _API = {
@@ -39,16 +41,4 @@ _API = {
 }
 
 __all__ = sorted(name for name in _API if not name.startswith("_"))
-
-
-def __getattr__(name):
-    if name in _API:
-        import importlib
-
-        module, _, attribute = _API[name].partition(":")
-        return getattr(importlib.import_module(f"lmcompare.compression.{module}"), attribute or name)
-    raise AttributeError(f"module 'lmcompare.compression' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 import lmcompare
 
-from lmcompare import files, hidden_states
+from lmcompare import files
 from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -330,7 +330,7 @@ def build_dataset_with_drops(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFra
 
 def write_dataset(frame: pd.DataFrame, path, metadata: dict) -> None:
     table = pa.Table.from_pandas(frame, schema=DATASET_SCHEMA, preserve_index=False)
-    table = table.replace_schema_metadata({b"dataset": hidden_states.json_bytes(metadata)})
+    table = table.replace_schema_metadata({b"dataset": files.json_bytes(metadata)})
     with files.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

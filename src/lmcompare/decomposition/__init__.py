@@ -24,7 +24,9 @@ Names are imported on first use, so that the rule file's `from lmcompare.decompo
 imports the standard library only.
 """
 
-# name -> module of this package that defines it (imported on first use)
+from lmcompare.exports import lazy_exports
+
+# name -> module of this package that defines it (imported on first use, lmcompare/exports.py)
 _API = {
     **dict.fromkeys(["UNITS", "MODES", "VALIDATION", "DEFAULT_ALPHA_GRID", "parse_alpha", "alpha_tag",
                      "alpha_from_tag", "canonical_pair", "model_pairs", "layers_tag", "MOMENTS_FORMAT"], "tags"),
@@ -41,27 +43,9 @@ _API = {
     **dict.fromkeys(["decompose", "pairwise_matrix", "fit_and_score", "scored_fit", "write_fit_tables"], "fit"),
     **dict.fromkeys(["plot_pairwise", "plot_group", "draw_figures"], "figures"),
 }
-# former names, still called by tests and benchmarks: old name -> (module, current name)
-_FORMER = {"ViewSpec": ("units", "ModelLayers"), "make_view": ("units", "model_layers"),
-           "_fit_and_score": ("fit", "fit_and_score"), "_scored_fit": ("fit", "scored_fit")}
+# former names, still called by tests and benchmarks
+_API.update({"ViewSpec": "units:ModelLayers", "make_view": "units:model_layers", "_fit_and_score": "fit:fit_and_score",
+             "_scored_fit": "fit:scored_fit"})
 
-__all__ = sorted(_API)
-
-
-def __getattr__(name):
-    import importlib
-
-    if name in _API:
-        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    if name in _FORMER:
-        module, current = _FORMER[name]
-        return getattr(importlib.import_module(f"{__name__}.{module}"), current)
-    if name == "WorkflowInputError":  # the tests catch it from here
-        from lmcompare.errors import WorkflowInputError
-
-        return WorkflowInputError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__ = sorted(name for name in _API if not name.startswith("_"))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -152,23 +152,6 @@ def encoder_of(model):
     return model
 
 
-# ------------------------------------------------------------------------------------------- schema
-def pooled_schema(n_layers, width, value_type, metadata):
-    fields = [("example_id", pa.int64()), ("split", pa.string()), ("label", pa.string()),
-              ("n_tokens", pa.int32()), ("n_content_tokens", pa.int32()), ("truncated", pa.bool_())]
-    for layer in range(n_layers):
-        for kind in ("first", "mean"):
-            fields.append((hidden_states.pooled_column(layer, kind), pa.list_(value_type, width)))
-    return pa.schema(fields, metadata={b"hidden_states": hidden_states.json_bytes(metadata)})
-
-
-def tokens_schema(token_layers, width, value_type, metadata):
-    fields = [("example_id", pa.int64()), ("split", pa.string()), ("position", pa.int32()),
-              ("token_id", pa.int32()), ("word_id", pa.int32()), ("is_special", pa.bool_()),
-              ("char_start", pa.int32()), ("char_end", pa.int32())]
-    fields += [(hidden_states.token_column(layer), pa.list_(value_type, width)) for layer in token_layers]
-    return pa.schema(fields, metadata={b"hidden_states": hidden_states.json_bytes(metadata)})
-
 
 # --------------------------------------------------------------------------------------- extraction
 def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: ExtractionSettings, *,
@@ -249,9 +232,9 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
                 store_type=store_type, model_name=model_name)
             if pooled_writer is None:
-                pooled_writer = pq.ParquetWriter(pooled_tmp, pooled_schema(n_layers, width, store_type, metadata),
+                pooled_writer = pq.ParquetWriter(pooled_tmp, hidden_states.pooled_schema(n_layers, width, store_type, metadata),
                                                  compression="none")
-                tokens_writer = pq.ParquetWriter(tokens_tmp, tokens_schema(token_layers, width, store_type, metadata),
+                tokens_writer = pq.ParquetWriter(tokens_tmp, hidden_states.tokens_schema(token_layers, width, store_type, metadata),
                                                  compression="none")
             pooled_writer.write_table(pa.Table.from_pydict(pooled_batch, schema=pooled_writer.schema))
             tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema),

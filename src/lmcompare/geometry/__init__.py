@@ -32,26 +32,23 @@ permutations, Holm), figures.
     >>> table = geometry.regression_table(measures, scores, dataset="reviews", score_name="accuracy")
 """
 
-from lmcompare.geometry.figures import draw_figures, r2_figure, scatter_figure
-from lmcompare.geometry.measures import (MEASURE_COLUMNS, measure_cloud, measure_tokens, read_token_cloud,
-                                         subsample_indices)
-from lmcompare.geometry.quantizers import (QUANTIZER_MEASURES, QUANTIZERS, cell_count_kl, cell_count_variance,
-                                           cell_counts, centroid_nn_distance_variance, choose_nbits, encode,
-                                           faiss_threads, patchiness, quantizer_centroids, quantizer_measures,
-                                           reconstruction_measures, train_quantizer)
-from lmcompare.geometry.regression import (MIN_MODELS, REGRESSION_COLUMNS, bootstrap_indices, bootstrap_r_interval,
-                                           fit_line, holm_adjust, permutation_p_value, regression_table,
-                                           rowwise_pearson, write_regression)
-from lmcompare.geometry.score import cv_probe_accuracy, probe_score, read_score_table, score_model
-from lmcompare.geometry.spread import SPREAD_MEASURES, eee, isoscore, spread_measures, vrm
+from lmcompare.exports import lazy_exports
 
-__all__ = [
-    "MEASURE_COLUMNS", "MIN_MODELS", "QUANTIZERS", "QUANTIZER_MEASURES", "REGRESSION_COLUMNS", "SPREAD_MEASURES",
-    "bootstrap_indices", "bootstrap_r_interval", "cell_count_kl", "cell_count_variance", "cell_counts",
-    "centroid_nn_distance_variance", "choose_nbits", "cv_probe_accuracy", "draw_figures", "eee", "encode",
-    "faiss_threads", "fit_line", "holm_adjust", "isoscore", "measure_cloud", "measure_tokens", "patchiness",
-    "permutation_p_value", "probe_score", "quantizer_centroids", "quantizer_measures", "r2_figure",
-    "read_score_table", "read_token_cloud", "reconstruction_measures", "regression_table", "rowwise_pearson",
-    "scatter_figure", "score_model", "spread_measures", "subsample_indices", "train_quantizer", "vrm",
-    "write_regression",
-]
+# name -> the module of this package that defines it ("module:attribute" where the name differs), imported on
+# first use (lmcompare/exports.py)
+_API = {
+    **dict.fromkeys(["draw_figures", "r2_figure", "scatter_figure"], "figures"),
+    **dict.fromkeys(["MEASURE_COLUMNS", "measure_cloud", "measure_tokens", "read_token_cloud",
+                     "subsample_indices"], "measures"),
+    **dict.fromkeys(["QUANTIZER_MEASURES", "QUANTIZERS", "cell_count_kl", "cell_count_variance", "cell_counts",
+                     "centroid_nn_distance_variance", "choose_nbits", "encode", "faiss_threads", "patchiness",
+                     "quantizer_centroids", "quantizer_measures", "reconstruction_measures", "train_quantizer"], "quantizers"),
+    **dict.fromkeys(["MIN_MODELS", "REGRESSION_COLUMNS", "bootstrap_indices", "bootstrap_r_interval", "fit_line",
+                     "holm_adjust", "permutation_p_value", "regression_table", "rowwise_pearson",
+                     "write_regression"], "regression"),
+    **dict.fromkeys(["cv_probe_accuracy", "probe_score", "read_score_table", "score_model"], "score"),
+    **dict.fromkeys(["SPREAD_MEASURES", "eee", "isoscore", "spread_measures", "vrm"], "spread"),
+}
+
+__all__ = sorted(name for name in _API if not name.startswith("_"))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -10,20 +10,20 @@ Modules, in the order the rules use them:
     figures     loss, preference distribution, split halves                            (rule twotower_figures)
 """
 
-from lmcompare.twotower.corpus import (UNSEEN, Corpus, build_corpus, compact_vocabulary, eval_windows,
-                                       load_corpus, random_windows, save_corpus)
-from lmcompare.twotower.measure import (HEAD_INPUTS, HeadConfig, TowerHead, head_inputs, heldout_logprobs,
-                                        train_tower_heads)
-from lmcompare.twotower.model import TowerConfig, TwoTowerLM, build_model, make_towers_identical, swap_towers
-from lmcompare.twotower.preference import (across_checkpoints, across_seeds, analyse_measurement, read_logprobs,
-                                           shuffled_control, split_half, swap_invariant_comparison, top_tokens,
-                                           type_means)
-from lmcompare.twotower.training import (TrainConfig, load_snapshot, make_optimizer, snapshot_name,
-                                         train_two_tower)
+from lmcompare.exports import lazy_exports
 
-__all__ = ["UNSEEN", "Corpus", "build_corpus", "compact_vocabulary", "eval_windows", "load_corpus",
-           "random_windows", "save_corpus", "HEAD_INPUTS", "HeadConfig", "TowerHead", "head_inputs",
-           "heldout_logprobs", "train_tower_heads", "TowerConfig", "TwoTowerLM", "build_model",
-           "make_towers_identical", "swap_towers", "across_checkpoints", "across_seeds", "analyse_measurement",
-           "read_logprobs", "shuffled_control", "split_half", "swap_invariant_comparison", "top_tokens",
-           "type_means", "TrainConfig", "load_snapshot", "make_optimizer", "snapshot_name", "train_two_tower"]
+# name -> the module of this package that defines it ("module:attribute" where the name differs), imported on
+# first use (lmcompare/exports.py)
+_API = {
+    **dict.fromkeys(["UNSEEN", "Corpus", "build_corpus", "compact_vocabulary", "eval_windows", "load_corpus",
+                     "random_windows", "save_corpus"], "corpus"),
+    **dict.fromkeys(["HEAD_INPUTS", "HeadConfig", "TowerHead", "head_inputs", "heldout_logprobs",
+                     "train_tower_heads"], "measure"),
+    **dict.fromkeys(["TowerConfig", "TwoTowerLM", "build_model", "make_towers_identical", "swap_towers"], "model"),
+    **dict.fromkeys(["across_checkpoints", "across_seeds", "analyse_measurement", "read_logprobs",
+                     "shuffled_control", "split_half", "swap_invariant_comparison", "top_tokens", "type_means"], "preference"),
+    **dict.fromkeys(["TrainConfig", "load_snapshot", "make_optimizer", "snapshot_name", "train_two_tower"], "training"),
+}
+
+__all__ = sorted(name for name in _API if not name.startswith("_"))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -13,22 +13,22 @@ robustness), numbering (ours and the authors' layer numbers), summary (the per-d
 See docs/variability.md.
 """
 
-from lmcompare.variability.figures import plot_variability
-from lmcompare.variability.numbering import authors_last_layer, insert_authors_layer
-from lmcompare.variability.numbering import insert_authors_layer as _insert_authors_layer  # noqa: F401 (tests' name)
-from lmcompare.variability.nu import (DEGENERATE_RELATIVE, POOLINGS, MomentAccumulator, Variability,
-                                      between_class_eigen, expected_noise_between, layers_per_pass, run_nu,
-                                      stream_variability, variability_from_statistics)
-from lmcompare.variability.probe import gather_rows, probe_layers, run_probe
-from lmcompare.variability.selection import (eligible_nu, robustness_table, select_layers, selection_table,
-                                             spearman)
-from lmcompare.variability.subsets import (SPLITS, SUBSETS, class_codes, read_labels, stratified_subsample,
-                                           subset_masks)
-from lmcompare.variability.summary import NOISY_FRACTION, run_summary
+from lmcompare.exports import lazy_exports
 
-__all__ = ["DEGENERATE_RELATIVE", "MomentAccumulator", "NOISY_FRACTION", "POOLINGS", "SPLITS", "SUBSETS",
-           "Variability", "authors_last_layer", "between_class_eigen", "class_codes", "eligible_nu",
-           "expected_noise_between", "gather_rows", "insert_authors_layer", "layers_per_pass", "plot_variability",
-           "probe_layers", "read_labels", "robustness_table", "run_nu", "run_probe", "run_summary", "select_layers",
-           "selection_table", "spearman", "stratified_subsample", "stream_variability", "subset_masks",
-           "variability_from_statistics"]
+# name -> the module of this package that defines it ("module:attribute" where the name differs), imported on
+# first use (lmcompare/exports.py)
+_API = {
+    **dict.fromkeys(["plot_variability"], "figures"),
+    **dict.fromkeys(["authors_last_layer", "insert_authors_layer"], "numbering"),
+    "_insert_authors_layer": "numbering:insert_authors_layer",
+    **dict.fromkeys(["DEGENERATE_RELATIVE", "POOLINGS", "MomentAccumulator", "Variability",
+                     "between_class_eigen", "expected_noise_between", "layers_per_pass", "run_nu",
+                     "stream_variability", "variability_from_statistics"], "nu"),
+    **dict.fromkeys(["gather_rows", "probe_layers", "run_probe"], "probe"),
+    **dict.fromkeys(["eligible_nu", "robustness_table", "select_layers", "selection_table", "spearman"], "selection"),
+    **dict.fromkeys(["SPLITS", "SUBSETS", "class_codes", "read_labels", "stratified_subsample", "subset_masks"], "subsets"),
+    **dict.fromkeys(["NOISY_FRACTION", "run_summary"], "summary"),
+}
+
+__all__ = sorted(name for name in _API if not name.startswith("_"))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,0 +1,106 @@
+"""The digest of the library code a rule's script runs: every rule's `code` param.
+
+Snakemake reruns a job when its rule's script changes (the `code` rerun trigger), but it does not look at the
+library the script imports. Each rule therefore passes `code=code_digest(script)`, a digest of the lmcompare
+modules its script reaches through imports; the `params` trigger then reruns its jobs when that code changes, as it
+reran them when the maths lived in the script. The scripts' shared job log (workflow_scripts/job.py, lmcompare.runtime)
+is not followed: it computes nothing a table holds. Standard library only: the rule files call it at parse time.
+"""
+
+import ast
+import functools
+import hashlib
+from pathlib import Path
+
+LIBRARY = Path(__file__).resolve().parent
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The source file of an lmcompare module (`lmcompare.a.b`), None for a name that is not a module."""
+    parts = dotted.split(".")
+    if parts[0] != "lmcompare":
+        return None
+    stem = LIBRARY.joinpath(*parts[1:])
+    for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _lazy_table(init: Path) -> dict:
+    """A package's `_API` table (lmcompare/exports.py: name -> "module" or "module:attribute"), read from its
+    source: `"name": "module"` entries and `**dict.fromkeys([names], "module")`."""
+    table = {}
+    for node in ast.walk(ast.parse(init.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_API" for t in node.targets):
+            for key, value in zip(node.value.keys, node.value.values):
+                if key is not None:
+                    table[key.value] = value.value
+                elif isinstance(value, ast.Call) and len(value.args) == 2:
+                    for name in value.args[0].elts:
+                        table[name.value] = value.args[1].value
+    return table
+
+
+def _files_of(name: str) -> set[Path]:
+    """The module files an imported name stands for: the module and its parent packages, or, for a name a package
+    re-exports on first use, the module its `_API` table names."""
+    parts = name.split(".")
+    files = set()
+    for depth in range(1, len(parts) + 1):
+        found = _module_file(".".join(parts[:depth]))
+        if found is not None:
+            files.add(found)
+        elif depth == len(parts) and depth > 1:
+            package = _module_file(".".join(parts[:-1]))
+            target = _lazy_table(package).get(parts[-1]) if package and package.name == "__init__.py" else None
+            if target:
+                files.add(_module_file(".".join(parts[:-1] + [target.partition(":")[0]])))
+    return files
+
+
+def _package_of(path: Path) -> list[str]:
+    relative = path.relative_to(LIBRARY).with_suffix("").parts
+    package = ["lmcompare", *relative]
+    return package if path.name == "__init__.py" and package.pop() else package[:-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(path: Path) -> frozenset[Path]:
+    """The lmcompare modules a file imports (absolute and relative imports, names a package re-exports on first
+    use), and their parent packages."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and path.is_relative_to(LIBRARY):
+                package = _package_of(path)
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    files = set()
+    for name in names:
+        if name.split(".")[0] == "lmcompare":
+            files |= _files_of(name)
+    return frozenset(files)
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(script: str) -> str:
+    """sha256 (16 hex digits) over the lmcompare modules the script reaches through its imports, transitively,
+    each by its path inside the library and its content."""
+    seen, todo = set(), list(_imported_modules(Path(script)))
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += list(_imported_modules(module))
+    digest = hashlib.sha256()
+    for module in sorted(seen):
+        digest.update(module.relative_to(LIBRARY).as_posix().encode() + b"\0" + module.read_bytes())
+    return digest.hexdigest()[:16]
