@@ -97,7 +97,6 @@ rule compression_dataset:
     params:
         code=library_code("compression_dataset"),
         pairs=COMPRESSION_PAIRS,
-        alpha=COMPRESSION["alpha"],
         model_index=model_index(COMPRESSION_MODELS),
     log:
         "results/logs/compression_dataset/{dataset}/{view}.log",

@@ -102,7 +102,6 @@ rule decomposition_moments:
         layers=r"t-?\d+_b-?\d+",
     params:
         code=library_code("decomposition_moments"),
-        step="moments",
         target_layer=lambda wc: _lmd_layers(wc)[0],
         basis_layer=lambda wc: _lmd_layers(wc)[1],
         pooling=lambda wc: LMD["example_pooling"] if wc.unit == "example" else None,
@@ -138,7 +137,6 @@ rule decomposition_fit:
         alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
         code=library_code("decomposition_fit"),
-        step="fit",
         models=LMD_MODELS,
         pairs=model_pairs(LMD_MODELS),
         alpha_grid=lambda wc: LMD["alpha_grid"] if wc.alpha == alpha_tag(VALIDATION) else None,
@@ -186,7 +184,6 @@ rule decomposition_figures:
         alpha=r"alpha-(validation|[0-9][0-9.e+-]*)",
     params:
         code=library_code("decomposition_figures"),
-        step="figures",
     log:
         "results/logs/decomposition/figures/{dataset}/{unit}/{layers}/{mode}/{alpha}.log",
     threads: 1
