@@ -7,9 +7,10 @@ of every layer, the layer it recommends, a linear probe per layer to check that 
     rows = variability.stream_variability("results/hidden/reviews/minilm/pooled.parquet",
                                           codes=codes, masks={"full": codes >= 0})   # ν per layer
 
-On arrays: `variability_from_statistics(within, class_means)` or `MomentAccumulator`. Modules: nu (the metric and
-its streaming), subsets (which rows), probe (the probe per layer), selection (the recommended layer,
-robustness), numbering (ours and the authors' layer numbers), summary (the per-dataset tables), figures.
+On arrays: `variability_of(x, y)`, or from statistics `variability_from_statistics(within, class_means)` and
+`MomentAccumulator`. Modules: nu (the metric and its streaming), subsets (which rows), probe (the probe per layer),
+selection (the recommended layer, robustness), numbering (ours and the authors' layer numbers), summary (the
+per-dataset tables), figures.
 See docs/variability.md.
 """
 
@@ -23,7 +24,8 @@ _API = {
     "_insert_authors_layer": "numbering:insert_authors_layer",
     **dict.fromkeys(["DEGENERATE_RELATIVE", "POOLINGS", "MomentAccumulator", "Variability",
                      "between_class_eigen", "expected_noise_between", "layers_per_pass", "run_nu",
-                     "stream_variability", "variability_from_statistics"], "nu"),
+                     "stream_variability", "variability_from_statistics",
+                     "variability_of"], "nu"),
     **dict.fromkeys(["gather_rows", "probe_layers", "run_probe"], "probe"),
     **dict.fromkeys(["eligible_nu", "robustness_table", "select_layers", "selection_table", "spearman"], "selection"),
     **dict.fromkeys(["SPLITS", "SUBSETS", "class_codes", "read_labels", "stratified_subsample", "subset_masks"], "subsets"),

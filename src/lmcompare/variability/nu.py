@@ -103,6 +103,22 @@ def variability_from_statistics(within: np.ndarray, class_means: np.ndarray, *, 
                        degenerate=bool(degenerate), between_noise_fraction=noise_fraction)
 
 
+def variability_of(x: np.ndarray, y: np.ndarray, *, rtol: float | None = None) -> Variability:
+    """ν of one layer from its vectors in memory: x (n, d) and the class of each row, y (n,) (any labels; at least
+    two examples of each of at least two classes). The same statistics as the streamed path (Σ_w the unweighted
+    mean of the classes' population covariances, Σ_b that of the class means), with the sampling-noise fraction of
+    the between-class scatter."""
+    x = np.asarray(x, dtype=np.float64)
+    _, codes, counts = np.unique(np.asarray(y), return_inverse=True, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        raise ValueError(f"ν needs at least two examples of each of at least two classes; the classes have {counts}")
+    groups = [x[codes == c] for c in range(len(counts))]
+    means = np.stack([group.mean(axis=0) for group in groups])
+    within = np.mean([np.atleast_2d(np.cov(group, rowvar=False, ddof=0)) for group in groups], axis=0)
+    traces = np.array([np.trace(np.atleast_2d(np.cov(group, rowvar=False, ddof=1))) for group in groups])
+    return variability_from_statistics(within, means, rtol=rtol, noise_between=expected_noise_between(traces, counts))
+
+
 def expected_noise_between(class_traces: np.ndarray, counts: np.ndarray) -> float:
     """E[tr Σ̂_b] - tr Σ_b: the between-class scatter that sampling noise in the class means adds on its own.
 

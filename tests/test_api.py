@@ -1,0 +1,38 @@
+"""The Python API the README shows: the analyses run on arrays, without Snakemake."""
+import numpy as np
+import pytest
+
+from lmcompare import decomposition as lmd
+from lmcompare import variability
+
+pytestmark = pytest.mark.unit
+
+
+def test_variability_of_arrays_is_the_papers_formula():
+    """ν = (1/C) tr(Σ_w pinv(Σ_b)), Σ_w the mean of the classes' population covariances, Σ_b that of the class
+    means about their mean, written out with numpy's pinv on a case with three classes in 5 dimensions."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b", "c"], [40, 25, 35])
+    x = rng.normal(size=(100, 5)) + np.where(y[:, None] == "b", 1.5, 0.0) - np.where(y[:, None] == "c", 0.7, 0.0)
+    within = np.mean([np.cov(x[y == c], rowvar=False, bias=True) for c in "abc"], axis=0)
+    means = np.array([x[y == c].mean(axis=0) for c in "abc"])
+    between = (means - means.mean(axis=0)).T @ (means - means.mean(axis=0)) / 3
+    expected = np.trace(within @ np.linalg.pinv(between)) / 3
+    result = variability.variability_of(x, y)
+    assert result.nu == pytest.approx(expected, rel=1e-10)
+    assert result.n_classes == 3 and result.rank_between == 2
+    with pytest.raises(ValueError, match="at least two examples"):
+        variability.variability_of(x[:41], y[:41])
+
+
+def test_decomposition_of_arrays_is_least_squares():
+    """The README's decomposition lines: with a basis that holds the target exactly, R² on held-out rows is 1; with
+    a basis of noise, about 0 or below."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(600, 8))
+    u = z @ rng.normal(size=(8, 3)) + 2.0
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:400], z[:400]), alpha=1e-6)
+    assert lmd.r_squared(fit, lmd.SplitStats.from_rows(u[400:], z[400:]))[0] == pytest.approx(1.0, abs=1e-9)
+    noise = rng.normal(size=(600, 8))
+    fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:400], noise[:400]), alpha=1e-6)
+    assert lmd.r_squared(fit, lmd.SplitStats.from_rows(u[400:], noise[400:]))[0] < 0.1
