@@ -36,3 +36,24 @@ def test_decomposition_of_arrays_is_least_squares():
     noise = rng.normal(size=(600, 8))
     fit = lmd.fit_ridge(lmd.SplitStats.from_rows(u[:400], noise[:400]), alpha=1e-6)
     assert lmd.r_squared(fit, lmd.SplitStats.from_rows(u[400:], noise[400:]))[0] < 0.1
+
+
+def test_the_rule_files_import_only_the_standard_library():
+    """Parsing the workflow (the rule files' imports of the library: paths, tags, checks) loads none of numpy,
+    pandas, scipy, pyarrow or torch: the Snakefile is parsed for every job and every dry run."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT
+
+    lines = set()
+    for path in [PROJECT / "Snakefile", *sorted((PROJECT / "rules").glob("*.smk"))]:
+        lines |= {line.strip() for line in path.read_text().splitlines()
+                  if re.match(r"\s*(from lmcompare[\w.]* import|import lmcompare)", line)}
+    assert len(lines) >= 5, lines
+    heavy = ("numpy", "pandas", "scipy", "pyarrow", "torch", "sklearn", "matplotlib", "transformers")
+    code = "\n".join(sorted(lines)) + f"\nimport sys\nprint([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", (result.stdout, sorted(lines))

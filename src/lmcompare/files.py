@@ -1,4 +1,5 @@
-"""Atomic writes of tables, JSON and folders: a file under its final name is always complete."""
+"""Atomic writes of tables, JSON and folders (a file under its final name is always complete), and the dataset
+reader. Standard library at import: the rule files reach it."""
 
 import contextlib
 import json
@@ -7,8 +8,6 @@ import os
 import shutil
 from pathlib import Path
 from typing import Iterator
-
-import pyarrow as pa
 
 from lmcompare.errors import WorkflowInputError
 
@@ -61,6 +60,7 @@ def read_json(path) -> dict:
 
 def read_dataset(path) -> "pandas.DataFrame":  # noqa: F821
     import pandas as pd
+    import pyarrow as pa
 
     try:
         return pd.read_parquet(path)
