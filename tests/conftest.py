@@ -116,6 +116,26 @@ def build_tiny_models(root: Path, texts) -> dict:
     return folders
 
 
+KINDS = ("unit", "workflow")  # the markers registered in pyproject.toml
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Each test says what it is: exactly one of the markers `unit` and `workflow` (on the test or as its module's
+    `pytestmark`), else its module fails to collect (an error under xdist too, before `-m` deselects anything)."""
+    report = yield
+    if report.passed and isinstance(collector, (pytest.Module, pytest.Class)):
+        wrong = [f"{item.name} ({', '.join(kinds) or 'no marker'})" for item in report.result
+                 if isinstance(item, pytest.Function)
+                 and len(kinds := [kind for kind in KINDS if item.get_closest_marker(kind)]) != 1]
+        if wrong:
+            report.outcome, report.result = "failed", []
+            report.longrepr = (f"{collector.nodeid}: every test needs exactly one of the markers @pytest.mark.unit "
+                               "(plain function tests) or @pytest.mark.workflow (runs Snakemake), on the test or as "
+                               "`pytestmark` of its module; these do not:\n  " + "\n  ".join(wrong))
+    return report
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """(csv path, texts, labels): 80 labelled texts, some punctuation-heavy."""

@@ -15,6 +15,8 @@ from tests.test_decomposition import latent_models, token_table, write_pooled, w
 from lmcompare.data import chunks as chunk_dataset
 from lmcompare import decomposition as lmd
 
+pytestmark = pytest.mark.unit
+
 
 # ------------------------------------------------------------------------ transcriptions of the release
 class ReleasedLMD:

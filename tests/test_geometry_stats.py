@@ -20,6 +20,8 @@ from lmcompare.models.perturb import (derived_seed, family_entries, model_seed, 
                                             perturbed_parameter_names)
 from lmcompare.errors import WorkflowInputError
 
+pytestmark = pytest.mark.unit
+
 
 # ------------------------------------------------------------------------------------ seeds and noise
 def tiny_bert():

@@ -27,6 +27,7 @@ def bigger_corpus(tmp_path_factory):
     return path, texts, labels
 
 
+@pytest.mark.workflow
 def test_killed_extraction_leaves_no_partial_file_and_the_rerun_matches_a_clean_run(
         tiny_models, bigger_corpus, tmp_path):
     config = tiny_config(tiny_models, bigger_corpus, models=("roberta",))
@@ -80,6 +81,7 @@ def pair_run(tiny_models, tiny_corpus, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.workflow
 def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
     pooled = pair_run / paths.pooled_path("toy", "tiny-bert")
     data = pooled.read_bytes()
@@ -91,6 +93,7 @@ def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
         list(hidden_states.iter_row_groups(broken))
 
 
+@pytest.mark.workflow
 def test_parquet_of_another_model_is_refused(pair_run):
     foreign = pair_run / paths.pooled_path("toy", "tiny-roberta")
     with pytest.raises(WorkflowInputError, match="hidden_size=48 but 32 was expected"):
@@ -112,6 +115,7 @@ FOREIGN_FILE_JOBS = [
 ]
 
 
+@pytest.mark.workflow
 def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_models, tiny_corpus, tmp_path):
     """tiny-bert's pooled and tokens files replaced by tiny-roberta's (a copy gone wrong): every analysis job that
     reads them stops, naming the file and the fix, instead of analysing RoBERTa's vectors under BERT's name."""
@@ -146,6 +150,7 @@ def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_mode
     assert ("extract_hidden_states", paths.pooled_path("toy", "tiny-bert")) in pending_jobs(workdir, *targets)
 
 
+@pytest.mark.unit
 def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny_corpus, tmp_path):
     """A slow (pure-Python) tokenizer gives no character offsets: extraction stops, naming the model and the fix.
 
@@ -178,6 +183,7 @@ def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny
     assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "t.parquet").exists()
 
 
+@pytest.mark.workflow
 def test_failed_job_removes_its_partial_output(tiny_models, tiny_corpus, tmp_path):
     """An extraction that fails half-way (non-finite values) leaves neither file, and Snakemake reports the job."""
     import torch
@@ -219,6 +225,7 @@ def _kill_when_logged(workdir, log, marker, timeout=240):
     pytest.fail(f"{marker!r} never appeared in {log}")
 
 
+@pytest.mark.workflow
 def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, tmp_path):
     import yaml
 
