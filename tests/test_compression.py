@@ -1,19 +1,17 @@
 """Tests of the [CLS] compression stage and of fine-tuning as a model source."""
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from lmcompare import compression
 from lmcompare import hidden_states
 from lmcompare.probe import linear_probe
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 # ----------------------------------------------------------------------------------- synthetic data
@@ -26,27 +24,6 @@ def one_dim_label_data(n_train=300, n_test=200, d=8, label_dim=3, label_scale=1.
     x = noise_scale * rng.normal(size=(n, d))
     x[:, label_dim] = label_scale * ((2 * y - 1) + 0.3 * rng.normal(size=n))
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-
-
-def write_pooled(path, x_by_layer, labels, splits, model="m", dataset="ds"):
-    """A pooled.parquet following the extraction contract (docs/ARCHITECTURE.md), for reading tests."""
-    n = len(labels)
-    n_layers = len(x_by_layer)
-    d = x_by_layer[0].shape[1]
-    columns = {
-        "example_id": pa.array(np.arange(n, dtype=np.int64)),
-        "split": pa.array(list(splits)),
-        "label": pa.array(list(labels), type=pa.string()),
-        "n_tokens": pa.array(np.full(n, 5, dtype=np.int32)),
-    }
-    for layer, x in enumerate(x_by_layer):
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x.astype(np.float32))
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list((x + 100).astype(np.float32))
-    table = pa.table(columns)
-    meta = {"model": model, "dataset": dataset, "n_layers": n_layers, "hidden_size": d}
-    table = table.replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=max(1, n // 3))
-    return path
 
 
 # ------------------------------------------------------------------------------------------ k grid
@@ -164,7 +141,10 @@ def _pooled_fixture(tmp_path, labels=None, splits=None, d=8, label_dim=3):
     if splits is None:
         splits = ["train"] * 120 + ["test"] * 60
     layers = [np.random.default_rng(9).normal(size=x.shape), x]  # layer 0 noise, layer 1 (last) carries the label
-    return write_pooled(tmp_path / "pooled.parquet", layers, labels, splits), x
+    # first-token vectors x, mean vectors x + 100 (tests/factories.py)
+    path = factories.write_pooled(tmp_path / "pooled.parquet", [layer + 100 for layer in layers], labels, splits,
+                                  first=layers, row_group_size=max(1, len(labels) // 3))
+    return path, x
 
 
 @pytest.mark.unit

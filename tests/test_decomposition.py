@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import Ridge
@@ -15,6 +14,8 @@ from lmcompare import decomposition as lmd
 from lmcompare import hidden_states, paths
 from lmcompare.data.prepare import word_offsets
 from lmcompare.errors import WorkflowInputError
+from tests import factories
+from tests.factories import latent_models, token_table
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -44,48 +45,16 @@ def direct_r2(u_train, z_train, u_test, z_test, alpha, mode="paper"):
 
 
 def write_pooled(path, model, example_ids, splits, layers: dict, row_group_size=None, n_layers=None):
-    """A pooled.parquet following the hidden-state contract (only the columns this stage reads)."""
-    hidden = next(iter(layers.values())).shape[1]
-    columns = {"example_id": pa.array(np.asarray(example_ids, np.int64)), "split": pa.array(list(splits))}
-    for layer, values in layers.items():
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(values.astype(np.float32))
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(values[:, ::-1].astype(np.float32))
-    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers or (max(layers) + 1), "hidden_size": hidden,
-            "token_layers": [], "store_dtype": "float32"}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_size or len(example_ids))
-    return str(path)
+    """A pooled.parquet of a synthetic model (tests/factories.py); only these layers' columns."""
+    return str(factories.write_pooled(path, layers, splits=splits, example_ids=example_ids, model=model,
+                                      dataset="synthetic", n_layers=n_layers, row_group_size=row_group_size))
 
 
 def write_tokens(path, model, rows: pd.DataFrame, layer_values: dict, n_layers, row_group_size=None):
-    """A tokens.parquet following the contract: rows has example_id, split, position, word_id, is_special."""
-    hidden = next(iter(layer_values.values())).shape[1]
-    columns = {
-        "example_id": pa.array(rows["example_id"].to_numpy(np.int64)),
-        "split": pa.array(rows["split"].tolist()),
-        "position": pa.array(rows["position"].to_numpy(np.int32)),
-        "word_id": pa.array(rows["word_id"].to_numpy(np.int32)),
-        "is_special": pa.array(rows["is_special"].to_numpy(bool)),
-    }
-    for layer, values in layer_values.items():
-        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(values.astype(np.float32))
-    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers, "hidden_size": hidden,
-            "token_layers": sorted(layer_values), "store_dtype": "float32"}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_size or len(rows))
-    return str(path)
-
-
-def latent_models(rng, n, dims, latent=6, noise=0.3, offset=5.0):
-    """Models that are noisy linear views of one shared latent, with large means (as hidden states have)."""
-    shared = rng.normal(size=(n, latent))
-    out = []
-    for d in dims:
-        mix = rng.normal(size=(latent, d))
-        out.append(shared @ mix + noise * rng.normal(size=(n, d)) + offset * rng.normal(size=d))
-    return out
+    """A tokens.parquet of a synthetic model (tests/factories.py): rows has example_id, split, position, word_id,
+    is_special."""
+    return str(factories.write_tokens(path, layer_values, rows, model=model, dataset="synthetic", n_layers=n_layers,
+                                      row_group_size=row_group_size))
 
 
 # ------------------------------------------------------------------------------------------ moments
@@ -274,19 +243,6 @@ def test_target_and_basis_layers_can_differ(tmp_path):
     row = next(r for r in pairs if r["model"] == "a")  # a at layer 3 from b at layer 1
     assert (row["layer"], row["basis_layer"]) == (3, 1)
     assert abs(row["r2_test"] - direct_r2(f(a3)[tr], f(b1)[tr], f(a3)[te], f(b1)[te], 1e-6)[0]) < 1e-8
-
-
-def token_table(words_per_example, tokens_per_word, split_of):
-    """Token rows: [special] word tokens... [special] per example; returns rows and the word index per row."""
-    rows = []
-    for example, n_words in enumerate(words_per_example):
-        position = 0
-        rows.append((example, split_of(example), position, -1, True)); position += 1
-        for word in range(n_words):
-            for _ in range(tokens_per_word(example, word)):
-                rows.append((example, split_of(example), position, word, False)); position += 1
-        rows.append((example, split_of(example), position, -1, True))
-    return pd.DataFrame(rows, columns=["example_id", "split", "position", "word_id", "is_special"])
 
 
 @pytest.mark.unit

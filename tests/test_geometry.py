@@ -2,19 +2,18 @@
 and the regression. Workflow tests at the end run Snakemake on tiny models."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lmcompare import geometry as g
 from lmcompare import hidden_states, paths
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 @pytest.fixture(scope="module")
@@ -216,17 +215,8 @@ def write_tokens(path, layers, n_examples=30, hidden=6, rows_per_group=17, seed=
     position = np.concatenate([np.arange(n) for n in lengths])
     n = len(example_id)
     vectors = {layer: rng.standard_normal((n, hidden)).astype(np.float32) for layer in layers}
-    columns = {
-        "example_id": pa.array(example_id, pa.int64()),
-        "split": pa.array(["train"] * n),
-        "position": pa.array(position, pa.int32()),
-        "is_special": pa.array(position == 0),
-    }
-    for layer, array in vectors.items():
-        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(array)
-    meta = {"model": "toy", "dataset": "d", "n_layers": 4, "hidden_size": hidden, "token_layers": list(layers)}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=rows_per_group)
+    rows = {"example_id": example_id, "split": ["train"] * n, "position": position, "is_special": position == 0}
+    factories.write_tokens(path, vectors, rows, model="toy", dataset="d", n_layers=4, row_group_size=rows_per_group)
     return vectors
 
 
@@ -261,13 +251,8 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
     labels = rng.choice(["neg", "pos"], n)
     x = rng.standard_normal((n, hidden)).astype(np.float32) + (labels == "pos")[:, None] * 1.5
     split = np.where(np.arange(n) < 80, "train", "test")
-    meta = {"model": "toy", "dataset": "d", "n_layers": 2, "hidden_size": hidden}
-    table = pa.table({
-        "example_id": pa.array(np.arange(n), pa.int64()), "split": pa.array(split), "label": pa.array(labels),
-        hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(x),
-        hidden_states.pooled_column(1, "first"): hidden_states.fixed_size_list(-x),
-    }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=50)
+    factories.write_pooled(tmp_path / "pooled.parquet", {1: x}, labels, split, first=np.negative, model="toy",
+                           dataset="d", row_group_size=50)
     row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="split")
     y = (labels == "pos").astype(int)
     expected = linear_probe(x[:80], y[:80], x[80:], y[80:], seed=0)

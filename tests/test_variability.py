@@ -2,7 +2,6 @@
 implementation, the streaming, the layer selection, the robustness subsets, bad input, and the rules end to end."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from scipy.stats import spearmanr
 from lmcompare import hidden_states, paths
 from lmcompare import variability as var
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -43,27 +43,12 @@ def random_spd(rng, d, scale=1.0):
     return scale * (a @ a.T / d + 0.1 * np.eye(d))
 
 
-def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.float32(), extra_meta=None,
-                 n_content=None):
-    """A pooled.parquet as the extraction writes it (contract in docs/ARCHITECTURE.md), from (n, d) arrays."""
-    n = len(labels)
-    d = layers[0].shape[1]
-    columns = {
-        "example_id": pa.array(np.arange(n), pa.int64()),
-        "split": pa.array(list(splits), pa.string()),
-        "label": pa.array([None if l is None else str(l) for l in labels], pa.string()),
-        "n_tokens": pa.array(np.full(n, 5), pa.int32()),
-        "n_content_tokens": pa.array(np.full(n, 3) if n_content is None else n_content, pa.int32()),
-        "truncated": pa.array(np.zeros(n, bool)),
-    }
-    for layer, x in enumerate(layers):
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x[:, ::-1].copy(), dtype)
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(x, dtype)
-    meta = {"model": "synthetic", "dataset": "synthetic", "n_layers": len(layers), "hidden_size": d,
-            "store_dtype": "float32", "n_examples": n, **(extra_meta or {})}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=row_group_size)
-    return path
+def write_pooled(path, layers, labels, splits, *, row_group_size=7, extra_meta=None, n_content=None):
+    """A pooled.parquet of a synthetic model as the extraction writes it (tests/factories.py), from (n, d) arrays:
+    mean vectors x, first-token vectors x with reversed dimensions."""
+    return factories.write_pooled(path, layers, labels, splits, model="synthetic", dataset="synthetic",
+                                  n_content_tokens=3 if n_content is None else n_content,
+                                  row_group_size=row_group_size, metadata=extra_meta)
 
 
 def gaussian_classes(rng, n_per_class, d, separation, offset=0.0):
