@@ -390,11 +390,12 @@ def compression_workflow_config(tiny_models, tiny_corpus, **compression_override
 
 
 @pytest.mark.workflow
-def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_path):
-    from tests.conftest import pending_jobs, run_workflow
+def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, extracted_workdir, tmp_path):
+    from tests.conftest import copy_workdir, pending_jobs, run_workflow
     from lmcompare.models.loading import load_model, load_tokenizer, read_provenance
 
     config = compression_workflow_config(tiny_models, tiny_corpus)
+    copy_workdir(extracted_workdir, tmp_path)  # tiny-bert materialised and extracted already
     run_workflow(tmp_path, config)
     # the fine-tuned folder is a model like any other: loads offline with AutoModel, carries provenance
     folder = tmp_path / "results/models/tiny-bert-ft"

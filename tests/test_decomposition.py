@@ -311,7 +311,7 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------------- workflow, end to end
-from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+from tests.conftest import copy_workdir, pending_jobs, run_workflow, tiny_config  # noqa: E402
 
 LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
                "min_train_units": 5, "min_test_units": 5}
@@ -330,9 +330,10 @@ def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=Fals
 
 
 @pytest.fixture(scope="module")
-def lmd_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units."""
-    workdir = tmp_path_factory.mktemp("lmd")
+def lmd_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units (on a copy of the
+    session's extracted workdir)."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("lmd"))
     config = lmd_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     return workdir, config

@@ -450,10 +450,11 @@ def geometry_config(tiny_models, tiny_corpus, **geometry):
 
 
 @pytest.fixture(scope="module")
-def geometry_run(tmp_path_factory, tiny_models, tiny_corpus):
-    from tests.conftest import run_workflow
+def geometry_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """tiny-bert and two perturbed copies, on a copy of the session's extracted workdir (which holds tiny-bert's)."""
+    from tests.conftest import copy_workdir, run_workflow
 
-    workdir = tmp_path_factory.mktemp("geometry")
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("geometry"))
     config = geometry_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     return workdir, config

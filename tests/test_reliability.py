@@ -8,7 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import PROJECT, SNAKEMAKE, make_corpus_texts, pending_jobs, run_workflow, tiny_config
+from tests.conftest import (PROJECT, SNAKEMAKE, copy_workdir, make_corpus_texts, pending_jobs, run_workflow,
+                            tiny_config)
 from lmcompare import hidden_states, paths
 from lmcompare.extraction.extract import ExtractionSettings, extract
 from lmcompare.errors import WorkflowInputError
@@ -74,11 +75,10 @@ DETERMINISM_ANALYSES = dict(
 
 
 @pytest.fixture(scope="module")
-def pair_run(tiny_models, tiny_corpus, tmp_path_factory):
-    """One extraction-only run of two models (hidden sizes 32 and 48), shared by the corrupt/foreign-file tests."""
-    workdir = tmp_path_factory.mktemp("pair")
-    run_workflow(workdir, tiny_config(tiny_models, tiny_corpus))
-    return workdir
+def pair_run(extracted_workdir, tmp_path_factory):
+    """One extraction-only run of two models (hidden sizes 32 and 48), shared by the corrupt/foreign-file tests:
+    a copy of the session's extracted workdir, which is that run."""
+    return copy_workdir(extracted_workdir, tmp_path_factory.mktemp("pair"))
 
 
 @pytest.mark.workflow
@@ -226,7 +226,8 @@ def _kill_when_logged(workdir, log, marker, timeout=240):
 
 
 @pytest.mark.workflow
-def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, tmp_path):
+def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, extracted_workdir,
+                                                               tmp_path):
     import yaml
 
     from lmcompare.models.loading import read_provenance
@@ -235,9 +236,9 @@ def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny
     config["models"].append({"name": "bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
                              "epochs": 60, "learning_rate": 1e-3, "batch_size": 8, "max_length": 32, "seed": 0})
     target = paths.model_dir("bert-ft")
-    run_workflow(tmp_path / "clean", config, target)
-    killed = tmp_path / "killed"
-    killed.mkdir()
+    # both runs start from the session's extracted workdir: tiny-bert materialised, the toy dataset prepared
+    run_workflow(copy_workdir(extracted_workdir, tmp_path / "clean"), config, target)
+    killed = copy_workdir(extracted_workdir, tmp_path / "killed")
     (killed / "config.yaml").write_text(yaml.safe_dump(config))
     log = killed / "results/logs/finetune_model/bert-ft.log"
     _kill_when_logged(killed, log, "step 1/")

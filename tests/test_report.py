@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY_SECTIONS, pending_jobs, run_workflow, tiny_config
+from tests.conftest import TINY_SECTIONS, copy_workdir, pending_jobs, run_workflow, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,8 +34,9 @@ def every_analysis_config(tiny_models, tiny_corpus):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_models, tiny_corpus):
-    workdir = tmp_path_factory.mktemp("report")
+def full_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """Every analysis and the report, on a copy of the session's extracted workdir."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("report"))
     config = every_analysis_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     run_workflow(workdir, None, extra=["--report", "results/report.html"])

@@ -339,10 +339,11 @@ def _pending(workdir) -> list[tuple[str, str]]:
 
 
 @pytest.mark.workflow
-def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
-    from tests.conftest import run_workflow, tiny_config
+def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus, extracted_workdir):
+    from tests.conftest import copy_workdir, run_workflow, tiny_config
 
     config = tiny_config(tiny_models, tiny_corpus, models=("bert",), twotower=TINY_STAGE)
+    copy_workdir(extracted_workdir, tmp_path)  # tiny-bert materialised and the toy dataset prepared already
     run_workflow(tmp_path, config, *TARGETS)
     base = tmp_path / "results/analysis/twotower/toy/tiny-bert"
     for seed in (0, 1):

@@ -428,7 +428,7 @@ def test_stratified_subsample():
 # ------------------------------------------------------------------------------------- the workflow
 from types import SimpleNamespace  # noqa: E402
 
-from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+from tests.conftest import copy_workdir, pending_jobs, run_workflow, tiny_config  # noqa: E402
 from lmcompare.probe import linear_probe  # noqa: E402
 
 VARIABILITY_SECTION = {
@@ -441,9 +441,10 @@ NU_PARAMS = dict(split="train", small_classes="fail", min_class_examples=2, pinv
 
 
 @pytest.fixture(scope="module")
-def variability_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """The stage through Snakemake on two tiny models with different tokenizers and hidden sizes."""
-    workdir = tmp_path_factory.mktemp("variability")
+def variability_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """The stage through Snakemake on two tiny models with different tokenizers and hidden sizes (on a copy of the
+    session's extracted workdir)."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("variability"))
     # the cross-analysis summary figure is another stage's; it is tested there
     config = tiny_config(tiny_models, tiny_corpus, variability=dict(VARIABILITY_SECTION), figures={"enabled": False})
     result = run_workflow(workdir, config)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.bad_configs import CASES, bad_config, validation_messages
-from tests.conftest import PROJECT, pending_jobs, run_workflow, tiny_config
+from tests.conftest import PROJECT, copy_workdir, pending_jobs, run_workflow, tiny_config
 from lmcompare import hidden_states, paths
 from lmcompare.models.materialise import materialise
 from lmcompare.models.loading import read_provenance, weights_sha256
@@ -18,17 +18,16 @@ from lmcompare.errors import WorkflowInputError
 
 
 @pytest.fixture(scope="module")
-def spine_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """Two tiny models with different tokenizers and hidden sizes through the whole spine."""
-    workdir = tmp_path_factory.mktemp("spine")
-    config = tiny_config(tiny_models, tiny_corpus)
-    result = run_workflow(workdir, config)
-    return workdir, config, result
+def spine_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """Two tiny models with different tokenizers and hidden sizes through the whole spine: a copy of the session's
+    extracted workdir, which is that run of this config."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("spine"))
+    return workdir, tiny_config(tiny_models, tiny_corpus)
 
 
 @pytest.mark.workflow
 def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus):
-    workdir, config, _ = spine_run
+    workdir, config = spine_run
     dataset = pd.read_parquet(workdir / paths.dataset_path("toy"))
     assert len(dataset) == len(tiny_corpus[1])
     assert set(dataset["split"]) == {"train", "test"}
@@ -50,7 +49,7 @@ def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus)
 
 @pytest.mark.workflow
 def test_rerun_with_nothing_changed_schedules_nothing(spine_run):
-    workdir, _, _ = spine_run
+    workdir, _ = spine_run
     assert pending_jobs(workdir) == []
 
 
@@ -58,7 +57,7 @@ def test_rerun_with_nothing_changed_schedules_nothing(spine_run):
 def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny_corpus, tmp_path):
     """The new model's jobs, plus the joins that need it (the summary figure, the provenance table and the
     record of the config), and nothing of the other models."""
-    workdir, config, _ = spine_run
+    workdir, config = spine_run
     grown = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2"))
     scratch = tmp_path / "grown"
     shutil.copytree(workdir, scratch, symlinks=True)
