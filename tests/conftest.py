@@ -1,13 +1,25 @@
-"""Shared fixtures: tiny models with real tokenizers built on the spot, a tiny labelled corpus, and a helper
-that runs the workflow on a config in a temporary folder.
+"""Shared fixtures: tiny models with real tokenizers built on the spot, a tiny labelled corpus, one extracted
+workdir, and a helper that runs the workflow on a config in a temporary folder.
 
 - `tiny_models`: {"bert": WordPiece BERT (hidden 32, 2 layers), "roberta": byte-level BPE RoBERTa (hidden 48,
   3 layers), "gpt2": byte-level BPE GPT-2 (hidden 40, 2 layers)} as folders that load offline.
 - `tiny_corpus`: a labelled CSV (two classes with class-specific words, a few hard cases) and its texts.
+- `extracted_workdir`: a finished run of `tiny_config(tiny_models, tiny_corpus)` (tiny-bert and tiny-roberta
+  materialised, the toy dataset prepared, their hidden states extracted, no analysis). Never run in it: copy it
+  with `copy_workdir(extracted_workdir, target)` and run there; Snakemake sees what it holds as up to date when
+  the copy's config keeps the models, the dataset and the extraction settings.
 - `run_workflow(workdir, config, *targets, extra=[...])`: runs Snakemake with that config in `workdir`.
+
+The three session fixtures are built once per test run, not once per xdist worker: in a folder the workers
+share (`shared_root`), the first worker to need one builds it under a file lock and the other waits for it.
+Their paths are the same for both workers, so the workflow's parameters (a model's local path, the dataset's
+file) are too, and a copy of the extracted workdir is up to date in either worker.
 """
+import contextlib
+import fcntl
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,21 +128,85 @@ def build_tiny_models(root: Path, texts) -> dict:
     return folders
 
 
+KINDS = ("unit", "workflow")  # the markers registered in pyproject.toml
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Each test says what it is: exactly one of the markers `unit` and `workflow` (on the test or as its module's
+    `pytestmark`), else its module fails to collect (an error under xdist too, before `-m` deselects anything)."""
+    report = yield
+    if report.passed and isinstance(collector, (pytest.Module, pytest.Class)):
+        wrong = [f"{item.name} ({', '.join(kinds) or 'no marker'})" for item in report.result
+                 if isinstance(item, pytest.Function)
+                 and len(kinds := [kind for kind in KINDS if item.get_closest_marker(kind)]) != 1]
+        if wrong:
+            report.outcome, report.result = "failed", []
+            report.longrepr = (f"{collector.nodeid}: every test needs exactly one of the markers @pytest.mark.unit "
+                               "(plain function tests) or @pytest.mark.workflow (runs Snakemake), on the test or as "
+                               "`pytestmark` of its module; these do not:\n  " + "\n  ".join(wrong))
+    return report
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """A folder of this test run that every xdist worker sees: the parent of the workers' own base folders
+    (pytest-of-<user>/pytest-<n>/, one per run); the run's base folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """shared_root/name, made by `build(folder)` in the first process of the run that asks for it; the others
+    wait on the lock and reuse it. A build that failed (no .done marker) is removed and tried again."""
+    root = shared_root(tmp_path_factory)
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                build(folder)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """(csv path, texts, labels): 80 labelled texts, some punctuation-heavy."""
     import pandas as pd
 
     texts, labels = make_corpus_texts()
-    path = tmp_path_factory.mktemp("corpus") / "reviews.csv"
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
-    return path, texts, labels
+    folder = built_once(tmp_path_factory, "corpus", lambda folder: pd.DataFrame(
+        {"text": texts, "label": labels}).to_csv(folder / "reviews.csv", index=False))
+    return folder / "reviews.csv", texts, labels
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_corpus):
     _, texts, _ = tiny_corpus
-    return build_tiny_models(tmp_path_factory.mktemp("models"), texts)
+    folder = built_once(tmp_path_factory, "models", lambda folder: build_tiny_models(folder, texts))
+    return {name: folder / f"tiny-{name}" for name in ("bert", "roberta", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def extracted_workdir(tmp_path_factory, tiny_models, tiny_corpus):
+    """The finished run of tiny_config(tiny_models, tiny_corpus), built once per test run: copy it, never run in it."""
+    return built_once(tmp_path_factory, "extracted",
+                      lambda folder: run_workflow(folder, tiny_config(tiny_models, tiny_corpus)))
+
+
+def copy_workdir(source, target) -> Path:
+    """A copy of a finished workdir that Snakemake sees as it saw the original: files with their mtimes, the
+    .snakemake records (parameters, code, inputs of each output) and the config. `target` may exist."""
+    target = Path(target)
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(target / ".snakemake" / "locks")
+    return target
 
 
 ANALYSES = ("decomposition", "variability", "compression", "geometry", "twotower")

@@ -27,6 +27,8 @@ import yaml
 
 from lmcompare import hidden_states, paths
 
+pytestmark = pytest.mark.workflow
+
 REPO = Path(__file__).resolve().parents[1]
 CI_SLURM = REPO / ".ci" / "slurm"
 SLURM_PROFILE = REPO / "profiles" / "slurm"

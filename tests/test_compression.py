@@ -1,19 +1,17 @@
 """Tests of the [CLS] compression stage and of fine-tuning as a model source."""
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from lmcompare import compression
 from lmcompare import hidden_states
 from lmcompare.probe import linear_probe
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 # ----------------------------------------------------------------------------------- synthetic data
@@ -28,34 +26,15 @@ def one_dim_label_data(n_train=300, n_test=200, d=8, label_dim=3, label_scale=1.
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
-def write_pooled(path, x_by_layer, labels, splits, model="m", dataset="ds"):
-    """A pooled.parquet following the extraction contract (docs/ARCHITECTURE.md), for reading tests."""
-    n = len(labels)
-    n_layers = len(x_by_layer)
-    d = x_by_layer[0].shape[1]
-    columns = {
-        "example_id": pa.array(np.arange(n, dtype=np.int64)),
-        "split": pa.array(list(splits)),
-        "label": pa.array(list(labels), type=pa.string()),
-        "n_tokens": pa.array(np.full(n, 5, dtype=np.int32)),
-    }
-    for layer, x in enumerate(x_by_layer):
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x.astype(np.float32))
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list((x + 100).astype(np.float32))
-    table = pa.table(columns)
-    meta = {"model": model, "dataset": dataset, "n_layers": n_layers, "hidden_size": d}
-    table = table.replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=max(1, n // 3))
-    return path
-
-
 # ------------------------------------------------------------------------------------------ k grid
+@pytest.mark.unit
 def test_k_grid_powers_of_two_then_d():
     assert compression.k_grid(384) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 384]
     assert compression.k_grid(8) == [1, 2, 4, 8]
     assert compression.k_grid(1) == [1]
 
 
+@pytest.mark.unit
 def test_k_grid_caps_requested_k_at_d_with_a_log_line(caplog):
     with caplog.at_level(logging.INFO, logger="workflow"):
         assert compression.k_grid(10, [3, 1000, 10, 1]) == [1, 3, 10]
@@ -65,6 +44,7 @@ def test_k_grid_caps_requested_k_at_d_with_a_log_line(caplog):
 
 
 # --------------------------------------------------------------------------------------------- PCA
+@pytest.mark.unit
 def test_fit_pca_matches_scikit_learn():
     from sklearn.decomposition import PCA
 
@@ -80,6 +60,7 @@ def test_fit_pca_matches_scikit_learn():
     assert np.all(components[np.arange(6), np.abs(components).argmax(axis=1)] > 0)
 
 
+@pytest.mark.unit
 def test_k1_pca_keeps_the_label_when_its_dimension_carries_most_variance():
     train_x, train_y, test_x, test_y = one_dim_label_data(label_scale=10.0, noise_scale=1.0)
     curve = compression.pca_curve(train_x, train_y, test_x, test_y, [1, 2, 4, 8])
@@ -91,6 +72,7 @@ def test_k1_pca_keeps_the_label_when_its_dimension_carries_most_variance():
     assert compression.k_star(curve)[0] == 1
 
 
+@pytest.mark.unit
 def test_k1_pca_loses_the_label_when_its_dimension_carries_the_least_variance():
     train_x, train_y, test_x, test_y = one_dim_label_data(label_scale=1.0, noise_scale=5.0)
     curve = compression.pca_curve(train_x, train_y, test_x, test_y, [1, 2, 4, 8])
@@ -105,6 +87,7 @@ def test_k1_pca_loses_the_label_when_its_dimension_carries_the_least_variance():
 
 
 # ------------------------------------------------------------------------------------- single dims
+@pytest.mark.unit
 def test_the_label_dimension_ranks_first_and_others_are_at_chance():
     train_x, train_y, test_x, test_y = one_dim_label_data(d=12, label_dim=7)
     dims = compression.single_dim_scan(train_x, train_y, test_x, test_y)
@@ -118,6 +101,7 @@ def test_the_label_dimension_ranks_first_and_others_are_at_chance():
     assert others["train_accuracy"].max() < top["train_accuracy"]
 
 
+@pytest.mark.unit
 def test_single_dim_scan_equals_the_shared_probe_with_a_fixed_c():
     rng = np.random.default_rng(3)
     n, d = 240, 5
@@ -134,6 +118,7 @@ def test_single_dim_scan_equals_the_shared_probe_with_a_fixed_c():
     assert dims.loc[dims["dim"] == 2, "variance"].item() == 0.0
 
 
+@pytest.mark.unit
 def test_best_dims_probes_use_the_full_protocol_on_train_ranked_dims():
     train_x, train_y, test_x, test_y = one_dim_label_data(d=6, label_dim=4)
     dims = compression.single_dim_scan(train_x, train_y, test_x, test_y)
@@ -156,9 +141,13 @@ def _pooled_fixture(tmp_path, labels=None, splits=None, d=8, label_dim=3):
     if splits is None:
         splits = ["train"] * 120 + ["test"] * 60
     layers = [np.random.default_rng(9).normal(size=x.shape), x]  # layer 0 noise, layer 1 (last) carries the label
-    return write_pooled(tmp_path / "pooled.parquet", layers, labels, splits), x
+    # first-token vectors x, mean vectors x + 100 (tests/factories.py)
+    path = factories.write_pooled(tmp_path / "pooled.parquet", [layer + 100 for layer in layers], labels, splits,
+                                  first=layers, row_group_size=max(1, len(labels) // 3))
+    return path, x
 
 
+@pytest.mark.unit
 def test_read_view_streams_the_right_column_and_drops_unlabelled_rows(tmp_path, caplog):
     labels = np.where(np.arange(180) % 2 == 0, "a", "b").astype(object)
     labels[[0, 5, 170]] = None
@@ -175,6 +164,7 @@ def test_read_view_streams_the_right_column_and_drops_unlabelled_rows(tmp_path, 
     np.testing.assert_allclose(mean_view["x"], (x[keep] + 100).astype(np.float32), rtol=1e-6)
 
 
+@pytest.mark.unit
 def test_bad_inputs_give_clear_messages(tmp_path):
     path, _ = _pooled_fixture(tmp_path, labels=[None] * 180)
     with pytest.raises(WorkflowInputError, match="has no labels"):
@@ -196,6 +186,7 @@ def test_bad_inputs_give_clear_messages(tmp_path):
         compression.train_test(view)
 
 
+@pytest.mark.unit
 def test_analyse_summary_on_synthetic_data(tmp_path):
     path, _ = _pooled_fixture(tmp_path, d=8, label_dim=5)
     view = compression.read_view(path, layer=-1, pooling="first")
@@ -219,6 +210,7 @@ def test_analyse_summary_on_synthetic_data(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- pairs
+@pytest.mark.unit
 def test_resolve_pairs_from_config_and_finetune_entries():
     models = [
         {"name": "bert", "source": "hub"},
@@ -235,6 +227,7 @@ def test_resolve_pairs_from_config_and_finetune_entries():
         compression.resolve_pairs([{"pretrained": "nope", "finetuned": "bert"}], models, ["bert"])
 
 
+@pytest.mark.unit
 def test_pairs_table_and_figures(tmp_path):
     frames = {}
     for model, shuffle in (("pre", True), ("ft", False)):
@@ -266,6 +259,7 @@ def test_pairs_table_and_figures(tmp_path):
     assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:500]
 
 
+@pytest.mark.unit
 def test_view_names_round_trip():
     assert compression.view_name("first", -1) == "first_layer-1"
     assert compression.parse_view("mean_layer6") == ("mean", 6)
@@ -332,6 +326,7 @@ def cls_vectors(folder, texts):
         return model(**batch).last_hidden_state[:, 0].numpy()
 
 
+@pytest.mark.unit
 def test_finetuning_raises_the_cls_probe_accuracy(diluted_bert, tmp_path):
     import torch
 
@@ -355,6 +350,7 @@ def test_finetuning_raises_the_cls_probe_accuracy(diluted_bert, tmp_path):
     assert after.accuracy - before.accuracy >= 0.1
 
 
+@pytest.mark.unit
 def test_finetuning_is_seeded(diluted_bert):
     import torch
 
@@ -368,6 +364,7 @@ def test_finetuning_is_seeded(diluted_bert):
     assert not torch.equal(states[0]["classifier.weight"], states[2]["classifier.weight"])
 
 
+@pytest.mark.unit
 def test_finetuning_rejects_unusable_datasets(tmp_path):
     from lmcompare.models import finetune as finetune_model
 
@@ -392,11 +389,13 @@ def compression_workflow_config(tiny_models, tiny_corpus, **compression_override
     return config
 
 
-def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_path):
-    from tests.conftest import pending_jobs, run_workflow
+@pytest.mark.workflow
+def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, extracted_workdir, tmp_path):
+    from tests.conftest import copy_workdir, pending_jobs, run_workflow
     from lmcompare.models.loading import load_model, load_tokenizer, read_provenance
 
     config = compression_workflow_config(tiny_models, tiny_corpus)
+    copy_workdir(extracted_workdir, tmp_path)  # tiny-bert materialised and extracted already
     run_workflow(tmp_path, config)
     # the fine-tuned folder is a model like any other: loads offline with AutoModel, carries provenance
     folder = tmp_path / "results/models/tiny-bert-ft"
@@ -438,6 +437,7 @@ def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, tmp_
     assert pending_jobs(tmp_path) == []
 
 
+@pytest.mark.workflow
 def test_workflow_rejects_an_unlabelled_dataset(tiny_models, tiny_corpus, tmp_path):
     from tests.conftest import run_workflow
 
@@ -448,6 +448,7 @@ def test_workflow_rejects_an_unlabelled_dataset(tiny_models, tiny_corpus, tmp_pa
     assert "compression.datasets lists 'plain', which has no label_column" in result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_finetuning_a_gpt2_style_model_without_pad_token(tiny_models, tiny_corpus, tmp_path):
     from lmcompare.models import finetune as finetune_model
     from lmcompare.models.loading import load_model

@@ -11,6 +11,8 @@ import pytest
 from lmcompare import compression
 from lmcompare.probe import linear_probe
 
+pytestmark = pytest.mark.unit
+
 
 def outcomes(n, both, only_reference, only_candidate):
     """Two per-example outcome vectors of length n with the given concordant-correct and discordant counts

@@ -9,6 +9,8 @@ import pytest
 from lmcompare.extraction.extract import word_ids_for_tokens
 from lmcompare.data.prepare import clean_text, word_offsets
 
+pytestmark = pytest.mark.unit
+
 
 def _package_dir(name):
     spec = importlib.util.find_spec(name)

@@ -9,6 +9,8 @@ import pytest
 from lmcompare.data.prepare import DATASET_SCHEMA, prepare, read_file_source, read_hub_source, word_offsets
 from lmcompare.errors import WorkflowInputError
 
+pytestmark = pytest.mark.unit
+
 ROWS = [
     {"review": "Great coffee, would buy again!", "stars": "5", "part": "train"},
     {"review": 'Stale beans; the "fresh" label lies.', "stars": "1", "part": "train"},

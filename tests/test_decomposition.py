@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import Ridge
@@ -15,6 +14,8 @@ from lmcompare import decomposition as lmd
 from lmcompare import hidden_states, paths
 from lmcompare.data.prepare import word_offsets
 from lmcompare.errors import WorkflowInputError
+from tests import factories
+from tests.factories import latent_models, token_table
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -44,51 +45,20 @@ def direct_r2(u_train, z_train, u_test, z_test, alpha, mode="paper"):
 
 
 def write_pooled(path, model, example_ids, splits, layers: dict, row_group_size=None, n_layers=None):
-    """A pooled.parquet following the hidden-state contract (only the columns this stage reads)."""
-    hidden = next(iter(layers.values())).shape[1]
-    columns = {"example_id": pa.array(np.asarray(example_ids, np.int64)), "split": pa.array(list(splits))}
-    for layer, values in layers.items():
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(values.astype(np.float32))
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(values[:, ::-1].astype(np.float32))
-    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers or (max(layers) + 1), "hidden_size": hidden,
-            "token_layers": [], "store_dtype": "float32"}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_size or len(example_ids))
-    return str(path)
+    """A pooled.parquet of a synthetic model (tests/factories.py); only these layers' columns."""
+    return str(factories.write_pooled(path, layers, splits=splits, example_ids=example_ids, model=model,
+                                      dataset="synthetic", n_layers=n_layers, row_group_size=row_group_size))
 
 
 def write_tokens(path, model, rows: pd.DataFrame, layer_values: dict, n_layers, row_group_size=None):
-    """A tokens.parquet following the contract: rows has example_id, split, position, word_id, is_special."""
-    hidden = next(iter(layer_values.values())).shape[1]
-    columns = {
-        "example_id": pa.array(rows["example_id"].to_numpy(np.int64)),
-        "split": pa.array(rows["split"].tolist()),
-        "position": pa.array(rows["position"].to_numpy(np.int32)),
-        "word_id": pa.array(rows["word_id"].to_numpy(np.int32)),
-        "is_special": pa.array(rows["is_special"].to_numpy(bool)),
-    }
-    for layer, values in layer_values.items():
-        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(values.astype(np.float32))
-    meta = {"model": model, "dataset": "synthetic", "n_layers": n_layers, "hidden_size": hidden,
-            "token_layers": sorted(layer_values), "store_dtype": "float32"}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_size or len(rows))
-    return str(path)
-
-
-def latent_models(rng, n, dims, latent=6, noise=0.3, offset=5.0):
-    """Models that are noisy linear views of one shared latent, with large means (as hidden states have)."""
-    shared = rng.normal(size=(n, latent))
-    out = []
-    for d in dims:
-        mix = rng.normal(size=(latent, d))
-        out.append(shared @ mix + noise * rng.normal(size=(n, d)) + offset * rng.normal(size=d))
-    return out
+    """A tokens.parquet of a synthetic model (tests/factories.py): rows has example_id, split, position, word_id,
+    is_special."""
+    return str(factories.write_tokens(path, layer_values, rows, model=model, dataset="synthetic", n_layers=n_layers,
+                                      row_group_size=row_group_size))
 
 
 # ------------------------------------------------------------------------------------------ moments
+@pytest.mark.unit
 def test_streamed_moments_match_direct_covariance():
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(1000, 7)) * [1, 2, 3, 4, 5, 6, 7] + 1e4  # large means: the naive formula loses digits
@@ -102,6 +72,7 @@ def test_streamed_moments_match_direct_covariance():
 
 
 # ---------------------------------------------------------------------------------- ridge and R²
+@pytest.mark.unit
 @pytest.mark.parametrize("alpha", [1e-6, 0.3])
 def test_ridge_matches_sklearn(alpha):
     rng = np.random.default_rng(1)
@@ -123,6 +94,7 @@ def test_ridge_matches_sklearn(alpha):
     assert abs(r2_train - sk_train) / sk_train < 1e-6
 
 
+@pytest.mark.unit
 def test_uncentred_mode_is_raw_moments_and_differs_from_paper():
     rng = np.random.default_rng(2)
     u, z = latent_models(rng, 2000, [4, 9], offset=3.0)
@@ -137,6 +109,7 @@ def test_uncentred_mode_is_raw_moments_and_differs_from_paper():
     assert r2 > paper + 0.01  # the uncentred SST inflates R² when means are large
 
 
+@pytest.mark.unit
 def test_r2_matches_analytic_value_within_sampling_error():
     # u = A z + e with z ~ N(0, I_p), e ~ N(0, s² I_d): population R² = tr(A A^T) / (tr(A A^T) + d s²).
     rng = np.random.default_rng(3)
@@ -156,6 +129,7 @@ def test_r2_matches_analytic_value_within_sampling_error():
     assert abs(authors - expected) > 0.1
 
 
+@pytest.mark.unit
 def test_exact_copy_in_basis_gives_r2_one_and_noise_gives_zero():
     rng = np.random.default_rng(4)
     u, other = latent_models(rng, 4000, [8, 8])
@@ -168,6 +142,7 @@ def test_exact_copy_in_basis_gives_r2_one_and_noise_gives_zero():
     assert -0.02 < r2 < 0.005  # ≈ 0 or below: nothing to explain with noise
 
 
+@pytest.mark.unit
 def test_ill_conditioned_basis_falls_back_and_logs(caplog):
     rng = np.random.default_rng(5)
     u, z = latent_models(rng, 600, [3, 4])
@@ -186,6 +161,7 @@ def test_ill_conditioned_basis_falls_back_and_logs(caplog):
 
 
 # ----------------------------------------------------------------------------- streams and alignment
+@pytest.mark.unit
 def test_align_streams_joins_sorted_chunks_and_counts_drops():
     def stream(keys, sizes):
         keys = np.asarray(keys, np.int64)
@@ -208,6 +184,7 @@ def test_align_streams_joins_sorted_chunks_and_counts_drops():
     assert (counts.matched, counts.only_a, counts.only_b) == (6, 3, 3)
 
 
+@pytest.mark.unit
 def test_pair_files_reproduce_direct_group_and_pairwise_fits(tmp_path):
     rng = np.random.default_rng(6)
     n = 900
@@ -247,6 +224,7 @@ def test_pair_files_reproduce_direct_group_and_pairwise_fits(tmp_path):
     assert matrix.loc["m1", "m3"] == next(r["r2_test"] for r in pairs if r["model"] == "m1" and r["basis_model"] == "m3")
 
 
+@pytest.mark.unit
 def test_target_and_basis_layers_can_differ(tmp_path):
     rng = np.random.default_rng(7)
     n = 500
@@ -267,19 +245,7 @@ def test_target_and_basis_layers_can_differ(tmp_path):
     assert abs(row["r2_test"] - direct_r2(f(a3)[tr], f(b1)[tr], f(a3)[te], f(b1)[te], 1e-6)[0]) < 1e-8
 
 
-def token_table(words_per_example, tokens_per_word, split_of):
-    """Token rows: [special] word tokens... [special] per example; returns rows and the word index per row."""
-    rows = []
-    for example, n_words in enumerate(words_per_example):
-        position = 0
-        rows.append((example, split_of(example), position, -1, True)); position += 1
-        for word in range(n_words):
-            for _ in range(tokens_per_word(example, word)):
-                rows.append((example, split_of(example), position, word, False)); position += 1
-        rows.append((example, split_of(example), position, -1, True))
-    return pd.DataFrame(rows, columns=["example_id", "split", "position", "word_id", "is_special"])
-
-
+@pytest.mark.unit
 def test_word_and_chunk_units_aggregate_tokens_and_align_words(tmp_path):
     rng = np.random.default_rng(8)
     words = rng.integers(1, 6, size=40)
@@ -318,6 +284,7 @@ def test_word_and_chunk_units_aggregate_tokens_and_align_words(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.unit
 def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
     rng = np.random.default_rng(9)
     ids = np.arange(30)
@@ -344,7 +311,7 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------------- workflow, end to end
-from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+from tests.conftest import copy_workdir, pending_jobs, run_workflow, tiny_config  # noqa: E402
 
 LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
                "min_train_units": 5, "min_test_units": 5}
@@ -363,9 +330,10 @@ def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=Fals
 
 
 @pytest.fixture(scope="module")
-def lmd_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units."""
-    workdir = tmp_path_factory.mktemp("lmd")
+def lmd_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units (on a copy of the
+    session's extracted workdir)."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("lmd"))
     config = lmd_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     return workdir, config
@@ -392,6 +360,7 @@ def token_frame(workdir, dataset, model, layer):
     return frame, hidden_states.vectors(table, hidden_states.token_column(layer)).astype(np.float64)
 
 
+@pytest.mark.workflow
 def test_workflow_writes_tables_and_figures(lmd_run):
     workdir, _ = lmd_run
     for dataset, unit in (("toy", "example"), ("toy", "word")):
@@ -422,6 +391,7 @@ def test_workflow_writes_tables_and_figures(lmd_run):
     assert "aligned" in log and "done in" in log
 
 
+@pytest.mark.workflow
 def test_word_units_align_the_same_words_across_tokenizers(lmd_run):
     workdir, _ = lmd_run
     dataset = pd.read_parquet(workdir / paths.dataset_path("toy"))
@@ -453,6 +423,7 @@ def test_word_units_align_the_same_words_across_tokenizers(lmd_run):
         assert relative(pair.comoment[name], np.cov(subset, rowvar=False, bias=True) * len(subset)) < 1e-6
 
 
+@pytest.mark.unit
 def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
     from transformers import AutoTokenizer
 
@@ -490,6 +461,7 @@ def test_chunks_cut_the_reference_tokens_per_split(tiny_models, tiny_corpus):
 PAPER_SETUP = {"units": ["chunk"], "alpha": 1e-6, "modes": ["paper"]}
 
 
+@pytest.mark.workflow
 def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, tiny_corpus, tmp_path):
     config = lmd_config(tiny_models, tiny_corpus, chunks=True, section=PAPER_SETUP)
     config["decomposition"] = {"enabled": True, **PAPER_SETUP, "min_train_units": 5, "min_test_units": 5}
@@ -527,6 +499,7 @@ def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, 
     assert not any("/toy/chunk/" in str(p) for p in (workdir / LMD_OUT).rglob("*"))  # chunks datasets only
 
 
+@pytest.mark.workflow
 def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpus, tmp_path):
     scratch = copy_run(lmd_run[0], tmp_path / "grown")
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2")))
@@ -541,6 +514,7 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
     assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("section, message", [
     ({"models": ["tiny-bert"]}, "at least two models"),
     ({"models": ["tiny-bert", "nope"]}, r"decomposition.models lists \['nope'\]"),
@@ -552,6 +526,7 @@ def test_bad_config_stops_before_any_job(section, message, tiny_models, tiny_cor
     assert re.search(message, result.stdout + result.stderr)
 
 
+@pytest.mark.unit
 def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_path, caplog):
     rng = np.random.default_rng(10)
     n = 1200
@@ -588,6 +563,7 @@ def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_p
     assert abs(row["r2_test"] - direct_r2(f["a"][full_tr], f["b"][full_tr], f["a"][full_te], f["b"][full_te], 1e-6)[0]) < 1e-8
 
 
+@pytest.mark.workflow
 def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models, tiny_corpus, tmp_path):
     scratch = copy_run(lmd_run[0], tmp_path / "alpha")
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": [0.5, "validation"]}))
@@ -601,6 +577,7 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     assert jobs and all("/alpha-validation/" in out for _, out in jobs), jobs
 
 
+@pytest.mark.unit
 def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
     rng = np.random.default_rng(11)
     u, z = latent_models(rng, 60, [3, 50])
@@ -652,6 +629,7 @@ def sklearn_choice(u_fit, z_fit, u_valid, z_valid, grid):
     return max(a for a, r in zip(grid, scores) if r >= best - 1e-12 * max(1, abs(best))), scores
 
 
+@pytest.mark.unit
 def test_validation_split_is_deterministic_per_example_and_seeded():
     ids = np.arange(20000)
     mask = lmd.validation_mask(ids, 0.2, seed=0)
@@ -670,6 +648,7 @@ def test_validation_split_is_deterministic_per_example_and_seeded():
     assert np.array_equal(marked, expected)
 
 
+@pytest.mark.unit
 def test_train_moments_are_fit_plus_valid_and_paper_results_are_unchanged(tmp_path):
     models = ["p", "q", "r"]
     ids, split, values, paths = written_latent_models(tmp_path, 12, 700, dict(zip(models, [4, 6, 5])),
@@ -693,6 +672,7 @@ def test_train_moments_are_fit_plus_valid_and_paper_results_are_unchanged(tmp_pa
                     assert a["alpha"] == alpha and a["alpha_choice"] == "fixed" and np.isnan(a["r2_valid"])
 
 
+@pytest.mark.unit
 def test_validated_alpha_is_the_sklearn_argmin_and_refits_on_the_whole_train_split(tmp_path):
     models = ["a", "b", "c"]
     ids, split, values, paths = written_latent_models(tmp_path, 13, 500, dict(zip(models, [6, 30, 25])), noise=1.0)
@@ -715,6 +695,7 @@ def test_validated_alpha_is_the_sklearn_argmin_and_refits_on_the_whole_train_spl
     assert len(chosen) > 1  # the fixture makes different fits prefer different alphas
 
 
+@pytest.mark.unit
 def test_validated_alpha_rescues_a_near_collinear_basis():
     # the target's basis: eight near-copies of one model (copy + tiny noise), as with perturbed siblings; few train
     # units for the basis dimensions, so alpha = 1e-6 fits the tiny differences between the copies
@@ -734,6 +715,7 @@ def test_validated_alpha_rescues_a_near_collinear_basis():
     assert abs(validated["r2_test"] - validated["r2_valid"]) < 0.1  # the validation R² predicts the test R²
 
 
+@pytest.mark.unit
 def test_validation_bad_inputs_give_clear_messages(tmp_path):
     rng = np.random.default_rng(15)
     n = 120

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_decomposition import latent_models, token_table, write_pooled, write_tokens
+from tests.factories import latent_models, token_table, write_pooled, write_tokens
 from lmcompare.errors import WorkflowInputError
 from lmcompare.data import chunks as chunk_dataset
 from lmcompare import decomposition as lmd
+
+pytestmark = pytest.mark.unit
 
 
 # ------------------------------------------------------------------------ transcriptions of the release
@@ -118,7 +120,8 @@ def three_models(seed, n, d=6):
 def test_modes_equal_the_transcribed_authors_solver_on_the_same_arrays(tmp_path, mode, reference, alpha):
     # few train units (about 50), so that dividing by n - 1 instead of n shows at alpha 0.5
     ids, split, values = three_models(3, 85)
-    paths = {m: write_pooled(tmp_path / f"{m}.parquet", m, ids, split, {1: v}, row_group_size=20) for m, v in values.items()}
+    paths = {m: write_pooled(tmp_path / f"{m}.parquet", {1: v}, splits=split, example_ids=ids, model=m,
+                          dataset="synthetic", row_group_size=20) for m, v in values.items()}
     pair_paths = {}
     for a, b in lmd.model_pairs(list(values)):
         va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
@@ -171,8 +174,8 @@ def test_streamed_examples_and_between_example_share_of_word_units(tmp_path):
     ex = rows["example_id"].to_numpy()
     tok_a = (effect_a[ex] + rng.normal(size=(len(rows), 5)) + 10.0).astype(np.float32)
     tok_b = (effect_b[ex] + effect_a[ex] @ rng.normal(size=(5, 7)) + rng.normal(size=(len(rows), 7))).astype(np.float32)
-    pa_ = write_tokens(tmp_path / "a.parquet", "a", rows, {2: tok_a}, n_layers=3, row_group_size=41)
-    pb_ = write_tokens(tmp_path / "b.parquet", "b", rows, {2: tok_b}, n_layers=3, row_group_size=29)
+    pa_ = write_tokens(tmp_path / "a.parquet", {2: tok_a}, rows, model="a", dataset="synthetic", n_layers=3, row_group_size=41)
+    pb_ = write_tokens(tmp_path / "b.parquet", {2: tok_b}, rows, model="b", dataset="synthetic", n_layers=3, row_group_size=29)
     va, vb = lmd.make_view("a", pa_, "word", -1, -1), lmd.make_view("b", pb_, "word", -1, -1)
     moments, _ = lmd.compute_pair_moments(va, vb, "word", block_rows=50, validation_fraction=0.25)
     lmd.save_pair_moments(tmp_path / "ab.npz", va, vb, moments, {}, 0.25, 0)

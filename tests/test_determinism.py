@@ -5,8 +5,12 @@ give byte-identical files (the tolerance documented in docs/reliability.md is ze
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT, run_workflow, tiny_config
 from lmcompare import paths
+
+pytestmark = pytest.mark.workflow
 
 ANALYSES = dict(
     decomposition={"enabled": True, "units": ["example"], "modes": ["paper"], "alpha": [1e-6],

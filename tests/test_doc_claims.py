@@ -15,6 +15,7 @@ from tests.conftest import PROJECT
 from lmcompare.errors import WorkflowInputError
 
 
+@pytest.mark.unit
 def test_the_readme_test_command_is_the_one_ci_runs_and_prints_skip_reasons():
     """README: "Run the tests ... `.ci/run` runs this same command"; `-ra` lists why each test was skipped."""
     readme = (PROJECT / "README.md").read_text()
@@ -25,6 +26,7 @@ def test_the_readme_test_command_is_the_one_ci_runs_and_prints_skip_reasons():
     assert re.search(r"pytest .*-ra\b", command)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("profile", ["local", "slurm"])
 def test_rerun_incomplete_is_set_in_both_profiles(profile):
     """docs/reliability.md: "the same command with `--rerun-incomplete` (set in both profiles) redoes the job"."""
@@ -40,6 +42,7 @@ def _null_occurrences(n, n_types, seed):
                          "logp_a": base + noise / 2, "logp_b": base - noise / 2, "logp_joint": base})
 
 
+@pytest.mark.unit
 def test_under_the_null_about_five_percent_of_types_have_p_below_005():
     """docs/twotower.md: "under the null about 5% of types fall below 0.05". With 200 permutations the p-value
     (1 + k)/201 is below 0.05 for k <= 9, so the exact rate is 10/201; types have disjoint occurrences, so the
@@ -55,6 +58,7 @@ def test_under_the_null_about_five_percent_of_types_have_p_below_005():
     assert low / n_types <= summary["frac_types_p05"] <= high / n_types, summary["frac_types_p05"]
 
 
+@pytest.mark.unit
 def test_a_validated_alpha_at_an_end_of_the_grid_is_logged_as_a_warning(caplog):
     """docs/decomposition.md: "a choice at either end of the grid is logged as a warning"."""
     from lmcompare import decomposition as lmd
@@ -92,6 +96,7 @@ def hang(*args):
     time.sleep(600)
 
 
+@pytest.mark.unit
 def test_a_hub_download_that_never_answers_times_out_with_one_message(tmp_path, monkeypatch):
     """docs/reliability.md: "the download runs in a child process with a timeout so a hub that never answers
     cannot hang the job"."""
@@ -106,6 +111,7 @@ def test_a_hub_download_that_never_answers_times_out_with_one_message(tmp_path, 
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.unit
 def test_a_tokenizer_without_offsets_stops_extraction_before_the_model_is_loaded(tiny_models, tiny_corpus, tmp_path,
                                                                                monkeypatch):
     """docs/reliability.md: "extraction stops before loading the model" for a tokenizer without offsets."""
@@ -142,6 +148,7 @@ with SnakemakeApi(OutputSettings()) as api:
 """
 
 
+@pytest.mark.workflow
 def test_the_moments_file_format_is_a_parameter_of_its_rule(tmp_path):
     """docs/decomposition.md: "a format-1 file ... the workflow recomputes it by itself (the format is a parameter
     of the moments rule)": Snakemake reruns a job whose recorded params differ (its default rerun triggers)."""

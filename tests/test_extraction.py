@@ -9,6 +9,8 @@ from lmcompare import hidden_states
 from lmcompare.extraction.extract import ExtractionSettings, extract, plan_batches, word_ids_for_tokens
 from lmcompare.data.prepare import build_dataset, write_dataset
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def toy_dataset(tmp_path_factory, tiny_corpus):

@@ -3,12 +3,15 @@ taken in bf16 (which holds integers exactly only up to 256), so inputs longer th
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from lmcompare.extraction import extract as extract_hidden_states
 from lmcompare import hidden_states
 from lmcompare.extraction.extract import ExtractionSettings, extract, mean_pool
 from lmcompare.data.prepare import build_dataset, write_dataset
+
+pytestmark = pytest.mark.unit
 
 
 def test_mean_pool_of_bf16_states_longer_than_256_tokens_equals_a_float64_mean():

@@ -63,6 +63,7 @@ def _tables(root: Path) -> dict:
     return inputs
 
 
+@pytest.mark.unit
 def test_each_summary_panel_names_its_table_and_draws_its_numbers(tmp_path, figures):
     inputs = _tables(tmp_path)
     drawn = draw_summary(inputs, PROVENANCE, ["toy"], ["unused.png"])
@@ -113,6 +114,7 @@ def test_each_summary_panel_names_its_table_and_draws_its_numbers(tmp_path, figu
     assert "twotower/toy/m1/consistency.csv" in source[ax]
 
 
+@pytest.mark.unit
 def test_a_disabled_analysis_gets_a_note_decided_by_the_inputs_not_by_files(tmp_path, figures):
     inputs = _tables(tmp_path)
     inputs["geometry"] = []  # the rule was given no geometry table: geometry is disabled ...
@@ -123,6 +125,7 @@ def test_a_disabled_analysis_gets_a_note_decided_by_the_inputs_not_by_files(tmp_
     assert Path(tmp_path / "results/analysis/geometry/toy/regression.csv").exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", ["decomposition", "variability_layers", "variability_selection", "compression",
                                    "geometry", "twotower"])
 def test_a_missing_table_of_an_enabled_analysis_stops_the_summary(panel, tmp_path, figures):
@@ -132,6 +135,7 @@ def test_a_missing_table_of_an_enabled_analysis_stops_the_summary(panel, tmp_pat
         draw_summary(inputs, PROVENANCE, ["toy"], ["unused.png"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel,column", [("decomposition", "r2_test"), ("variability_layers", "nu"),
                                           ("variability_selection", "recommended_layer"),
                                           ("compression", "full_accuracy"), ("geometry", "r2"),
@@ -155,6 +159,7 @@ def _summary_inputs(snakefile: Path, workdir: Path) -> list[str]:
     return sorted(match.group(1).split(", "))
 
 
+@pytest.mark.workflow
 def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_models, tiny_corpus, tmp_path):
     """With rules/report.smk read first, before the analyses that add their tables, the summary job is given
     the same tables as with the Snakefile's order."""
@@ -178,6 +183,7 @@ def test_the_summary_tables_do_not_depend_on_the_order_of_the_includes(tiny_mode
 
 
 # ------------------------------------------------------------------------------- per-analysis figures
+@pytest.mark.unit
 def test_decomposition_figures_draw_the_group_table_and_the_pairwise_matrix(figures):
     from lmcompare.decomposition import plot_group, plot_pairwise
 
@@ -196,6 +202,7 @@ def test_decomposition_figures_draw_the_group_table_and_the_pairwise_matrix(figu
     assert [t.get_text() for t in figures[-1].axes[0].texts] == [f"{v:.2f}" for v in matrix.stack().dropna()]
 
 
+@pytest.mark.unit
 def test_geometry_r2_figure_draws_every_measure_of_the_table():
     import matplotlib.pyplot as plt
 
@@ -216,6 +223,7 @@ def test_geometry_r2_figure_draws_every_measure_of_the_table():
     plt.close(fig)
 
 
+@pytest.mark.unit
 def test_variability_figure_draws_nu_and_accuracy_of_each_model(figures):
     from lmcompare.variability import plot_variability
 
@@ -238,6 +246,7 @@ def test_variability_figure_draws_nu_and_accuracy_of_each_model(figures):
     np.testing.assert_allclose(accuracy[1].get_ydata(), [0.5, 0.6, 0.9])
 
 
+@pytest.mark.unit
 def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
     from lmcompare.compression import plot_curves
 
@@ -258,6 +267,7 @@ def test_compression_curves_draw_the_pca_accuracies_and_the_smallest_k(figures):
     assert levels == [0.5, 0.81]
 
 
+@pytest.mark.unit
 def test_twotower_split_half_figure_draws_the_halves_and_names_the_consistency_row():
     import matplotlib.pyplot as plt
 

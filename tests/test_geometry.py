@@ -2,19 +2,18 @@
 and the regression. Workflow tests at the end run Snakemake on tiny models."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lmcompare import geometry as g
 from lmcompare import hidden_states, paths
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +47,7 @@ def authors_vrm(points):
     return np.sum((1 - r) ** 2) / d
 
 
+@pytest.mark.unit
 def test_isotropic_gaussian_is_isotropic(rng):
     cloud = rng.standard_normal((20000, 32))
     assert g.isoscore(cloud) == pytest.approx(1.0, abs=0.01)
@@ -55,6 +55,7 @@ def test_isotropic_gaussian_is_isotropic(rng):
     assert g.vrm(cloud) == pytest.approx(0.0, abs=0.01)
 
 
+@pytest.mark.unit
 def test_cloud_on_one_direction_is_anisotropic(rng):
     d = 64
     direction = rng.standard_normal(d)
@@ -66,6 +67,7 @@ def test_cloud_on_one_direction_is_anisotropic(rng):
     assert g.vrm(cloud) > 1.0
 
 
+@pytest.mark.unit
 def test_spread_measures_order_graded_anisotropy(rng):
     base = rng.standard_normal((6000, 24))
     scales = [np.ones(24), np.linspace(0.5, 1.5, 24), np.geomspace(0.05, 3, 24)]
@@ -74,6 +76,7 @@ def test_spread_measures_order_graded_anisotropy(rng):
     assert eees == sorted(eees) and isos == sorted(isos, reverse=True)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("shape", [(3000, 40), (30, 50)])
 def test_eee_and_vrm_equal_the_authors_formulas(rng, shape):
     cloud = rng.standard_normal(shape) @ rng.standard_normal((shape[1], shape[1]))
@@ -82,6 +85,7 @@ def test_eee_and_vrm_equal_the_authors_formulas(rng, shape):
         assert g.vrm(cloud) == pytest.approx(authors_vrm(cloud), rel=1e-6)
 
 
+@pytest.mark.unit
 def test_isoscore_is_the_pinned_package_with_samples_as_rows(rng):
     from IsoScore.IsoScore import IsoScore
 
@@ -103,6 +107,7 @@ def card_patchiness(codes, K):
     return (m + V / m - 1) / m
 
 
+@pytest.mark.unit
 def test_patchiness_uniform_is_lower_than_piled_and_equals_the_card(rng):
     K, M, n = 16, 4, 1600
     uniform = np.stack([np.tile(np.arange(K), n // K)] * M, axis=1)
@@ -118,6 +123,7 @@ def test_patchiness_uniform_is_lower_than_piled_and_equals_the_card(rng):
     assert values["uniform"] < values["random"] < values["piled"]
 
 
+@pytest.mark.unit
 def test_cell_count_kl_and_variance_closed_forms():
     from scipy.special import kl_div
 
@@ -135,6 +141,7 @@ def test_cell_count_kl_and_variance_closed_forms():
     assert g.cell_count_variance(counts) == pytest.approx(np.mean(odds.var(axis=1)), rel=1e-12)
 
 
+@pytest.mark.unit
 def test_reconstruction_measures_direct():
     from scipy.stats import skew
 
@@ -148,6 +155,7 @@ def test_reconstruction_measures_direct():
     assert g.reconstruction_measures(points, np.zeros_like(points))["recon_error_mean"] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_centroid_nn_distance_variance_matches_faiss_search(rng):
     import faiss
 
@@ -162,6 +170,7 @@ def test_centroid_nn_distance_variance_matches_faiss_search(rng):
     assert g.centroid_nn_distance_variance(centroids) == pytest.approx(np.var(nearest / nearest.max()), rel=1e-4)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", g.QUANTIZERS)
 @pytest.mark.parametrize("nbits", [8, 5])
 def test_codes_unpack_to_the_quantizers_reconstruction(rng, kind, nbits):
@@ -175,6 +184,7 @@ def test_codes_unpack_to_the_quantizers_reconstruction(rng, kind, nbits):
     np.testing.assert_allclose(manual, recon, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_measure_cloud_rows_and_seed_determinism(rng):
     points = rng.standard_normal((700, 8)).astype(np.float32)
     kwargs = dict(M=2, nbits=4, seed=3, min_points_per_centroid=39, lsq_train_iters=2)
@@ -185,6 +195,7 @@ def test_measure_cloud_rows_and_seed_determinism(rng):
     assert [row["value"] for row in rows] == [row["value"] for row in g.measure_cloud(points, **kwargs)]
 
 
+@pytest.mark.unit
 def test_too_few_points_fails_naming_the_minimum_or_shrinks_with_a_log_line(caplog):
     with pytest.raises(WorkflowInputError, match=r"need at least 9984 .*small_cloud: shrink"):
         g.choose_nbits(5000, 8, 39, "fail", "geometry of model 'm' on dataset 'd'")
@@ -204,20 +215,12 @@ def write_tokens(path, layers, n_examples=30, hidden=6, rows_per_group=17, seed=
     position = np.concatenate([np.arange(n) for n in lengths])
     n = len(example_id)
     vectors = {layer: rng.standard_normal((n, hidden)).astype(np.float32) for layer in layers}
-    columns = {
-        "example_id": pa.array(example_id, pa.int64()),
-        "split": pa.array(["train"] * n),
-        "position": pa.array(position, pa.int32()),
-        "is_special": pa.array(position == 0),
-    }
-    for layer, array in vectors.items():
-        columns[hidden_states.token_column(layer)] = hidden_states.fixed_size_list(array)
-    meta = {"model": "toy", "dataset": "d", "n_layers": 4, "hidden_size": hidden, "token_layers": list(layers)}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=rows_per_group)
+    rows = {"example_id": example_id, "split": ["train"] * n, "position": position, "is_special": position == 0}
+    factories.write_tokens(path, vectors, rows, model="toy", dataset="d", n_layers=4, row_group_size=rows_per_group)
     return vectors
 
 
+@pytest.mark.unit
 def test_read_token_cloud_streams_a_seeded_subsample(tmp_path):
     path = tmp_path / "tokens.parquet"
     vectors = write_tokens(path, [3])
@@ -231,6 +234,7 @@ def test_read_token_cloud_streams_a_seeded_subsample(tmp_path):
     assert not np.array_equal(g.subsample_indices(n, 40, 7), g.subsample_indices(n, 40, 8))
 
 
+@pytest.mark.unit
 def test_read_token_cloud_names_a_missing_layer(tmp_path):
     path = tmp_path / "tokens.parquet"
     write_tokens(path, [3])
@@ -239,6 +243,7 @@ def test_read_token_cloud_names_a_missing_layer(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ scores and regression
+@pytest.mark.unit
 def test_probe_score_is_the_shared_probe(tmp_path, rng):
     from lmcompare.probe import linear_probe
 
@@ -246,13 +251,8 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
     labels = rng.choice(["neg", "pos"], n)
     x = rng.standard_normal((n, hidden)).astype(np.float32) + (labels == "pos")[:, None] * 1.5
     split = np.where(np.arange(n) < 80, "train", "test")
-    meta = {"model": "toy", "dataset": "d", "n_layers": 2, "hidden_size": hidden}
-    table = pa.table({
-        "example_id": pa.array(np.arange(n), pa.int64()), "split": pa.array(split), "label": pa.array(labels),
-        hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(x),
-        hidden_states.pooled_column(1, "first"): hidden_states.fixed_size_list(-x),
-    }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=50)
+    factories.write_pooled(tmp_path / "pooled.parquet", {1: x}, labels, split, first=np.negative, model="toy",
+                           dataset="d", row_group_size=50)
     row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="split")
     y = (labels == "pos").astype(int)
     expected = linear_probe(x[:80], y[:80], x[80:], y[80:], seed=0)
@@ -260,6 +260,7 @@ def test_probe_score_is_the_shared_probe(tmp_path, rng):
     assert row["score"] > 0.75
 
 
+@pytest.mark.unit
 def test_fit_line_matches_numpy_and_refuses_small_or_constant_inputs():
     x = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
     y = np.array([0.9, 0.7, 0.75, 0.4, 0.3])
@@ -274,6 +275,7 @@ def test_fit_line_matches_numpy_and_refuses_small_or_constant_inputs():
     assert g.fit_line(np.array([1, 2, np.nan, 4.0]), np.array([1, 2, 3, 5.0]))["n"] == 3
 
 
+@pytest.mark.unit
 def test_regression_table_sorted_by_r2_with_unfit_rows_last():
     models = ["a", "b", "c", "d"]
     score = np.array([0.5, 0.6, 0.7, 0.8])
@@ -291,6 +293,7 @@ def test_regression_table_sorted_by_r2_with_unfit_rows_last():
     assert two["r2"].isna().all() and two["note"].str.contains("fewer than 3 models").all()
 
 
+@pytest.mark.unit
 def test_score_table_checks_columns_and_skips_unscored_models(tmp_path):
     path = tmp_path / "scores.csv"
     pd.DataFrame({"model": ["a", "b", "zz"], "score": [0.7, None, 0.1]}).to_csv(path, index=False)
@@ -312,6 +315,7 @@ def tiny_bert(seed=0):
     return BertModel(config).eval()
 
 
+@pytest.mark.unit
 def test_perturbed_tensors_are_the_encoder_weights():
     from lmcompare.models.perturb import perturbed_parameter_names
 
@@ -323,6 +327,7 @@ def test_perturbed_tensors_are_the_encoder_weights():
     assert set(with_biases) == {n for n, _ in model.named_parameters() if n.startswith("encoder.")}
 
 
+@pytest.mark.unit
 def test_perturbation_alpha_zero_is_exact_and_alpha_one_replaces(tmp_path):
     import torch
 
@@ -365,6 +370,7 @@ def test_perturbation_alpha_zero_is_exact_and_alpha_one_replaces(tmp_path):
     assert torch.allclose(half.state_dict()[names[0]], expected, atol=1e-6)
 
 
+@pytest.mark.unit
 def test_gpt2_like_models_use_their_layer_stack():
     from transformers import GPT2Config, GPT2Model
 
@@ -396,6 +402,7 @@ def save_tiny_bert_folder(folder):
     return model, fast
 
 
+@pytest.mark.unit
 def test_perturb_model_folder_loads_offline_with_provenance(tmp_path):
     import torch
 
@@ -443,15 +450,17 @@ def geometry_config(tiny_models, tiny_corpus, **geometry):
 
 
 @pytest.fixture(scope="module")
-def geometry_run(tmp_path_factory, tiny_models, tiny_corpus):
-    from tests.conftest import run_workflow
+def geometry_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """tiny-bert and two perturbed copies, on a copy of the session's extracted workdir (which holds tiny-bert's)."""
+    from tests.conftest import copy_workdir, run_workflow
 
-    workdir = tmp_path_factory.mktemp("geometry")
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("geometry"))
     config = geometry_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     return workdir, config
 
 
+@pytest.mark.workflow
 def test_workflow_perturbed_models_are_models(geometry_run):
     from lmcompare.models.loading import read_provenance
 
@@ -493,6 +502,7 @@ def independent_fits(measures: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFra
     return pd.concat([fitted, unfit]).reset_index(drop=True)
 
 
+@pytest.mark.workflow
 def test_workflow_measures_scores_regression_and_figures(geometry_run):
     workdir, config = geometry_run
     out = workdir / "results/analysis/geometry/toy"
@@ -541,6 +551,7 @@ def test_workflow_measures_scores_regression_and_figures(geometry_run):
         assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.svg").exists()
 
 
+@pytest.mark.workflow
 def test_workflow_regression_on_a_score_table_fits_every_varying_measure(geometry_run, tmp_path):
     import shutil
 
@@ -573,6 +584,7 @@ def test_workflow_regression_on_a_score_table_fits_every_varying_measure(geometr
         assert (figures / f"{name}.png").stat().st_size > 1000
 
 
+@pytest.mark.workflow
 def test_workflow_fewer_than_three_models_says_so(geometry_run, tiny_models, tiny_corpus, tmp_path):
     import shutil
 
@@ -594,6 +606,7 @@ def test_workflow_fewer_than_three_models_says_so(geometry_run, tiny_models, tin
     assert (regression["score_name"] == "GLUE average").all()
 
 
+@pytest.mark.workflow
 def test_workflow_bad_quantizer_input_names_the_minimum(geometry_run, tmp_path):
     import shutil
 
@@ -611,6 +624,7 @@ def test_workflow_bad_quantizer_input_names_the_minimum(geometry_run, tmp_path):
     assert not (scratch / "results/analysis/geometry/toy/measures/tiny-bert.csv").exists()
 
 
+@pytest.mark.workflow
 def test_workflow_geometry_family_members_are_measured_by_geometry_only(geometry_run, tmp_path):
     """geometry.family: two members of one alpha, each with the noise seeded from its name, are perturbed,
     extracted (only the token layer geometry reads), measured, scored and in the regression; no other analysis

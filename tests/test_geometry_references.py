@@ -8,6 +8,8 @@ import pytest
 
 from lmcompare import geometry as g
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("seed", range(3))
 def test_patchiness_of_one_codebook_is_lloyds_mean_crowding_over_mean_density(seed):

@@ -5,20 +5,19 @@ scipy.stats.bootstrap, closed forms, a hand-computed Holm example, scikit-learn'
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from lmcompare import geometry as g
-from lmcompare import hidden_states
 from lmcompare.models.perturb import (derived_seed, family_entries, model_seed, perturb_,
                                             perturbed_parameter_names)
 from lmcompare.errors import WorkflowInputError
+from tests import factories
+
+pytestmark = pytest.mark.unit
 
 
 # ------------------------------------------------------------------------------------ seeds and noise
@@ -248,12 +247,8 @@ def test_probe_score_cv_uses_every_labelled_example(tmp_path):
     labels[::10] = None  # unlabelled rows are left out
     x = rng.standard_normal((n, hidden)).astype(np.float32) + (labels == "pos")[:, None] * 1.0
     split = np.where(np.arange(n) < 80, "train", "test")
-    meta = {"model": "toy", "dataset": "d", "n_layers": 2, "hidden_size": hidden}
-    table = pa.table({
-        "example_id": pa.array(np.arange(n), pa.int64()), "split": pa.array(split), "label": pa.array(list(labels)),
-        hidden_states.pooled_column(1, "mean"): hidden_states.fixed_size_list(x),
-    }).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, tmp_path / "pooled.parquet", row_group_size=30)
+    factories.write_pooled(tmp_path / "pooled.parquet", {1: x}, labels, split, model="toy", dataset="d",
+                           row_group_size=30)
     row = g.probe_score(tmp_path / "pooled.parquet", layer=-1, pooling="mean", seed=0, dataset="d", protocol="cv",
                         folds=4)
     keep = np.array([label is not None for label in labels])

@@ -4,6 +4,8 @@ or those of the original model carrying the dequantised weights s (q - z) (int8)
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.unit
+
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 

@@ -77,6 +77,7 @@ def own_run(own_files):
     return workdir, csv, report
 
 
+@pytest.mark.workflow
 def test_own_config_runs_every_analysis_and_the_report(own_run):
     workdir, _, _ = own_run
     used = yaml.safe_load((workdir / "results/report/config_used.yaml").read_text())
@@ -100,6 +101,7 @@ def test_own_config_runs_every_analysis_and_the_report(own_run):
     assert html.exists() and html.stat().st_size > 10_000
 
 
+@pytest.mark.workflow
 def test_dropped_rows_keep_the_other_ids_and_are_listed(own_run):
     workdir, csv, _ = own_run
     source = pd.read_csv(csv, keep_default_na=False)
@@ -119,6 +121,7 @@ def test_dropped_rows_keep_the_other_ids_and_are_listed(own_run):
     assert pooled["example_id"].tolist() == kept
 
 
+@pytest.mark.workflow
 def test_run_split_is_stratified(own_run):
     workdir, _, _ = own_run
     dataset = pd.read_parquet(workdir / paths.dataset_path("mine"))
@@ -129,6 +132,7 @@ def test_run_split_is_stratified(own_run):
 
 
 # ---------------------------------------------------------------------------------------- the split, directly
+@pytest.mark.unit
 def test_stratified_split_gives_each_class_its_share_and_is_seeded():
     labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 7 + ["d"] * 3 + [None] * 10
     rng = np.random.default_rng(1)
@@ -143,6 +147,7 @@ def test_stratified_split_gives_each_class_its_share_and_is_seeded():
     assert not np.array_equal(splits, stratified_split(labels, 0.2, seed=5))
 
 
+@pytest.mark.unit
 def test_hashed_split_is_kept_as_an_option():
     raw = pd.DataFrame({"text": [f"text {i}" for i in range(200)], "label": ["x", "y", "z", "w"] * 50})
     entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.25, "seed": 2}
@@ -153,6 +158,7 @@ def test_hashed_split_is_kept_as_an_option():
     assert (stratified[stratified["split"] == "test"].groupby("label").size() == 12).all()  # round(50 x 0.25)
 
 
+@pytest.mark.unit
 def test_subsample_keeps_source_ids_and_class_shares():
     raw = pd.DataFrame({"text": [f"text {i}" if i % 9 else " " for i in range(300)], "label": ["p", "q", "r"] * 100})
     entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.2, "seed": 0,
@@ -188,6 +194,7 @@ START_UP_CASES = {
 }
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("case", list(START_UP_CASES))
 def test_each_start_up_check_stops_before_any_job(case, own_files, tiny_models, tmp_path):
     root, csv = own_files
@@ -207,6 +214,7 @@ def test_each_start_up_check_stops_before_any_job(case, own_files, tiny_models, 
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.workflow
 def test_a_schema_error_names_the_users_file(own_files, tiny_models, tmp_path):
     root, csv = own_files
     config = own_config(tiny_models, csv)
@@ -219,6 +227,7 @@ def test_a_schema_error_names_the_users_file(own_files, tiny_models, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ colours
+@pytest.mark.unit
 def test_a_model_has_one_colour_in_every_figure(monkeypatch):
     from lmcompare import compression
 
@@ -235,6 +244,7 @@ def test_a_model_has_one_colour_in_every_figure(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- small things
+@pytest.mark.unit
 def test_batches_bound_the_padding_of_short_texts():
     from lmcompare.extraction.extract import MIN_LENGTH_RATIO, plan_batches
 
@@ -248,6 +258,7 @@ def test_batches_bound_the_padding_of_short_texts():
     assert padded / sum(lengths) - 1 <= 1 / MIN_LENGTH_RATIO - 1
 
 
+@pytest.mark.unit
 def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
     import itertools
     import math
@@ -265,6 +276,7 @@ def test_spearman_p_is_the_exact_permutation_p_at_a_perfect_ranking():
     assert noisy[1] == pytest.approx(spearmanr(x, [0.1, 0.5, 0.3, 0.2, 0.8, 0.9]).pvalue)
 
 
+@pytest.mark.workflow
 def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(tiny_models, tmp_path):
     import shutil
 
@@ -278,6 +290,7 @@ def test_perturbed_model_provenance_names_its_architecture_and_only_model_files(
     assert ".snakemake_timestamp" not in record["copied_files"] and "config.json" in record["copied_files"]
 
 
+@pytest.mark.unit
 def test_the_transformers_load_report_reaches_the_job_log(tiny_models, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

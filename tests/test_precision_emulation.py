@@ -10,6 +10,8 @@ import torch
 
 from lmcompare.extraction.precision import emulate, round_to, round_to_tf32
 
+pytestmark = pytest.mark.unit
+
 
 def test_rounding_matches_the_formats():
     x = torch.tensor([1.0, 1 + 2 ** -8, 1 + 2 ** -7 + 2 ** -9, 3.14159265, -2.5e-3, 7e4, float("inf"), float("nan")])

@@ -8,6 +8,8 @@ from scipy.stats import binomtest
 
 from lmcompare.probe import C_GRID, linear_probe, wilson_interval
 
+pytestmark = pytest.mark.unit
+
 
 def _task(seed, n_train=150, n_test=90, d=6, classes=3, shift=0.0):
     """A noisy multi-class linear task on features of very different scales; `shift` moves the test features."""

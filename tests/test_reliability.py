@@ -8,7 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import PROJECT, SNAKEMAKE, make_corpus_texts, pending_jobs, run_workflow, tiny_config
+from tests.conftest import (PROJECT, SNAKEMAKE, copy_workdir, make_corpus_texts, pending_jobs, run_workflow,
+                            tiny_config)
 from lmcompare import hidden_states, paths
 from lmcompare.extraction.extract import ExtractionSettings, extract
 from lmcompare.errors import WorkflowInputError
@@ -27,6 +28,7 @@ def bigger_corpus(tmp_path_factory):
     return path, texts, labels
 
 
+@pytest.mark.workflow
 def test_killed_extraction_leaves_no_partial_file_and_the_rerun_matches_a_clean_run(
         tiny_models, bigger_corpus, tmp_path):
     config = tiny_config(tiny_models, bigger_corpus, models=("roberta",))
@@ -73,13 +75,13 @@ DETERMINISM_ANALYSES = dict(
 
 
 @pytest.fixture(scope="module")
-def pair_run(tiny_models, tiny_corpus, tmp_path_factory):
-    """One extraction-only run of two models (hidden sizes 32 and 48), shared by the corrupt/foreign-file tests."""
-    workdir = tmp_path_factory.mktemp("pair")
-    run_workflow(workdir, tiny_config(tiny_models, tiny_corpus))
-    return workdir
+def pair_run(extracted_workdir, tmp_path_factory):
+    """One extraction-only run of two models (hidden sizes 32 and 48), shared by the corrupt/foreign-file tests:
+    a copy of the session's extracted workdir, which is that run."""
+    return copy_workdir(extracted_workdir, tmp_path_factory.mktemp("pair"))
 
 
+@pytest.mark.workflow
 def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
     pooled = pair_run / paths.pooled_path("toy", "tiny-bert")
     data = pooled.read_bytes()
@@ -91,6 +93,7 @@ def test_truncated_parquet_is_named_in_the_error(pair_run, tmp_path):
         list(hidden_states.iter_row_groups(broken))
 
 
+@pytest.mark.workflow
 def test_parquet_of_another_model_is_refused(pair_run):
     foreign = pair_run / paths.pooled_path("toy", "tiny-roberta")
     with pytest.raises(WorkflowInputError, match="hidden_size=48 but 32 was expected"):
@@ -112,6 +115,7 @@ FOREIGN_FILE_JOBS = [
 ]
 
 
+@pytest.mark.workflow
 def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_models, tiny_corpus, tmp_path):
     """tiny-bert's pooled and tokens files replaced by tiny-roberta's (a copy gone wrong): every analysis job that
     reads them stops, naming the file and the fix, instead of analysing RoBERTa's vectors under BERT's name."""
@@ -146,6 +150,7 @@ def test_analysis_jobs_refuse_hidden_states_of_another_model(pair_run, tiny_mode
     assert ("extract_hidden_states", paths.pooled_path("toy", "tiny-bert")) in pending_jobs(workdir, *targets)
 
 
+@pytest.mark.unit
 def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny_corpus, tmp_path):
     """A slow (pure-Python) tokenizer gives no character offsets: extraction stops, naming the model and the fix.
 
@@ -178,6 +183,7 @@ def test_tokenizer_without_offsets_is_refused_naming_the_model(tiny_models, tiny
     assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "t.parquet").exists()
 
 
+@pytest.mark.workflow
 def test_failed_job_removes_its_partial_output(tiny_models, tiny_corpus, tmp_path):
     """An extraction that fails half-way (non-finite values) leaves neither file, and Snakemake reports the job."""
     import torch
@@ -219,7 +225,9 @@ def _kill_when_logged(workdir, log, marker, timeout=240):
     pytest.fail(f"{marker!r} never appeared in {log}")
 
 
-def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, tmp_path):
+@pytest.mark.workflow
+def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny_corpus, extracted_workdir,
+                                                               tmp_path):
     import yaml
 
     from lmcompare.models.loading import read_provenance
@@ -228,9 +236,9 @@ def test_killed_fine_tuning_is_redone_and_gives_the_same_model(tiny_models, tiny
     config["models"].append({"name": "bert-ft", "source": "finetune", "base": "tiny-bert", "dataset": "toy",
                              "epochs": 60, "learning_rate": 1e-3, "batch_size": 8, "max_length": 32, "seed": 0})
     target = paths.model_dir("bert-ft")
-    run_workflow(tmp_path / "clean", config, target)
-    killed = tmp_path / "killed"
-    killed.mkdir()
+    # both runs start from the session's extracted workdir: tiny-bert materialised, the toy dataset prepared
+    run_workflow(copy_workdir(extracted_workdir, tmp_path / "clean"), config, target)
+    killed = copy_workdir(extracted_workdir, tmp_path / "killed")
     (killed / "config.yaml").write_text(yaml.safe_dump(config))
     log = killed / "results/logs/finetune_model/bert-ft.log"
     _kill_when_logged(killed, log, "step 1/")

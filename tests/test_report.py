@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY_SECTIONS, pending_jobs, run_workflow, tiny_config
+from tests.conftest import TINY_SECTIONS, copy_workdir, pending_jobs, run_workflow, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,8 +34,9 @@ def every_analysis_config(tiny_models, tiny_corpus):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_models, tiny_corpus):
-    workdir = tmp_path_factory.mktemp("report")
+def full_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """Every analysis and the report, on a copy of the session's extracted workdir."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("report"))
     config = every_analysis_config(tiny_models, tiny_corpus)
     run_workflow(workdir, config)
     run_workflow(workdir, None, extra=["--report", "results/report.html"])
@@ -50,6 +51,7 @@ def report_entries(workdir) -> dict:
     return entries
 
 
+@pytest.mark.workflow
 def test_every_analysis_draws_valid_figures(full_run):
     import matplotlib.image
 
@@ -66,6 +68,7 @@ def test_every_analysis_draws_valid_figures(full_run):
         assert path.with_suffix(".svg").exists(), f"{path} has no SVG twin"
 
 
+@pytest.mark.workflow
 def test_every_summary_panel_is_drawn_from_a_table_of_the_run(full_run):
     """Every analysis is enabled here, so no panel may show a note: the job's log names the table of each."""
     workdir, _ = full_run
@@ -77,6 +80,7 @@ def test_every_summary_panel_is_drawn_from_a_table_of_the_run(full_run):
     assert drawn["decomposition"].endswith("/group.csv") and drawn["geometry"].endswith("/regression.csv")
 
 
+@pytest.mark.workflow
 def test_the_report_embeds_every_figure_with_its_caption(full_run):
     workdir, _ = full_run
     entries = report_entries(workdir)
@@ -107,6 +111,7 @@ def scratch_copy(workdir, tmp_path):
     return scratch
 
 
+@pytest.mark.workflow
 def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_models, tmp_path):
     workdir, config = full_run
     grown = dict(config, models=config["models"] + [
@@ -135,6 +140,7 @@ def test_adding_a_model_redraws_the_joins_and_nothing_upstream(full_run, tiny_mo
     assert {"materialise_model", "extract_hidden_states"} <= rules
 
 
+@pytest.mark.workflow
 def test_provenance_table_has_a_row_per_model_with_source_revision_and_sha256(full_run):
     workdir, config = full_run
     table = pd.read_csv(workdir / "results/report/models.csv", dtype=str, keep_default_na=False)
@@ -153,6 +159,7 @@ def test_provenance_table_has_a_row_per_model_with_source_revision_and_sha256(fu
             assert Path(row.origin) == Path(entry["path"]).resolve() and row.derivation == "", row
 
 
+@pytest.mark.workflow
 def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, tmp_path):
     import os
 
@@ -176,6 +183,7 @@ def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(full_run, t
     assert "summary_figure" in {rule for rule, _ in pending_jobs(scratch)}
 
 
+@pytest.mark.unit
 def test_twotower_summary_bars_are_one_per_row_with_the_control_where_measured():
     """Split halves at two checkpoints of one seed used to share a label, so their bars were drawn on top of each other."""
     from lmcompare.report.summary import twotower_consistency_bars

@@ -59,6 +59,7 @@ def dataset_frame(n_train: int, n_test: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- corpus
+@pytest.mark.unit
 def test_eval_windows_predict_every_token_once():
     ids = np.arange(37)
     windows, mask, index = tt.eval_windows(ids, 8)
@@ -69,6 +70,7 @@ def test_eval_windows_predict_every_token_once():
     assert np.array_equal(windows[rows, cols + 1], ids[index[rows, cols]])
 
 
+@pytest.mark.unit
 def test_random_windows_depend_only_on_seed_and_step():
     ids = np.arange(1000)
     a = tt.random_windows(ids, 10, 4, seed=3, step=7)
@@ -77,6 +79,7 @@ def test_random_windows_depend_only_on_seed_and_step():
     assert np.all(np.diff(a, axis=1) == 1) and a.shape == (4, 11)
 
 
+@pytest.mark.unit
 def test_build_corpus_joins_documents_with_separator(tmp_path):
     tok = tiny_tokenizer(tmp_path)
     frame = dataset_frame(6, 4)
@@ -91,6 +94,7 @@ def test_build_corpus_joins_documents_with_separator(tmp_path):
     assert list(corpus.test_example[ends]) == [6, 7, 8, 9]
 
 
+@pytest.mark.unit
 def test_compact_vocabulary_maps_back_to_tokenizer_ids(tmp_path):
     tok = tiny_tokenizer(tmp_path)
     frame = dataset_frame(6, 4)
@@ -104,12 +108,14 @@ def test_compact_vocabulary_maps_back_to_tokenizer_ids(tmp_path):
     assert np.all(compact.test_ids[~seen] == compact.vocab_size - 1)
 
 
+@pytest.mark.unit
 def test_corpus_shorter_than_a_window_is_refused(tmp_path):
     tok = tiny_tokenizer(tmp_path)
     with pytest.raises(WorkflowInputError, match=r"test split holds \d+ tokens, fewer than one window"):
         tt.build_corpus(dataset_frame(40, 1), tok, window=64, separator="auto", vocabulary="full")
 
 
+@pytest.mark.unit
 def test_missing_special_token_is_refused(tmp_path):
     tok = tiny_tokenizer(tmp_path, with_sep=False)
     with pytest.raises(WorkflowInputError, match="neither an eos_token nor a sep_token"):
@@ -119,6 +125,7 @@ def test_missing_special_token_is_refused(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- model
+@pytest.mark.unit
 def test_architecture_shares_embeddings_and_ties_output():
     model = tt.build_model(tt.TowerConfig(vocab_size=24, **TINY), seed=0)
     a, b = model.towers
@@ -142,6 +149,7 @@ def test_architecture_shares_embeddings_and_ties_output():
         assert not torch.allclose(model(ids)[:, 10:], model(changed)[:, 10:])
 
 
+@pytest.mark.unit
 def test_loss_goes_down_on_toy_corpus(tmp_path):
     corpus = toy_corpus()
     cfg = tt.TowerConfig(vocab_size=24, **TINY)
@@ -154,6 +162,7 @@ def test_loss_goes_down_on_toy_corpus(tmp_path):
     assert end < 0.4 * start, history
 
 
+@pytest.mark.unit
 def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path):
     corpus = toy_corpus()
     cfg = tt.TowerConfig(vocab_size=24, **TINY)
@@ -181,6 +190,7 @@ def _measure(model, corpus, steps=60):
     return tp.type_means(result["token_id"], result["logp_a"], result["logp_b"]), result
 
 
+@pytest.mark.unit
 def test_swapping_towers_negates_every_preference():
     corpus = toy_corpus()
     model = tt.build_model(tt.TowerConfig(vocab_size=24, **TINY), seed=3)
@@ -198,6 +208,7 @@ def test_swapping_towers_negates_every_preference():
     assert np.array_equal(identical["preference"], np.zeros(len(identical)))
 
 
+@pytest.mark.unit
 def test_planted_asymmetry_is_seen(tmp_path):
     """Tower b stays at its random initialisation while tower a trains: a wins nearly every frequent type."""
     # 12 types in 4 patterns of 6: types recur across patterns, so no type is given away by the previous token
@@ -230,6 +241,7 @@ def synthetic_occurrences(n=20000, n_types=40, effect=0.0, seed=0):
     return token, example, logp_a, logp_b, beta
 
 
+@pytest.mark.unit
 def test_type_means_match_groupby():
     token, example, la, lb, _ = synthetic_occurrences(n=3000, n_types=15, effect=1.0)
     got = tp.type_means(token, la, lb).set_index("token_id")
@@ -239,6 +251,7 @@ def test_type_means_match_groupby():
     np.testing.assert_array_equal(got["count"], frame.size())
 
 
+@pytest.mark.unit
 def test_split_half_matches_direct_computation():
     from scipy.stats import pearsonr, spearmanr
 
@@ -254,6 +267,7 @@ def test_split_half_matches_direct_computation():
     assert result["sign_agreement"] == pytest.approx(np.mean(np.sign(x) == np.sign(y)))
 
 
+@pytest.mark.unit
 def test_planted_preference_is_consistent_and_the_shuffled_control_is_not():
     token, example, la, lb, beta = synthetic_occurrences(effect=0.5)
     frame = pd.DataFrame({"token_id": token, "example_id": example, "logp_a": la, "logp_b": lb, "logp_joint": la})
@@ -273,6 +287,7 @@ def test_planted_preference_is_consistent_and_the_shuffled_control_is_not():
     assert summary["frac_types_p05"] < 0.2
 
 
+@pytest.mark.unit
 def test_swap_invariant_seed_comparison():
     rng = np.random.default_rng(0)
     x = pd.Series(rng.normal(size=200), index=np.arange(200))
@@ -287,6 +302,7 @@ def test_swap_invariant_seed_comparison():
     assert tp.swap_invariant_comparison(x, 3 * y)["ks_abs"] == pytest.approx(0.411, abs=0.1)
 
 
+@pytest.mark.unit
 def test_across_checkpoints_and_top_tokens():
     idx = np.arange(10)
     prefs = {100: pd.Series(np.arange(10.0), idx), 200: pd.Series(np.arange(10.0) * 2, idx),
@@ -322,10 +338,12 @@ def _pending(workdir) -> list[tuple[str, str]]:
     return pending_jobs(workdir, *TARGETS)
 
 
-def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus):
-    from tests.conftest import run_workflow, tiny_config
+@pytest.mark.workflow
+def test_workflow_end_to_end(tmp_path, tiny_models, tiny_corpus, extracted_workdir):
+    from tests.conftest import copy_workdir, run_workflow, tiny_config
 
     config = tiny_config(tiny_models, tiny_corpus, models=("bert",), twotower=TINY_STAGE)
+    copy_workdir(extracted_workdir, tmp_path)  # tiny-bert materialised and the toy dataset prepared already
     run_workflow(tmp_path, config, *TARGETS)
     base = tmp_path / "results/analysis/twotower/toy/tiny-bert"
     for seed in (0, 1):
@@ -379,6 +397,7 @@ tt.train_two_tower(toy_corpus(), cfg, train, seed=2, work_dir={work!r})
 """
 
 
+@pytest.mark.unit
 def test_sigkill_during_training_resumes_bit_identically(tmp_path):
     import os
     import signal

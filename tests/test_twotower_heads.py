@@ -12,6 +12,8 @@ import yaml
 
 from lmcompare import twotower as tt
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)
 
 TINY = dict(vocab_size=20, window=8, n_layer=1, n_embd=6, n_head=2)

@@ -5,6 +5,8 @@ pipeline per dimension and the log-loss written out), `single_dim_median_accurac
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("mode", ["paper", "uncentred"])
 def test_decomposition_mse_and_sst_equal_sums_of_squares_of_sklearns_ridge(mode):

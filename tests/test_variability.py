@@ -2,7 +2,6 @@
 implementation, the streaming, the layer selection, the robustness subsets, bad input, and the rules end to end."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from scipy.stats import spearmanr
 from lmcompare import hidden_states, paths
 from lmcompare import variability as var
 from lmcompare.errors import WorkflowInputError
+from tests import factories
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -43,27 +43,12 @@ def random_spd(rng, d, scale=1.0):
     return scale * (a @ a.T / d + 0.1 * np.eye(d))
 
 
-def write_pooled(path, layers, labels, splits, *, row_group_size=7, dtype=pa.float32(), extra_meta=None,
-                 n_content=None):
-    """A pooled.parquet as the extraction writes it (contract in docs/ARCHITECTURE.md), from (n, d) arrays."""
-    n = len(labels)
-    d = layers[0].shape[1]
-    columns = {
-        "example_id": pa.array(np.arange(n), pa.int64()),
-        "split": pa.array(list(splits), pa.string()),
-        "label": pa.array([None if l is None else str(l) for l in labels], pa.string()),
-        "n_tokens": pa.array(np.full(n, 5), pa.int32()),
-        "n_content_tokens": pa.array(np.full(n, 3) if n_content is None else n_content, pa.int32()),
-        "truncated": pa.array(np.zeros(n, bool)),
-    }
-    for layer, x in enumerate(layers):
-        columns[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(x[:, ::-1].copy(), dtype)
-        columns[hidden_states.pooled_column(layer, "mean")] = hidden_states.fixed_size_list(x, dtype)
-    meta = {"model": "synthetic", "dataset": "synthetic", "n_layers": len(layers), "hidden_size": d,
-            "store_dtype": "float32", "n_examples": n, **(extra_meta or {})}
-    table = pa.table(columns).replace_schema_metadata({"hidden_states": json.dumps(meta)})
-    pq.write_table(table, path, row_group_size=row_group_size)
-    return path
+def write_pooled(path, layers, labels, splits, *, row_group_size=7, extra_meta=None, n_content=None):
+    """A pooled.parquet of a synthetic model as the extraction writes it (tests/factories.py), from (n, d) arrays:
+    mean vectors x, first-token vectors x with reversed dimensions."""
+    return factories.write_pooled(path, layers, labels, splits, model="synthetic", dataset="synthetic",
+                                  n_content_tokens=3 if n_content is None else n_content,
+                                  row_group_size=row_group_size, metadata=extra_meta)
 
 
 def gaussian_classes(rng, n_per_class, d, separation, offset=0.0):
@@ -74,6 +59,7 @@ def gaussian_classes(rng, n_per_class, d, separation, offset=0.0):
 
 
 # --------------------------------------------------------------------------------------- the metric
+@pytest.mark.unit
 def test_closed_form_two_classes():
     # means ±a e1, class covariances S1, S2 (exact): Σ_b = a² e1e1ᵀ, pinv = e1e1ᵀ/a², ν = ((S1+S2)/2)_11 / a² / 2
     rng = np.random.default_rng(0)
@@ -92,6 +78,7 @@ def test_closed_form_two_classes():
     assert result.trace_between == pytest.approx(a**2, rel=1e-10)
 
 
+@pytest.mark.unit
 def test_closed_form_four_classes_unequal_sizes():
     # means ±a e1, ±b e2 (unweighted centre 0): Σ_b = (a²/2) e1e1ᵀ + (b²/2) e2e2ᵀ,
     # ν = (1/4) (2 Σw_11 / a² + 2 Σw_22 / b²). Unequal sizes: a size-weighted Σ_w or centre would differ,
@@ -113,6 +100,7 @@ def test_closed_form_four_classes_unequal_sizes():
     assert nu_direct(x, y) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("d,sizes", [(16, [40, 25, 60]), (3, [30, 20, 25, 40, 10]), (1, [5, 9])])
 def test_streamed_equals_direct(d, sizes):
     rng = np.random.default_rng(d)
@@ -125,6 +113,7 @@ def test_streamed_equals_direct(d, sizes):
     assert acc.result().nu == pytest.approx(nu_direct(x, y), rel=1e-8)
 
 
+@pytest.mark.unit
 def test_streamed_file_equals_direct(tmp_path):
     rng = np.random.default_rng(7)
     d, sizes = 12, [31, 17, 22]
@@ -152,6 +141,7 @@ def test_streamed_file_equals_direct(tmp_path):
     assert first[1]["nu"] == pytest.approx(nu_direct(layers[1][train][:, ::-1].astype(np.float64), y[train]), rel=1e-8)
 
 
+@pytest.mark.unit
 def test_invariances_and_separation():
     rng = np.random.default_rng(3)
     x, y = gaussian_classes(rng, [50, 70, 40], 8, separation=1.0)
@@ -177,6 +167,7 @@ def test_invariances_and_separation():
     assert values[-1] < 1e-2 * values[0]
 
 
+@pytest.mark.unit
 def test_singular_between_and_degenerate_layers():
     rng = np.random.default_rng(4)
     d = 10
@@ -204,6 +195,7 @@ def test_singular_between_and_degenerate_layers():
     assert acc.result().degenerate
 
 
+@pytest.mark.unit
 def test_between_noise_fraction():
     rng = np.random.default_rng(12)
     d, sizes = 7, [20, 35, 50]
@@ -235,6 +227,7 @@ def labels_frame(labels, splits):
     return pd.DataFrame({"example_id": np.arange(len(labels)), "split": splits, "label": labels})
 
 
+@pytest.mark.unit
 def test_bad_labels_give_clear_messages():
     with pytest.raises(WorkflowInputError, match="has no labels"):
         var.class_codes(labels_frame([None] * 4, ["train"] * 4), dataset="corpus", split="train")
@@ -255,6 +248,7 @@ def test_bad_labels_give_clear_messages():
     assert codes.tolist() == [0, 0, 1, 1, -1, 0]
 
 
+@pytest.mark.unit
 def test_subset_masks():
     codes = np.repeat([0, 1, 2, -1], [40, 100, 60, 5])
     masks = var.subset_masks(codes, imbalanced_keep=0.2, subsample_fraction=0.1, seed=0)
@@ -271,6 +265,7 @@ def test_subset_masks():
     assert np.bincount(np.repeat([0, 1], [3, 12])[tiny["subsample"]]).tolist() == [2, 2]
 
 
+@pytest.mark.unit
 def test_subsets_streamed_in_one_pass_equal_direct():
     rng = np.random.default_rng(5)
     x, y = gaussian_classes(rng, [80, 50, 30], 6, separation=1.0)
@@ -287,6 +282,7 @@ def test_subsets_streamed_in_one_pass_equal_direct():
 
 
 # ------------------------------------------------------------------------------ selection, robustness
+@pytest.mark.unit
 def test_select_layers():
     layers = [0, 1, 2, 3, 4, 5]
     nu = [np.nan, 9.0, 2.04, 3.0, 2.0, 2.5]
@@ -296,6 +292,7 @@ def test_select_layers():
     assert var.select_layers(layers, [np.nan] * 6, 0.1) == (-1, -1)
 
 
+@pytest.mark.unit
 def test_spearman_and_selection_table():
     nu = pd.DataFrame({"model": "m", "subset": "full", "layer": range(5), "n": 100, "dims": 8,
                        "nu": [5.0, 3.0, 1.0, 1.02, 2.0], "between_noise_fraction": [0.9, 0.5, 0.1, 0.2, 0.3]})
@@ -317,6 +314,7 @@ def test_spearman_and_selection_table():
     assert row["spearman_n_layers"] == 5
 
 
+@pytest.mark.unit
 def test_robustness_on_synthetic_layers(tmp_path):
     # layers with increasing class separation, then a plateau: ν falls then flattens; the recommended layer must
     # not move on the imbalanced and the 10% subsample, and their ν stay close to the full data's.
@@ -344,6 +342,7 @@ def test_robustness_on_synthetic_layers(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- bad files
+@pytest.mark.unit
 def test_non_finite_vector_is_named(tmp_path):
     rng = np.random.default_rng(8)
     x, y = gaussian_classes(rng, [10, 10], 4, separation=1.0)
@@ -357,6 +356,7 @@ def test_non_finite_vector_is_named(tmp_path):
                                example_ids=frame["example_id"].to_numpy())
 
 
+@pytest.mark.unit
 def test_examples_without_content_tokens_are_left_out_of_mean_pooling(tmp_path):
     rng = np.random.default_rng(11)
     x, y = gaussian_classes(rng, [15, 15], 4, separation=1.0)
@@ -374,6 +374,7 @@ def test_examples_without_content_tokens_are_left_out_of_mean_pooling(tmp_path):
     assert var.read_labels(path, "first")["label"].notna().all()
 
 
+@pytest.mark.unit
 def test_missing_layer_columns_are_named(tmp_path):
     rng = np.random.default_rng(14)
     x = rng.standard_normal((10, 3)).astype(np.float32)
@@ -386,6 +387,7 @@ def test_missing_layer_columns_are_named(tmp_path):
         var.probe_layers(path, var.read_labels(path), dataset="synthetic", pooling="first")
 
 
+@pytest.mark.unit
 def test_probe_layers_and_missing_test_split(tmp_path):
     rng = np.random.default_rng(9)
     x, y = gaussian_classes(rng, [60, 60], 5, separation=0.0)
@@ -404,6 +406,7 @@ def test_probe_layers_and_missing_test_split(tmp_path):
         var.probe_layers(only_train, var.read_labels(only_train), dataset="synthetic")
 
 
+@pytest.mark.unit
 def test_gather_rows(tmp_path):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((50, 3)).astype(np.float32)
@@ -414,6 +417,7 @@ def test_gather_rows(tmp_path):
         var.gather_rows(path, hidden_states.pooled_column(0, "mean"), np.array([3, 50]))
 
 
+@pytest.mark.unit
 def test_stratified_subsample():
     codes = np.repeat([0, 1], [900, 100])
     keep = var.stratified_subsample(codes, 100, seed=0)
@@ -424,7 +428,7 @@ def test_stratified_subsample():
 # ------------------------------------------------------------------------------------- the workflow
 from types import SimpleNamespace  # noqa: E402
 
-from tests.conftest import pending_jobs, run_workflow, tiny_config  # noqa: E402
+from tests.conftest import copy_workdir, pending_jobs, run_workflow, tiny_config  # noqa: E402
 from lmcompare.probe import linear_probe  # noqa: E402
 
 VARIABILITY_SECTION = {
@@ -437,9 +441,10 @@ NU_PARAMS = dict(split="train", small_classes="fail", min_class_examples=2, pinv
 
 
 @pytest.fixture(scope="module")
-def variability_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """The stage through Snakemake on two tiny models with different tokenizers and hidden sizes."""
-    workdir = tmp_path_factory.mktemp("variability")
+def variability_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """The stage through Snakemake on two tiny models with different tokenizers and hidden sizes (on a copy of the
+    session's extracted workdir)."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("variability"))
     # the cross-analysis summary figure is another stage's; it is tested there
     config = tiny_config(tiny_models, tiny_corpus, variability=dict(VARIABILITY_SECTION), figures={"enabled": False})
     result = run_workflow(workdir, config)
@@ -451,6 +456,7 @@ def train_labels(pooled):
     return train, np.unique(train.column("label").to_numpy(zero_copy_only=False), return_inverse=True)[1]
 
 
+@pytest.mark.workflow
 def test_workflow_nu_equals_direct_formula_on_the_extracted_vectors(variability_run, tmp_path):
     workdir, _, _ = variability_run
     for model in ("tiny-bert", "tiny-roberta"):
@@ -474,6 +480,7 @@ def test_workflow_nu_equals_direct_formula_on_the_extracted_vectors(variability_
         assert first.loc[1, "nu"] == pytest.approx(nu_direct(x, y), rel=1e-8)
 
 
+@pytest.mark.workflow
 def test_workflow_selection_probe_robustness_and_figures(variability_run):
     workdir, _, _ = variability_run
     root = workdir / "results/analysis/variability/toy/mean"
@@ -516,6 +523,7 @@ def test_workflow_selection_probe_robustness_and_figures(variability_run):
     assert "2 classes" in log and "rows streamed" in log and "done in" in log
 
 
+@pytest.mark.unit
 def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path):
     rng = np.random.default_rng(10)
     path = write_pooled(tmp_path / "pooled.parquet", [rng.standard_normal((12, 4)).astype(np.float32)],
@@ -539,6 +547,7 @@ def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path):
     assert "dataset 'oneclass' has 1 class(es)" in log and not (tmp_path / "nu.csv").exists()
 
 
+@pytest.mark.workflow
 def test_workflow_caching_and_bad_config(variability_run, tmp_path):
     workdir, config, _ = variability_run
     assert pending_jobs(workdir) == []

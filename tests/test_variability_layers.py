@@ -6,8 +6,11 @@ import io
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lmcompare import variability as var
+
+pytestmark = pytest.mark.unit
 
 
 def test_authors_numbering_is_ours_minus_one():

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.bad_configs import CASES, bad_config, validation_messages
-from tests.conftest import PROJECT, pending_jobs, run_workflow, tiny_config
+from tests.conftest import PROJECT, copy_workdir, pending_jobs, run_workflow, tiny_config
 from lmcompare import hidden_states, paths
 from lmcompare.models.materialise import materialise
 from lmcompare.models.loading import read_provenance, weights_sha256
@@ -18,16 +18,16 @@ from lmcompare.errors import WorkflowInputError
 
 
 @pytest.fixture(scope="module")
-def spine_run(tmp_path_factory, tiny_models, tiny_corpus):
-    """Two tiny models with different tokenizers and hidden sizes through the whole spine."""
-    workdir = tmp_path_factory.mktemp("spine")
-    config = tiny_config(tiny_models, tiny_corpus)
-    result = run_workflow(workdir, config)
-    return workdir, config, result
+def spine_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """Two tiny models with different tokenizers and hidden sizes through the whole spine: a copy of the session's
+    extracted workdir, which is that run of this config."""
+    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("spine"))
+    return workdir, tiny_config(tiny_models, tiny_corpus)
 
 
+@pytest.mark.workflow
 def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus):
-    workdir, config, _ = spine_run
+    workdir, config = spine_run
     dataset = pd.read_parquet(workdir / paths.dataset_path("toy"))
     assert len(dataset) == len(tiny_corpus[1])
     assert set(dataset["split"]) == {"train", "test"}
@@ -47,15 +47,17 @@ def test_spine_produces_models_dataset_and_hidden_states(spine_run, tiny_corpus)
         assert "extracted 80 of 80 examples" in log and "done in" in log
 
 
+@pytest.mark.workflow
 def test_rerun_with_nothing_changed_schedules_nothing(spine_run):
-    workdir, _, _ = spine_run
+    workdir, _ = spine_run
     assert pending_jobs(workdir) == []
 
 
+@pytest.mark.workflow
 def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny_corpus, tmp_path):
     """The new model's jobs, plus the joins that need it (the summary figure, the provenance table and the
     record of the config), and nothing of the other models."""
-    workdir, config, _ = spine_run
+    workdir, config = spine_run
     grown = tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta", "gpt2"))
     scratch = tmp_path / "grown"
     shutil.copytree(workdir, scratch, symlinks=True)
@@ -69,6 +71,7 @@ def test_adding_a_model_schedules_only_its_own_jobs(spine_run, tiny_models, tiny
     assert {rule for rule, _ in jobs} - {"materialise_model", "extract_hidden_states"} == joins, jobs
 
 
+@pytest.mark.unit
 def test_materialise_from_split_zip_and_tar(tiny_models, tmp_path):
     source = tiny_models["bert"]
     archive = tmp_path / "bert.zip"
@@ -89,6 +92,7 @@ def test_materialise_from_split_zip_and_tar(tiny_models, tmp_path):
     assert record["weights_sha256"] == weights_sha256(source)
 
 
+@pytest.mark.unit
 def test_materialise_from_an_installed_package(tmp_path, tiny_models, monkeypatch):
     package = tmp_path / "site" / "tiny_model_pkg"
     shutil.copytree(tiny_models["roberta"], package / "weights")
@@ -107,6 +111,7 @@ def test_materialise_from_an_installed_package(tmp_path, tiny_models, monkeypatc
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (package / "weights/model.safetensors").read_bytes()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("entry, message", [
     ({"source": "package", "package": "no_such_package_xyz"}, "not installed"),
     ({"source": "local", "path": "/nonexistent/folder"}, "does not exist"),
@@ -118,6 +123,7 @@ def test_missing_model_sources_fail_with_a_message_and_leave_nothing(entry, mess
     assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_unreachable_hub_model_fails_with_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WorkflowInputError, match="cannot download bert-base-uncased"):
@@ -126,6 +132,7 @@ def test_unreachable_hub_model_fails_with_one_clear_message(tmp_path, monkeypatc
     assert not (tmp_path / "bert").exists()
 
 
+@pytest.mark.unit
 def test_model_folder_without_weights_is_refused(tiny_models, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_models["bert"], broken)
@@ -135,12 +142,14 @@ def test_model_folder_without_weights_is_refused(tiny_models, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ datasets
+@pytest.mark.unit
 def test_word_offsets_cover_words_and_punctuation():
     text = "It's 3.5 stars,  ok?"
     starts, ends = word_offsets(text)
     assert [text[s:e] for s, e in zip(starts, ends)] == ["It", "'", "s", "3", ".", "5", "stars", ",", "ok", "?"]
 
 
+@pytest.mark.unit
 def test_untrusted_text_is_handled_counted_and_reconciled(tmp_path):
     raw = b"text,label\nplain text,a\n\"bell\x07 and tab\tok\",b\n,a\n\"bad \xff\xfe bytes\",b\n" + \
         b"\"" + b"very long " * 400 + b"\",a\n"
@@ -158,6 +167,7 @@ def test_untrusted_text_is_handled_counted_and_reconciled(tmp_path):
     assert clean_text("a\x00b") == ("a b", 1)
 
 
+@pytest.mark.unit
 def test_split_is_deterministic_and_subsample_keeps_proportions():
     raw = pd.DataFrame({"text": [f"text number {i}" for i in range(1000)], "label": ["a", "b"] * 500})
     entry = {"name": "d", "text_column": "text", "label_column": "label", "test_fraction": 0.2, "seed": 3,
@@ -168,6 +178,7 @@ def test_split_is_deterministic_and_subsample_keeps_proportions():
     assert len(first) == 100 and 12 <= (first["split"] == "test").sum() <= 28
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("entry, message", [
     ({"text_column": "body"}, "no column 'body'"),
     ({"label_column": "stars"}, "no column 'stars'"),
@@ -180,6 +191,7 @@ def test_dataset_without_the_named_column_fails(entry, message, tiny_corpus, tmp
     assert not (tmp_path / "out.parquet").exists()
 
 
+@pytest.mark.unit
 def test_empty_dataset_fails(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("text,label\n")
@@ -197,6 +209,7 @@ def startup_messages():
     return dict(zip([what for what, _, _ in CASES] + ["base"], messages))
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("what, mutation, message", CASES, ids=[case[0] for case in CASES])
 def test_every_bad_config_gets_a_message_naming_the_key(what, mutation, message, startup_messages):
     found = startup_messages[what]
@@ -204,10 +217,12 @@ def test_every_bad_config_gets_a_message_naming_the_key(what, mutation, message,
     assert re.search(message, found), found
 
 
+@pytest.mark.workflow
 def test_the_base_of_the_bad_configs_is_valid(startup_messages):
     assert startup_messages["base"] is None
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["models"][0].update(source="ftp"), r"models\[0\].source: 'ftp' is not one of"),
     (lambda c: c["models"].append(dict(c["models"][0])), "used twice"),
@@ -328,6 +343,7 @@ def rule_envs(tmp_path_factory):
     return json.loads(lines[-1][len("RULES="):])
 
 
+@pytest.mark.unit
 def test_conda_envs_parse_and_pin_exactly_the_requirements():
     """Every envs/*.yaml pins what requirements.txt pins; what it adds is pinned to the version installed here."""
     from importlib.metadata import version
@@ -344,6 +360,7 @@ def test_conda_envs_parse_and_pin_exactly_the_requirements():
             assert pinned == expected.split("+")[0], f"{path.name}: {name}=={pinned}, requirements/venv: {expected}"
 
 
+@pytest.mark.workflow
 def test_every_rule_has_a_conda_env_with_every_package_its_script_imports(rule_envs):
     from importlib.metadata import packages_distributions
 
