@@ -57,3 +57,26 @@ def test_the_rule_files_import_only_the_standard_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", (result.stdout, sorted(lines))
+
+
+def test_the_readme_python_block_runs_on_pooled_files(tmp_path, monkeypatch, capsys):
+    """The README's Python API lines, verbatim, on two pooled files laid out as the workflow writes them."""
+    import re
+
+    from tests.conftest import PROJECT
+    from tests.factories import write_pooled
+
+    block = re.search(r"## The Python API.*?```python\n(.*?)```", (PROJECT / "README.md").read_text(), re.S).group(1)
+    assert 3 <= len(block.strip().splitlines()) <= 8, block
+    rng = np.random.default_rng(2)
+    n = 500
+    labels = rng.choice(["neg", "pos"], size=n)
+    latent = rng.normal(size=(n, 4)) + (labels == "pos")[:, None]
+    for model, width in (("minilm", 6), ("mpnet", 8)):
+        vectors = latent @ rng.normal(size=(4, width)) + 0.1 * rng.normal(size=(n, width))
+        write_pooled(tmp_path / f"results/hidden/reviews/{model}/pooled.parquet", [vectors, vectors], labels,
+                     ["train"] * 400 + ["test"] * 100, model=model, dataset="reviews")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    nu, r2 = (float(line) for line in capsys.readouterr().out.split())
+    assert 0 < nu < 10 and 0.9 < r2 <= 1.0
