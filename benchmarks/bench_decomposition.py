@@ -78,8 +78,8 @@ def run_ours(paths: dict, workdir: Path) -> dict:
     started = time.perf_counter()
     pair_paths = {}
     for a, b in lmd.model_pairs(models):
-        va = lmd.make_view(a, paths[a], "example", -1, -1)
-        vb = lmd.make_view(b, paths[b], "example", -1, -1)
+        va = lmd.model_layers(a, paths[a], "example", -1, -1)
+        vb = lmd.model_layers(b, paths[b], "example", -1, -1)
         moments, _ = lmd.compute_pair_moments(va, vb, "example")
         pair_paths[(a, b)] = workdir / "moments" / a / f"{b}.npz"
         lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})

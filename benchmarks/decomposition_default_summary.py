@@ -96,7 +96,7 @@ def _word_units(results: Path, dataset: str, models: list, layer: int = -1) -> t
     for model in models:
         path = results / "hidden" / dataset / model / "tokens.parquet"
         meta = hidden_states.read_hidden_metadata(path)
-        view = lmd.ViewSpec(model, str(path), (hidden_states.resolve_layer(layer, int(meta["n_layers"])),),
+        view = lmd.ModelLayers(model, str(path), (hidden_states.resolve_layer(layer, int(meta["n_layers"])),),
                             int(meta["hidden_size"]))
         parts = list(lmd.iter_units(view, "word"))
         units[model] = (np.concatenate([k for k, _, _ in parts]), np.concatenate([c for _, c, _ in parts]),

@@ -199,7 +199,7 @@ def test_pair_files_reproduce_direct_group_and_pairwise_fits(tmp_path):
                                     {0: rng.normal(size=vecs.shape), 2: vecs}, row_group_size=100 + 37 * index)
     pair_paths = {}
     for a, b in lmd.model_pairs(list(dims)):
-        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        va, vb = (lmd.model_layers(m, paths[m], "example", -1, -1) for m in (a, b))
         moments, counts = lmd.compute_pair_moments(va, vb, "example", block_rows=128)  # several blocks merged
         assert counts.matched == n and counts.only_a == counts.only_b == 0
         pair_paths[(a, b)] = tmp_path / "moments" / a / f"{b}.npz"
@@ -233,7 +233,7 @@ def test_target_and_basis_layers_can_differ(tmp_path):
     a1, a3, b1, b3 = latent_models(rng, n, [4, 4, 6, 6])
     pa_ = write_pooled(tmp_path / "a.parquet", "a", ids, split, {1: a1, 3: a3}, n_layers=4)
     pb_ = write_pooled(tmp_path / "b.parquet", "b", ids, split, {1: b1, 3: b3}, n_layers=4)
-    va, vb = lmd.make_view("a", pa_, "example", -1, 1), lmd.make_view("b", pb_, "example", -1, 1)
+    va, vb = lmd.model_layers("a", pa_, "example", -1, 1), lmd.model_layers("b", pb_, "example", -1, 1)
     assert va.layers == (3, 1)
     moments, _ = lmd.compute_pair_moments(va, vb, "example")
     lmd.save_pair_moments(tmp_path / "m.npz", va, vb, moments, {})
@@ -257,7 +257,7 @@ def test_word_and_chunk_units_aggregate_tokens_and_align_words(tmp_path):
     vb_tok = rng.normal(size=(len(rows_b), 5)).astype(np.float32)
     pa_ = write_tokens(tmp_path / "a.parquet", "a", rows_a, {2: va_tok}, n_layers=3, row_group_size=37)
     pb_ = write_tokens(tmp_path / "b.parquet", "b", rows_b.reset_index(drop=True), {2: vb_tok}, n_layers=3, row_group_size=50)
-    view_a, view_b = lmd.make_view("a", pa_, "word", -1, -1), lmd.make_view("b", pb_, "word", -1, -1)
+    view_a, view_b = lmd.model_layers("a", pa_, "word", -1, -1), lmd.model_layers("b", pb_, "word", -1, -1)
     counts = lmd.AlignmentCounts()
     blocks = list(lmd.align_streams(lmd.iter_units(view_a, "word"), lmd.iter_units(view_b, "word"), counts))
     got_a = np.vstack([x for _, x, _ in blocks])
@@ -291,17 +291,17 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
     split = np.where(ids < 28, "train", "test")
     good = write_pooled(tmp_path / "good.parquet", "good", ids, split, {2: rng.normal(size=(30, 3))})
     with pytest.raises(WorkflowInputError, match="target_layer for model 'good'.*out of range"):
-        lmd.make_view("good", good, "example", 7, -1)
+        lmd.model_layers("good", good, "example", 7, -1)
     with pytest.raises(WorkflowInputError, match="extraction.token_layers"):
-        lmd.make_view("good", good, "word", -1, -1)
+        lmd.model_layers("good", good, "word", -1, -1)
     broken = rng.normal(size=(30, 3))
     broken[11, 1] = np.nan
     bad = write_pooled(tmp_path / "bad.parquet", "bad", ids, split, {2: broken})
-    va, vb = lmd.make_view("good", good, "example", -1, -1), lmd.make_view("bad", bad, "example", -1, -1)
+    va, vb = lmd.model_layers("good", good, "example", -1, -1), lmd.model_layers("bad", bad, "example", -1, -1)
     with pytest.raises(WorkflowInputError, match=r"model 'bad'.*example_id 11.*nonfinite"):
         lmd.compute_pair_moments(va, vb, "example")
     other = write_pooled(tmp_path / "other.parquet", "other", ids, split, {2: rng.normal(size=(30, 4))})
-    vo = lmd.make_view("other", other, "example", -1, -1)
+    vo = lmd.model_layers("other", other, "example", -1, -1)
     moments, _ = lmd.compute_pair_moments(va, vo, "example")
     lmd.save_pair_moments(tmp_path / "p.npz", va, vo, moments, {})
     with pytest.raises(WorkflowInputError, match="at least two models"):
@@ -540,7 +540,7 @@ def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_p
              for m, v in values.items()}
     pair_paths = {}
     for a, b in lmd.model_pairs(["a", "b", "c"]):
-        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        va, vb = (lmd.model_layers(m, paths[m], "example", -1, -1) for m in (a, b))
         moments, counts = lmd.compute_pair_moments(va, vb, "example")
         assert counts.only_a == (5 if b == "c" else 0)
         pair_paths[(a, b)] = tmp_path / f"{a}{b}.npz"
@@ -582,11 +582,11 @@ def test_fewer_train_units_than_basis_dims_is_flagged(tmp_path, caplog):
     rng = np.random.default_rng(11)
     u, z = latent_models(rng, 60, [3, 50])
     with caplog.at_level(logging.WARNING, logger="workflow"):
-        _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40]), lmd.SplitStats.from_rows(u[40:], z[40:]),
+        _, scores = lmd.fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40]), lmd.SplitStats.from_rows(u[40:], z[40:]),
                                        1e-6, "paper", "target 'u'")
     assert scores["underdetermined"] and scores["r2_train"] > 0.999 and scores["r2_test"] < scores["r2_train"] - 0.1
     assert "40 train units from 40 independent examples for 50 basis dimensions" in caplog.text
-    _, scores = lmd._fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
+    _, scores = lmd.fit_and_score(lmd.SplitStats.from_rows(u[:40], z[:40, :5]), lmd.SplitStats.from_rows(u[40:], z[40:, :5]),
                                    1e-6, "paper", "target 'u'")
     assert not scores["underdetermined"]
 
@@ -610,7 +610,7 @@ def written_latent_models(tmp_path, seed: int, n: int, dims: dict, noise=0.3, ro
 def pair_files(tmp_path, paths, models, fraction=0.2, seed=0, tag=""):
     pair_paths = {}
     for a, b in lmd.model_pairs(models):
-        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        va, vb = (lmd.model_layers(m, paths[m], "example", -1, -1) for m in (a, b))
         moments, _ = lmd.compute_pair_moments(va, vb, "example", block_rows=64, validation_fraction=fraction,
                                               validation_seed=seed)
         pair_paths[(a, b)] = tmp_path / f"{tag}{a}_{b}.npz"
@@ -708,8 +708,8 @@ def test_validated_alpha_rescues_a_near_collinear_basis():
     parts = {"fit": slice(0, n_fit), "valid": slice(n_fit, n_fit + n_valid), "train": slice(0, n_fit + n_valid),
              "test": slice(n_fit + n_valid, n)}
     stats = {name: lmd.SplitStats.from_rows(u[s], z[s]) for name, s in parts.items()}
-    paper = lmd._scored_fit(stats, 1e-6, [], "paper", "u", 2, 2, 0.2)
-    validated = lmd._scored_fit(stats, "validation", lmd.DEFAULT_ALPHA_GRID, "paper", "u", 2, 2, 0.2)
+    paper = lmd.scored_fit(stats, 1e-6, [], "paper", "u", 2, 2, 0.2)
+    validated = lmd.scored_fit(stats, "validation", lmd.DEFAULT_ALPHA_GRID, "paper", "u", 2, 2, 0.2)
     assert paper["r2_train"] > 0.85 and paper["r2_test"] < 0.0  # over-fitted (measured: 0.91 / -0.12)
     assert validated["alpha"] >= 1e-2 and validated["r2_test"] > paper["r2_test"] + 0.5  # measured 0.62
     assert abs(validated["r2_test"] - validated["r2_valid"]) < 0.1  # the validation R² predicts the test R²

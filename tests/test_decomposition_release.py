@@ -124,7 +124,7 @@ def test_modes_equal_the_transcribed_authors_solver_on_the_same_arrays(tmp_path,
                           dataset="synthetic", row_group_size=20) for m, v in values.items()}
     pair_paths = {}
     for a, b in lmd.model_pairs(list(values)):
-        va, vb = (lmd.make_view(m, paths[m], "example", -1, -1) for m in (a, b))
+        va, vb = (lmd.model_layers(m, paths[m], "example", -1, -1) for m in (a, b))
         moments, _ = lmd.compute_pair_moments(va, vb, "example", block_rows=16)
         pair_paths[(a, b)] = tmp_path / f"{a}_{b}.npz"
         lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})
@@ -176,7 +176,7 @@ def test_streamed_examples_and_between_example_share_of_word_units(tmp_path):
     tok_b = (effect_b[ex] + effect_a[ex] @ rng.normal(size=(5, 7)) + rng.normal(size=(len(rows), 7))).astype(np.float32)
     pa_ = write_tokens(tmp_path / "a.parquet", {2: tok_a}, rows, model="a", dataset="synthetic", n_layers=3, row_group_size=41)
     pb_ = write_tokens(tmp_path / "b.parquet", {2: tok_b}, rows, model="b", dataset="synthetic", n_layers=3, row_group_size=29)
-    va, vb = lmd.make_view("a", pa_, "word", -1, -1), lmd.make_view("b", pb_, "word", -1, -1)
+    va, vb = lmd.model_layers("a", pa_, "word", -1, -1), lmd.model_layers("b", pb_, "word", -1, -1)
     moments, _ = lmd.compute_pair_moments(va, vb, "word", block_rows=50, validation_fraction=0.25)
     lmd.save_pair_moments(tmp_path / "ab.npz", va, vb, moments, {}, 0.25, 0)
     pair = lmd.PairMoments.load(tmp_path / "ab.npz")
@@ -287,7 +287,7 @@ def test_words_clustered_by_example_overfit_a_split_by_example_that_the_unit_cou
     scores = {}
     for name, train in (("example", by_example), ("word", by_word)):
         stats = lmd.SplitStats.from_rows(u[train], z[train], group[train])
-        _, scores[name] = lmd._fit_and_score(stats, lmd.SplitStats.from_rows(u[~train], z[~train]), 1e-6, "paper", name)
+        _, scores[name] = lmd.fit_and_score(stats, lmd.SplitStats.from_rows(u[~train], z[~train]), 1e-6, "paper", name)
     # measured: split by example R² train 0.93 / test -1.70; random word split 0.82 / 0.82
     assert scores["example"]["r2_test"] < scores["word"]["r2_test"] - 0.3, scores
     assert scores["example"]["underdetermined"] and not scores["word"]["underdetermined"]

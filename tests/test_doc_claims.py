@@ -70,7 +70,7 @@ def test_a_validated_alpha_at_an_end_of_the_grid_is_logged_as_a_warning(caplog):
     stats = {name: lmd.SplitStats.from_rows(u[s], z[s]) for name, s in parts.items()}
     grid = [1e-4, 1e-2, 1.0]
     with caplog.at_level(logging.WARNING, logger="workflow"):
-        edge = lmd._scored_fit(stats, "validation", grid, "paper", "exact", 2, 2, 0.2)
+        edge = lmd.scored_fit(stats, "validation", grid, "paper", "exact", 2, 2, 0.2)
     assert edge["alpha"] == 1e-4
     assert any("exact: the chosen alpha 0.0001 is at the edge" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
@@ -86,7 +86,7 @@ def test_a_validated_alpha_at_an_end_of_the_grid_is_logged_as_a_warning(caplog):
     assert 0 < best < len(candidates) - 1
     grid = [float(candidates[best]) / 100, float(candidates[best]), float(candidates[best]) * 100]
     with caplog.at_level(logging.WARNING, logger="workflow"):
-        middle = lmd._scored_fit(stats, "validation", grid, "paper", "noisy", 2, 2, 0.2)
+        middle = lmd.scored_fit(stats, "validation", grid, "paper", "noisy", 2, 2, 0.2)
     assert middle["alpha"] == grid[1]
     assert not [r for r in caplog.records if "at the edge" in r.getMessage()]
 

@@ -199,7 +199,7 @@ def test_examples_straddling_token_row_groups_give_the_same_word_units(tiny_mode
     assert pq.ParquetFile(tokens_cut).num_row_groups > 20
     units = {}
     for name, folder in (("whole", whole), ("cut", cut)):
-        view = decomposition.make_view("m", str(folder / "tokens.parquet"), "word", -1, -1)
+        view = decomposition.model_layers("m", str(folder / "tokens.parquet"), "word", -1, -1)
         parts = list(decomposition.iter_units(view, "word"))
         units[name] = (np.concatenate([p[0] for p in parts]), np.vstack([p[2] for p in parts]))
     np.testing.assert_array_equal(units["whole"][0], units["cut"][0])

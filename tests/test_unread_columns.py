@@ -21,7 +21,7 @@ def test_decomposition_mse_and_sst_equal_sums_of_squares_of_sklearns_ridge(mode)
     train, test = slice(0, 1000), slice(1000, 1500)
     alpha = 0.05
     stats = [lmd.SplitStats.from_rows(u[s], z[s]) for s in (train, test)]
-    _, scores = lmd._fit_and_score(*stats, alpha, mode, "u")
+    _, scores = lmd.fit_and_score(*stats, alpha, mode, "u")
     # paper (nlp.lmd 0.2.0): covariances divided by n_train - 1 (torch.cov), sklearn's penalty multiplies the sum:
     # alpha_sklearn = (n_train - 1) * alpha; uncentred (haozhg/lmd 1eae068): raw moments divided by the basis dims
     # d_z, no intercept: alpha_sklearn = d_z * alpha; it scores about zero (uncentred total)

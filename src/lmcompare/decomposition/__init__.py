@@ -43,9 +43,6 @@ _API = {
     **dict.fromkeys(["decompose", "pairwise_matrix", "fit_and_score", "scored_fit", "write_fit_tables"], "fit"),
     **dict.fromkeys(["plot_pairwise", "plot_group", "draw_figures"], "figures"),
 }
-# former names, still called by tests and benchmarks
-_API.update({"ViewSpec": "units:ModelLayers", "make_view": "units:model_layers", "_fit_and_score": "fit:fit_and_score",
-             "_scored_fit": "fit:scored_fit"})
 
 __all__ = sorted(name for name in _API if not name.startswith("_"))
 __getattr__, __dir__ = lazy_exports(__name__, _API)
