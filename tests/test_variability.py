@@ -524,7 +524,13 @@ def test_workflow_selection_probe_robustness_and_figures(variability_run):
 
 
 @pytest.mark.unit
-def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path):
+def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path, monkeypatch):
+    """The rule's script itself (workflow_scripts/variability_nu.py), run with a stand-in for the snakemake object:
+    the error reaches the job's log, and no output is left."""
+    import runpy
+
+    from tests.conftest import PROJECT
+
     rng = np.random.default_rng(10)
     path = write_pooled(tmp_path / "pooled.parquet", [rng.standard_normal((12, 4)).astype(np.float32)],
                         ["same"] * 12, ["train"] * 9 + ["test"] * 3)
@@ -541,8 +547,9 @@ def test_rule_glue_logs_a_clear_message_for_a_single_class(tmp_path):
         log=[str(tmp_path / "nu.log")], params=SimpleNamespace(**NU_PARAMS),
         wildcards=Named(dataset="oneclass", model="m", pooling="mean"),
     )
+    monkeypatch.syspath_prepend(str(PROJECT / "workflow_scripts"))  # as Snakemake does for a script
     with pytest.raises(WorkflowInputError):
-        var.main(job)
+        runpy.run_path(str(PROJECT / "workflow_scripts" / "variability_nu.py"), init_globals={"snakemake": job})
     log = (tmp_path / "nu.log").read_text()
     assert "dataset 'oneclass' has 1 class(es)" in log and not (tmp_path / "nu.csv").exists()
 
