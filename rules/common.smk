@@ -42,15 +42,20 @@ def library_code(script):
     return code_digest(os.path.join(workflow.basedir, "workflow_scripts", f"{script}.py"))
 
 
+def _config_value(key):
+    """The config's value at a dotted key ("geometry.regression.models"); None where it is not set."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def selected_names(key, known, what, *, enabled=True):
     """The names a section selects with `key` (e.g. "variability.models"), one convention for every section: null
     (the default) selects every name in `known`; a list selects exactly its names (in its order, once each); a
     name not in `known`, or an empty list, is an error naming the key and the file it came from. A disabled section is not checked
     against the configured names (nothing of it runs): its unknown names are dropped."""
-    section, _, field = key.rpartition(".")
-    chosen = config
-    for part in key.split("."):
-        chosen = chosen.get(part) if isinstance(chosen, dict) else None
+    chosen = _config_value(key)
     if chosen is None:
         return list(known)
     if not chosen and enabled:
@@ -70,9 +75,7 @@ def selected_names(key, known, what, *, enabled=True):
 def selected_name(key, known, what, *, enabled=True):
     """The one name a section selects with `key` (e.g. "twotower.dataset"): null (the default) selects the first of
     `known`; a name not in `known` is an error naming the key and its file (unless the section is disabled)."""
-    chosen = config
-    for part in key.split("."):
-        chosen = chosen.get(part) if isinstance(chosen, dict) else None
+    chosen = _config_value(key)
     if chosen is None or (chosen not in known and not enabled):
         return known[0]
     if chosen not in known:

@@ -9,15 +9,18 @@ COMPRESSION = config["compression"]
 
 # ------------------------------------------------------------------------------------- selection
 def _compression_datasets():
+    """compression.datasets: every labelled dataset by default; a dataset listed must have labels."""
     chosen = selected_names("compression.datasets", DATASET_NAMES, "configured datasets",
                             enabled=COMPRESSION["enabled"])
-    for name in chosen if COMPRESSION["datasets"] is not None else []:
+    if COMPRESSION["datasets"] is None:
+        return labelled_datasets()
+    for name in chosen:
         if not DATASETS[name].get("label_column"):
             raise WorkflowInputError(
                 f"config: compression.datasets lists {name!r}, which has no label_column: the probes need labels. "
                 f"Set its label_column or remove it from compression.datasets ({where('compression.datasets')})."
             )
-    return chosen if COMPRESSION["datasets"] is not None else labelled_datasets()
+    return chosen
 
 
 COMPRESSION_MODELS = selected_names("compression.models", MODEL_NAMES, "configured models",

@@ -61,9 +61,9 @@ def _files_of(name: str) -> set[Path]:
 
 
 def _package_of(path: Path) -> list[str]:
-    relative = path.relative_to(LIBRARY).with_suffix("").parts
-    package = ["lmcompare", *relative]
-    return package if path.name == "__init__.py" and package.pop() else package[:-1]
+    """The dotted package a library file belongs to (a package's own `__init__.py` belongs to that package)."""
+    parts = ["lmcompare", *path.relative_to(LIBRARY).with_suffix("").parts]
+    return parts[:-1]
 
 
 @functools.lru_cache(maxsize=None)
