@@ -62,13 +62,13 @@ def _lmd_layers(wildcards):
     return int(target), int(basis)
 
 
-def _lmd_hidden_file(model):
-    def files(wildcards):
-        if wildcards.unit == "example":
-            return paths.pooled_path(wildcards.dataset, getattr(wildcards, model))
-        return paths.tokens_path(wildcards.dataset, getattr(wildcards, model))
+def _lmd_hidden_path(dataset, unit, model):
+    """The hidden-state file a unit reads: pooled vectors for 'example', per-token vectors otherwise."""
+    return paths.pooled_path(dataset, model) if unit == "example" else paths.tokens_path(dataset, model)
 
-    return files
+
+def _lmd_hidden_file(model_wildcard):
+    return lambda wc: _lmd_hidden_path(wc.dataset, wc.unit, getattr(wc, model_wildcard))
 
 
 def _lmd_pair_files(wildcards):
@@ -126,6 +126,8 @@ rule decomposition_moments:
 rule decomposition_fit:
     input:
         moments=_lmd_pair_files,
+        # read only when the pairs aligned different units (then the group fits use the units all models have)
+        hidden=lambda wc: [_lmd_hidden_path(wc.dataset, wc.unit, model) for model in LMD_MODELS],
     output:
         group=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/group.csv",
         pairwise=LMD_DIR + "/{dataset}/{unit}/{layers}/{mode}/{alpha}/pairwise.csv",

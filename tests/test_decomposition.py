@@ -527,7 +527,7 @@ def test_bad_config_stops_before_any_job(section, message, tiny_models, tiny_cor
 
 
 @pytest.mark.unit
-def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_path, caplog):
+def test_pairs_with_different_unit_sets_fit_the_units_all_models_have(tmp_path, caplog):
     rng = np.random.default_rng(10)
     n = 1200
     ids = np.arange(n)
@@ -544,18 +544,29 @@ def test_pairs_with_different_unit_sets_use_the_pairwise_complete_estimate(tmp_p
         moments, counts = lmd.compute_pair_moments(va, vb, "example")
         assert counts.only_a == (5 if b == "c" else 0)
         pair_paths[(a, b)] = tmp_path / f"{a}{b}.npz"
-        lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {})
-    with caplog.at_level(logging.WARNING, logger="workflow"):
-        group, pairs = lmd.decompose(pair_paths, ["a", "b", "c"], 1e-6)
-    assert "pairwise-complete" in caplog.text
-    assert not any(row["units_consistent"] for row in group)
+        lmd.save_pair_moments(pair_paths[(a, b)], va, vb, moments, {"unit": "example", "pooling": "mean"})
     f = {m: v.astype(np.float32).astype(np.float64) for m, v in values.items()}
     tr, te = (split == "train") & keep_c, (split == "test") & keep_c
+
+    def exact_group_r2(target):
+        z = np.hstack([f[m] for m in ("a", "b", "c") if m != target])
+        return direct_r2(f[target][tr], z[tr], f[target][te], z[te], 1e-6)[0]
+
+    # from the pair files alone: the pairwise-complete estimate, close here (five of 1200 units differ)
+    with caplog.at_level(logging.WARNING, logger="workflow"):
+        group, _ = lmd.decompose(pair_paths, ["a", "b", "c"], 1e-6)
+    assert "pairwise-complete" in caplog.text
     for row in group:
-        u = f[row["model"]]
-        z = np.hstack([f[m] for m in ("a", "b", "c") if m != row["model"]])
-        exact = direct_r2(u[tr], z[tr], u[te], z[te], 1e-6)[0]
-        assert abs(row["r2_test"] - exact) < 0.01  # five of 1200 units differ between the blocks
+        assert not row["units_consistent"] and row["joint_covariance"] == "pairwise_complete"
+        assert abs(row["r2_test"] - exact_group_r2(row["model"])) < 0.01
+    # with the hidden-state files: one pass on the units every model has, exact
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workflow"):
+        group, pairs = lmd.decompose(pair_paths, ["a", "b", "c"], 1e-6, hidden_files=paths)
+    assert "units every model has" in caplog.text and "pairwise-complete" not in caplog.text
+    for row in group:
+        assert not row["units_consistent"] and row["joint_covariance"] == "common_units"
+        assert relative(row["r2_test"], exact_group_r2(row["model"])) < 1e-10
         assert row["n_train"] == tr.sum() and row["n_test"] == te.sum()
     row = next(r for r in pairs if (r["model"], r["basis_model"]) == ("a", "b"))  # pairwise: exact, all units
     assert row["n_train"] + row["n_test"] == n

@@ -86,12 +86,15 @@ def scored_fit(stats: dict, alpha, grid, mode: str, what: str, min_train: int, m
 
 
 def decompose(pair_paths: dict, models: Sequence[str], alpha, mode: str = "paper",
-              min_train: int = 2, min_test: int = 2, alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID):
+              min_train: int = 2, min_test: int = 2, alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+              hidden_files: dict | None = None):
     """Group and pairwise R² of every model as target. Returns (group rows, pairwise rows) as lists of dicts.
 
     alpha: a number (fixed ridge penalty, the paper's 1e-6) or 'validation' (per fit, the alpha of `alpha_grid`
     with the best R² on the validation part of the train split when fitted on the fit part; then refitted on the
     whole train split with it and scored on the test split).
+    hidden_files: model -> its hidden-state file; when the pairs aligned different units, the group fits' joint
+    moments are computed from them on the units every model has (JointMoments).
     """
     models = list(models)
     alpha = parse_alpha(alpha)
@@ -104,13 +107,19 @@ def decompose(pair_paths: dict, models: Sequence[str], alpha, mode: str = "paper
             f"(empty = every configured model)."
         )
     splits = ALL_SPLITS if alpha == VALIDATION else SPLITS
-    joint = JointMoments(pair_paths, models, splits)
+    joint = JointMoments(pair_paths, models, splits, hidden_files)
+    pair_n = {split: sorted(set(joint.pair_n[split].values())) for split in ("train", "test")}
     fraction = next(iter(joint.validation))[0]
-    if not joint.consistent:
+    if joint.covariance == "common_units":
+        LOG.info("model pairs aligned different numbers of units (train %s, test %s): the group fits use the %d train "
+                 "/ %d test units every model has; the pairwise fits use their own pair's units",
+                 pair_n["train"], pair_n["test"], min(joint.n["train"].values()),
+                 min(joint.n["test"].values()))
+    elif joint.covariance == "pairwise_complete":
         LOG.warning(
-            "model pairs aligned different numbers of units (train %s, test %s): group fits use the pairwise-complete "
-            "estimate of the joint covariance (see docs/decomposition.md)",
-            sorted(set(joint.n["train"].values())), sorted(set(joint.n["test"].values())),
+            "model pairs aligned different numbers of units (train %s, test %s) and no hidden-state files were given: "
+            "group fits use the pairwise-complete estimate of the joint covariance, which need not be a covariance "
+            "matrix (see docs/decomposition.md)", pair_n["train"], pair_n["test"],
         )
     group_rows = []
     for target in models:
@@ -124,6 +133,7 @@ def decompose(pair_paths: dict, models: Sequence[str], alpha, mode: str = "paper
             "basis_layers": ";".join(str(joint.layers[m][-1]) for m in basis),
             "n_train": train.n, "n_test": test.n, "dims": joint.dims[target], "basis_dims": int(train.cov_zz.shape[0]),
             "alpha": scores["alpha"], "mode": mode, **scores, "units_consistent": joint.consistent,
+            "joint_covariance": joint.covariance,
         })
         LOG.info("group    %-20s <- %d models (%d dims): alpha %g, R2 train %.4f test %.4f (n %d/%d, %s, %.1f s)",
                  target, len(basis), train.cov_zz.shape[0], scores["alpha"], scores["r2_train"], scores["r2_test"],
@@ -163,15 +173,17 @@ def pairwise_matrix(pair_rows: list, models: Sequence[str], column: str = "r2_te
 
 def write_fit_tables(pairs: Sequence, moment_files: Sequence, models: Sequence[str], alpha, mode: str, *,
                      alpha_grid: Sequence[float] | None, min_train: int, min_test: int, dataset: str, unit: str,
-                     group_path, pairwise_path, matrix_path) -> None:
+                     group_path, pairwise_path, matrix_path, hidden_files: Sequence | None = None) -> None:
     """The fit rule: group and pairwise fits from the pair files (pairs[i] read from moment_files[i]), written as
-    the group, pairwise and pairwise-matrix tables. alpha: a number or 'validation' (then over alpha_grid)."""
+    the group, pairwise and pairwise-matrix tables. alpha: a number or 'validation' (then over alpha_grid).
+    hidden_files[i]: the hidden-state file of models[i] (read only when the pairs aligned different units)."""
     import pandas as pd
 
     models = list(models)
     pair_paths = {canonical_pair(a, b): path for (a, b), path in zip(pairs, moment_files)}
     grid = alpha_grid if alpha == VALIDATION else ()
-    group_rows, pair_rows = decompose(pair_paths, models, alpha, mode, min_train, min_test, grid)
+    hidden = dict(zip(models, hidden_files)) if hidden_files is not None else None
+    group_rows, pair_rows = decompose(pair_paths, models, alpha, mode, min_train, min_test, grid, hidden)
     extra = {"dataset": dataset, "unit": unit}
     group = pd.DataFrame([{**extra, **row} for row in group_rows])
     pairwise = pd.DataFrame([{**extra, **row} for row in pair_rows])

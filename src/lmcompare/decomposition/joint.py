@@ -1,16 +1,20 @@
 """The statistics a fit needs, from pair files: a pair's own (exact) statistics, and the joint covariance of all
 models assembled block by block from every pair (for the group fits)."""
 
+import logging
+import time
 from typing import Sequence
 
 import numpy as np
 
-from lmcompare.decomposition.moments import ALL_SPLITS
+from lmcompare.decomposition.moments import ALL_SPLITS, compute_joint_moments, merge_train
 from lmcompare.decomposition.pair_file import PairMoments, read_pair_header
 from lmcompare.decomposition.solvers import SplitStats
 from lmcompare.decomposition.tags import canonical_pair, model_pairs
-from lmcompare.decomposition.units import SPLITS
+from lmcompare.decomposition.units import SPLITS, ModelLayers
 from lmcompare.errors import WorkflowInputError
+
+LOG = logging.getLogger("workflow")
 
 
 def split_stats_from_pair(pair: PairMoments, target: str, basis: str, split: str) -> SplitStats:
@@ -36,7 +40,8 @@ class JointMoments:
     and their merged train).
     """
 
-    def __init__(self, pair_paths: dict, models: Sequence[str], splits: Sequence[str] = SPLITS):
+    def __init__(self, pair_paths: dict, models: Sequence[str], splits: Sequence[str] = SPLITS,
+                 hidden_files: dict | None = None):
         self.models = list(models)
         self.splits = tuple(splits)
         self.paths = {canonical_pair(a, b): path for (a, b), path in pair_paths.items()}
@@ -45,7 +50,7 @@ class JointMoments:
             raise WorkflowInputError(f"moments of model pairs {missing} are missing; re-run the workflow.")
         self.dims, self.layers, self.n = {}, {}, {split: {} for split in ALL_SPLITS}
         self.groups = {split: {} for split in ALL_SPLITS}
-        self.validation = set()
+        self.validation, self.info = set(), {}
         for pair in model_pairs(self.models):
             header = read_pair_header(self.paths[pair])
             if set(header["models"]) != set(pair):
@@ -60,12 +65,15 @@ class JointMoments:
                 self.n[split][pair] = header["n"][split]
                 self.groups[split][pair] = header["groups"][split]
             self.validation.add(header["validation"])
+            self.info = header["info"]
         if len(self.validation) > 1:
             raise WorkflowInputError(
                 f"the pair moment files of {self.models} cut the train split with different validation settings "
                 f"{sorted(self.validation)} (fraction, seed); delete results/analysis/decomposition/.../moments and re-run."
             )
         self.consistent = all(len(set(self.n[s].values())) <= 1 for s in ALL_SPLITS)
+        self.pair_n = {split: dict(self.n[split]) for split in ALL_SPLITS}  # units each pair aligned
+        self.covariance = "from_pairs" if self.consistent else "pairwise_complete"
         # column offsets of each model's layers in the joint matrix
         self.offset, total = {}, 0
         for model in self.models:
@@ -75,6 +83,13 @@ class JointMoments:
         self.mean = {split: np.zeros(total) for split in self.splits}
         self.model_n = {split: {} for split in self.splits}
         self.share = {split: {} for split in self.splits}  # per model (target layer): between-example share
+        if not self.consistent and hidden_files is not None:
+            self._from_common_units(hidden_files)
+        else:
+            self._from_pairs()
+
+    def _from_pairs(self) -> None:
+        """Assemble the joint matrices block by block from the pair files, read one at a time."""
         for pair_name in model_pairs(self.models):
             pair = PairMoments.load(self.paths[pair_name])
             a, b = pair.models
@@ -91,6 +106,35 @@ class JointMoments:
                         self.model_n[split][model] = pair.n[split]
                         self.share[split][model] = pair.between_share(model, split)
             del pair
+
+    def _from_common_units(self, hidden_files: dict) -> None:
+        """The exact joint moments of the units every model has: one streamed pass over all models' files."""
+        missing = [m for m in self.models if m not in hidden_files]
+        if missing:
+            raise WorkflowInputError(f"the joint moments on the common units need the hidden-state files of {missing}.")
+        sources = [ModelLayers(m, str(hidden_files[m]), self.layers[m], self.dims[m]) for m in self.models]
+        fraction, seed = next(iter(self.validation))
+        started = time.perf_counter()
+        parts, counts = compute_joint_moments(sources, self.info["unit"], self.info.get("pooling") or "mean",
+                                              self.info.get("chunk_tokens"), validation_fraction=fraction,
+                                              validation_seed=int(seed))
+        parts["train"] = merge_train(parts)
+        for split in ALL_SPLITS:
+            self.n[split] = dict.fromkeys(self.n[split], parts[split].n)
+            self.groups[split] = dict.fromkeys(self.groups[split], parts[split].groups)
+        for split in self.splits:
+            part = parts[split]
+            self.cov[split] = part.comoment / part.n if part.n else np.full(part.comoment.shape, np.nan)
+            self.mean[split] = part.mean
+            for model in self.models:
+                columns = self.columns_of(model, "target")
+                total = float(np.trace(part.comoment[np.ix_(columns, columns)]))
+                self.model_n[split][model] = part.n
+                self.share[split][model] = float(part.between[columns].sum()) / total if total > 0 else float("nan")
+        self.covariance = "common_units"
+        LOG.info("joint moments of %d models on the units all of them have: %d train and %d test units (%s dropped "
+                 "per join step); %.1f s", len(self.models), parts["train"].n, parts["test"].n,
+                 ", ".join(str(c.only_a + c.only_b) for c in counts), time.perf_counter() - started)
 
     def _block(self, model: str) -> slice:
         """Joint-matrix slice of all of a model's layers."""

@@ -7,6 +7,7 @@ valid parts (validation_split); `merge_train` gives the whole train split exactl
 """
 
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -31,7 +32,7 @@ class Moments:
     n: int = 0
     mean: np.ndarray = field(default=None)
     comoment: np.ndarray = field(default=None)
-    # set by compute_pair_moments (see BetweenExamples); `merge` leaves them alone, merge_train combines them
+    # set by compute_joint_moments (see BetweenExamples); `merge` leaves them alone, merge_train combines them
     groups: int = 0
     between: np.ndarray = field(default=None)
 
@@ -160,13 +161,33 @@ def compute_pair_moments(a: ModelLayers, b: ModelLayers, unit: str, pooling: str
     `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split,
     and per split the examples' count and between-example sums of squares (moments[split].groups /
     .between, see BetweenExamples). `merge_train` gives the whole train split."""
-    dim = a.hidden_size * len(a.layers) + b.hidden_size * len(b.layers)
+    moments, counts = compute_joint_moments([a, b], unit, pooling, chunk_tokens, block_rows, validation_fraction,
+                                            validation_seed)
+    return moments, counts[0]
+
+
+def _joined(stream: Iterable) -> Iterator:
+    """An aligned stream of (keys, codes, rows of a, rows of b) as a unit stream of (keys, codes, [a, b])."""
+    for keys, codes, rows_a, rows_b in stream:
+        yield keys, codes, np.hstack([rows_a, rows_b])
+
+
+def compute_joint_moments(sources: Sequence[ModelLayers], unit: str, pooling: str = "mean",
+                          chunk_tokens: int | None = None, block_rows: int = 8192, validation_fraction: float = 0.2,
+                          validation_seed: int = 0) -> tuple[dict, list]:
+    """compute_pair_moments for any number of models: one streamed pass over every model's file, joined on the
+    units all of them have, moments of the concatenation of their layers (in `sources` order). Returns the
+    moments per stored split and, per join step k (model k+1 joined to models 0..k), its AlignmentCounts."""
+    dim = sum(source.hidden_size * len(source.layers) for source in sources)
     moments = {split: Moments(dim) for split in STORED_SPLITS}
     between = {split: BetweenExamples(dim) for split in STORED_SPLITS}
-    counts = AlignmentCounts()
     streams = [mark_validation(iter_units(source, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed)
-               for source in (a, b)]
-    stream = align_streams(*streams, counts, (a.model, b.model), with_keys=True)
+               for source in sources]
+    stream, all_counts = streams[0], []
+    for k, (source, following) in enumerate(zip(sources[1:], streams[1:]), start=1):
+        all_counts.append(AlignmentCounts())
+        names = (" + ".join(s.model for s in sources[:k]), source.model)
+        stream = _joined(align_streams(stream, following, all_counts[-1], names, with_keys=True))
     # Small row groups are gathered into blocks of about `block_rows` before the rank-k update (BLAS is
     # faster on big blocks); memory stays bounded by the block, not by the corpus.
     pending = {split: [] for split in STORED_SPLITS}
@@ -178,8 +199,7 @@ def compute_pair_moments(a: ModelLayers, b: ModelLayers, unit: str, pooling: str
             moments[split].update(np.vstack(pending[split]))
             pending[split], pending_rows[split] = [], 0
 
-    for keys, codes, rows_a, rows_b in stream:
-        rows = np.hstack([rows_a, rows_b])
+    for keys, codes, rows in stream:
         examples = unit_example_ids(keys, unit)
         for split, code in code_of.items():
             mask = codes == code
@@ -194,7 +214,7 @@ def compute_pair_moments(a: ModelLayers, b: ModelLayers, unit: str, pooling: str
         between[split].finish()
         moments[split].groups = between[split].groups
         moments[split].between = between[split].between
-    return moments, counts
+    return moments, all_counts
 
 
 def merge_train(moments: dict) -> Moments:

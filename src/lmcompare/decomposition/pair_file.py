@@ -6,6 +6,7 @@ a model only adds the pairs that involve it. Besides count, mean and co-moment, 
 of examples the units come from and the between-example sum of squares, for the effective sample size.
 """
 
+import ast
 import logging
 import time
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ def read_pair_header(path) -> dict:
             groups["train"] = groups["fit"] + groups["valid"]
             return {"models": tuple(str(m) for m in data["models"]), "dims": tuple(int(d) for d in data["dims"]),
                     "layers": (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"])),
-                    "n": n, "groups": groups, "validation": tuple(float(v) for v in data["validation"])}
+                    "n": n, "groups": groups, "validation": tuple(float(v) for v in data["validation"]),
+                    "info": ast.literal_eval(str(data["info"]))}
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowInputError(f"{path} is not a readable moments file ({err}); delete it and re-run.") from err
 
