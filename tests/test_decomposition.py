@@ -493,7 +493,22 @@ def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, 
         assert "as the LMD release does" in log and "raise extraction.max_length" not in log
     group = pd.read_csv(workdir / f"{LMD_OUT}/chunks16/chunk/t-1_b-1/paper/alpha-1e-06/group.csv")
     assert set(group["model"]) == {"tiny-bert", "tiny-roberta"}
-    assert group["r2_train"].notna().all() and (group["n_test"] > 0).all()
+    # the group R² recomputed from the token files: a chunk's unit is the sum of all T = 16 token vectors the model
+    # read (special tokens included) over T, the fit the literal formula (direct_r2)
+    chunk_units = {}
+    for model, layer in (("tiny-bert", 2), ("tiny-roberta", 3)):
+        frame, vecs = token_frame(workdir, "chunks16", model, layer)
+        chunk_units[model] = pd.DataFrame(vecs).groupby(frame["example_id"].to_numpy()).sum() / 16
+        chunk_units[model + "_split"] = frame.groupby("example_id")["split"].first()
+    split = chunk_units["tiny-bert_split"].loc[chunk_units["tiny-bert"].index].to_numpy()
+    assert (chunk_units["tiny-bert"].index == chunk_units["tiny-roberta"].index).all()
+    for target, basis in (("tiny-bert", "tiny-roberta"), ("tiny-roberta", "tiny-bert")):
+        u, z = chunk_units[target].to_numpy(), chunk_units[basis].to_numpy()
+        tr, te = split == "train", split == "test"
+        row = group.set_index("model").loc[target]
+        assert (row["n_train"], row["n_test"]) == (tr.sum(), te.sum())
+        for column, (fit_u, fit_z) in (("r2_test", (u[te], z[te])), ("r2_train", (u[tr], z[tr]))):
+            assert relative(row[column], direct_r2(u[tr], z[tr], fit_u, fit_z, 1e-6)[0]) < 1e-6, (target, column)
     assert (group["n_train_examples"] == group["n_train"]).all()  # one unit per chunk
     assert group["between_example_share"].between(0.999999, 1.000001).all()  # one unit per example: all between
     assert not any("/toy/chunk/" in str(p) for p in (workdir / LMD_OUT).rglob("*"))  # chunks datasets only
@@ -586,6 +601,16 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
     assert jobs and all("/alpha-validation/" in out for _, out in jobs), jobs
+    # a second mode fits into its own folder: only its fits and figures, the pair files and paper tables stay
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"modes": ["paper", "uncentred"]}))
+    jobs = pending_jobs(scratch)
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
+    assert len(jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for _, out in jobs), jobs  # units x alphas
+    # another model order: the fits (the order of the basis columns and of the tables) but no pair file
+    write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("roberta", "bert")))
+    jobs = pending_jobs(scratch)
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
+    assert len(jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for _, out in jobs), jobs
 
 
 @pytest.mark.unit
