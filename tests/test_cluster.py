@@ -1,7 +1,7 @@
 """Cluster scheduling on a real single-node SLURM cluster.
 
-A session fixture brings up munged, slurmctld and slurmd through .ci/slurm/start.sh (one partition, this machine
-as its only node, one fake GPU as GRES `gpu:fake:1`) and stops them by their pid files afterwards. The workflow
+A session fixture brings up munged, slurmctld and slurmd through .ci/slurm/start.sh (partitions debug and gpu over
+this machine as its only node, one fake GPU as GRES `gpu:fake:1`) and stops them by their pid files afterwards. The workflow
 then runs through `--workflow-profile profiles/slurm`, and what SLURM recorded for every job (`scontrol show job`:
 comment = rule and wildcards, TresPerJob, memory, time limit, CPUs) is checked against what the rule declared.
 
@@ -205,8 +205,10 @@ def minutes(value: str) -> int:
     return (int(days) if days else 0) * 1440 + hours * 60 + mins + (1 if secs else 0)
 
 
-def check_submissions(run: Run, *, gpu_rules: set[str], gpu_model: str | None = None) -> list[str]:
-    """Every submitted job asked SLURM for what its rule declared; returns the rules seen."""
+def check_submissions(run: Run, *, gpu_rules: set[str], gpu_model: str | None = None, partitions: dict | None = None,
+                      account: str | None = None) -> list[str]:
+    """Every submitted job asked SLURM for what its rule declared (and a site profile's partition per rule, default
+    'debug', and account); returns the rules seen."""
     assert run.returncode == 0, run.output[-6000:]
     submitted = [job for job in run.jobs.values() if "slurm_id" in job]
     assert submitted, f"no job was submitted to SLURM:\n{run.output[-6000:]}"
@@ -216,7 +218,9 @@ def check_submissions(run: Run, *, gpu_rules: set[str], gpu_model: str | None = 
         what = f"rule {rule} {job['wildcards']} (SLURM job {job['slurm_id']}): {info}"
         assert info["JobState"] == "COMPLETED", what
         assert info["Comment"].startswith(f"rule_{rule}"), what
-        assert info["Partition"] == "debug", what
+        assert info["Partition"] == (partitions or {}).get(rule, "debug"), what
+        if account:
+            assert info["Account"] == account, what
         assert mem_mb(info["MinMemoryNode"]) == int(resources["mem_mb"]), what
         assert minutes(info["TimeLimit"]) == int(resources["runtime"]), what
         assert int(info["NumCPUs"]) == job["threads"], what
@@ -425,6 +429,15 @@ def run_project(workdir: Path, config: dict, env: dict, *args: str, timeout: int
                          workdir=workdir, env=dict(env, PYTHONHASHSEED="0"), timeout=timeout)
 
 
+# The CI cluster's second partition `gpu` (.ci/slurm/start.sh); no accounting, so any account name is accepted.
+CLUSTER_SITE_PROFILE = """
+default-resources:
+  slurm_account: myproject
+set-resources:
+  extract_hidden_states: {slurm_partition: gpu}
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
     """The same workflow run locally (profiles/local) and on SLURM: first tiny-bert with its fine-tuned copy,
@@ -441,9 +454,14 @@ def cluster_runs(slurm_cluster, tiny_models, tiny_corpus, tmp_path_factory):
         # five rounds of jobs (dataset and model; fine-tuning, extraction, corpus; extraction of the fine-tuned
         # model, training, compression; compression, measuring; the cross-model tables and preference)
         first = run_project(base / "slurm", one, slurm_cluster, "--", *cluster_targets(one), timeout=FIRST_TIMEOUT_S)
-        # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself).
+        # The second run adds a model and names a GPU model (a resource: it must not rerun anything by itself),
+        # through a site profile (--profile, docs/cluster.md) that also sets an account and the GPU rules' partition.
         two_typed = dict(two, resources=dict(two["resources"], gpu_model="fake"))
-        second = run_project(base / "slurm", two_typed, slurm_cluster, "--", *cluster_targets(two_typed))
+        site = base / "site-profile"
+        site.mkdir()
+        (site / "config.yaml").write_text(CLUSTER_SITE_PROFILE)
+        second = run_project(base / "slurm", two_typed, slurm_cluster, "--profile", str(site), "--",
+                             *cluster_targets(two_typed))
         again = run_project(base / "slurm", two_typed, slurm_cluster, "--", *cluster_targets(two_typed))
         local = local.result()
     return {"base": base, "local": local, "first": first, "second": second, "again": again, "config": two_typed}
@@ -458,7 +476,9 @@ def test_gpu_rules_are_submitted_with_a_gpu_and_the_others_without(cluster_runs)
     # every rule that declares a GPU was submitted, with its gpu request (check_submissions)
     assert GPU_RULES <= set(rules), GPU_RULES - set(rules)
     # A named GPU model becomes --gpus=<model>:1 (TresPerJob gres:gpu:fake:1).
-    check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake")
+    # A site profile's account and partitions reach the jobs (`scontrol show job`: Account, Partition).
+    check_submissions(cluster_runs["second"], gpu_rules=GPU_RULES, gpu_model="fake",
+                      partitions={"extract_hidden_states": "gpu"}, account="myproject")
     # SLURM's job logs go under results/logs/slurm/rule_<rule>/<wildcards>/ and are removed once a job succeeded.
     slurm_logs = cluster_runs["base"] / "slurm" / "results" / "logs" / "slurm"
     for job in (job for job in first.jobs.values() if "slurm_id" in job):

@@ -521,7 +521,13 @@ def test_workflow_measures_scores_regression_and_figures(geometry_run):
     wide = measures.pivot_table(index="measure", columns="model", values="value")
     np.testing.assert_allclose(wide["tiny-bert-a0"], wide["tiny-bert"], rtol=1e-6)
     scores = pd.read_csv(out / "scores.csv")
-    assert sorted(scores["model"]) == sorted(models) and scores["score"].between(0, 1).all()
+    assert sorted(scores["model"]) == sorted(models)
+    # each score is the cross-validated shared probe (against scikit-learn in test_geometry_stats.py) on the model's
+    # last-layer mean-pooled vectors of every labelled example, as the public reader gives them
+    for row in scores.itertuples():
+        data = hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", row.model)).labelled_layer(-1, "mean")
+        expected = g.cv_probe_accuracy(data.x, data.y, folds=5, seed=0)
+        assert row.score == expected["score"] and row.n_test == expected["n"] == len(data.y), row
     assert scores.set_index("model").loc["tiny-bert-a0", "score"] == scores.set_index("model").loc["tiny-bert", "score"]
     # probe accuracies on 21 test examples can tie (they differ by one example or not at all, depending on the
     # CPU's float rounding), so the file is checked against the fit recomputed from the two tables; the fits

@@ -501,7 +501,13 @@ def test_workflow_selection_probe_robustness_and_figures(variability_run):
         undefined = ok.sum() < 3 or group["accuracy"][ok].nunique() < 2  # Spearman reported as NaN
         rho = np.nan if undefined else spearmanr(group["nu"][ok], group["accuracy"][ok]).statistic
         np.testing.assert_allclose(selection.loc[model, "spearman_rho"], rho, equal_nan=True)
-        assert group["accuracy"].between(0, 1).all() and (group["ci_low"] <= group["accuracy"]).all()
+        # each layer's accuracy is the shared probe's (tested against scikit-learn in test_probe.py) on that layer's
+        # vectors as the public reader gives them: the right file, layer, pooling and splits
+        states = hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", model))
+        for row in group.itertuples():
+            probe = linear_probe(*states.labelled_layer(int(row.layer), "mean").train_test(), seed=0)
+            assert row.accuracy == probe.accuracy and row.n_test == probe.n_test, row  # the table keeps 10 digits
+            assert (row.ci_low, row.ci_high) == pytest.approx((probe.ci_low, probe.ci_high), rel=1e-9), row
         assert selection.loc[model, "accuracy_best"] == pytest.approx(group["accuracy"].max())
     assert len(robustness) == 6
     full = robustness[robustness["subset"] == "full"]

@@ -103,6 +103,7 @@ SlurmdDebug=info
 GresTypes=gpu
 NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:fake:1 State=UNKNOWN
 PartitionName=debug Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=$NODE_NAME Default=NO MaxTime=INFINITE State=UP
 CONF
 cat >"$CONF_DIR/gres.conf" <<CONF
 AutoDetect=off
