@@ -1,6 +1,7 @@
 """A researcher's own run: a config file with only `models` and `datasets` (two tiny local models, a local CSV with
 three classes), passed with --configfile; the start-up checks of local sources; example_id kept through drops;
 the stratified split; one colour per model across figures."""
+import os
 import random
 import re
 import subprocess
@@ -48,9 +49,12 @@ def own_config(models: dict, csv: Path) -> dict:
 
 
 def snakemake(workdir: Path, configfiles, *extra, check=True):
+    """The README's command line (`--cores 2 --workflow-profile profiles/local`, default threads per job, the
+    environment as it is: no PYTHONHASHSEED) with the user's config files."""
     command = [SNAKEMAKE, "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-               "--configfile", *map(str, configfiles), *extra]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=2400)
+               "--workflow-profile", str(PROJECT / "profiles/local"), "--configfile", *map(str, configfiles), *extra]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONHASHSEED"}
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=2400, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
     return result
@@ -99,6 +103,32 @@ def test_own_config_runs_every_analysis_and_the_report(own_run):
     assert sorted(selection["model"]) == ["bert-a", "roberta-b"]
     html = (results / "report.html")
     assert html.exists() and html.stat().st_size > 10_000
+
+
+@pytest.mark.workflow
+def test_a_second_run_as_a_user_runs_it_gives_byte_identical_files(own_files, own_run):
+    """Determinism as a user runs the workflow: the same command line from scratch in another folder; every analysis
+    (decomposition, variability, compression, geometry with FAISS k-means and quantizer training on two OpenMP
+    threads, two-tower training on two torch threads), the dataset and the hidden states byte for byte. The one
+    exception: the two-tower histories' `elapsed_s` column (wall time), compared with that column left out; the
+    tolerance documented in docs/reliability.md is zero otherwise."""
+    root, _ = own_files
+    first = own_run[0]
+    second = root / "second"
+    second.mkdir()
+    snakemake(second, [root / "my.yaml", root / "budget.yaml"])
+    tables = sorted(p.relative_to(first).as_posix() for p in (first / "results/analysis").rglob("*.csv"))
+    assert {Path(t).parts[2] for t in tables} == {"decomposition", "variability", "compression", "geometry", "twotower"}
+    assert len(tables) == 33, tables  # decomposition 3, variability 7, compression 10, geometry 7, two-tower 6
+    hidden = [paths.pooled_path("mine", m) for m in ("bert-a", "roberta-b")]
+    hidden += [paths.tokens_path("mine", m) for m in ("bert-a", "roberta-b")]
+    timed = [t for t in tables if t.endswith("history.csv")]
+    differ = [relative for relative in (paths.dataset_path("mine"), *hidden, *tables) if relative not in timed
+              and (first / relative).read_bytes() != (second / relative).read_bytes()]
+    assert not differ, f"not byte-identical between two runs: {differ}"
+    for relative in timed:
+        a, b = (pd.read_csv(run / relative) for run in (first, second))
+        assert "elapsed_s" in a and a.drop(columns="elapsed_s").equals(b.drop(columns="elapsed_s")), relative
 
 
 @pytest.mark.workflow

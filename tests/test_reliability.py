@@ -1,4 +1,4 @@
-"""Faults injected on purpose: killed jobs, corrupt and foreign files (determinism: tests/test_determinism.py)."""
+"""Faults injected on purpose: killed jobs, corrupt and foreign files (determinism: tests/test_own_run.py)."""
 import os
 import shutil
 import signal
