@@ -75,7 +75,7 @@ CASES = [
 ]
 
 # Analysis sections, in the order the Snakefile includes their rule files (each validates its own section).
-SECTIONS = ("decomposition", "variability", "compression", "geometry", "twotower", "figures")
+SECTIONS = ("decomposition", "similarity", "variability", "compression", "geometry", "twotower", "figures")
 
 
 def bad_config(mutation) -> dict:
