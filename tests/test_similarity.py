@@ -158,8 +158,11 @@ def test_every_measure_from_a_pair_file_matches_the_direct_computation(tmp_path)
         cut = {"svcca": 0.9, "cca_mean": TOLERANCE, "cca_mean_squared": TOLERANCE, "pwcca": TOLERANCE}
         assert row.cut == cut[row.measure] if row.measure in cut else np.isnan(row.cut)
     assert 0 < table.set_index("measure").loc["svcca", "kept_a"] < 5  # the 90 % cut dropped a direction
-    # the statistics through the pair file are those of the materialised rows
-    stats = sim.PairStatistics.from_pair(lmd.PairMoments.load(tmp_path / "pair.npz"), "my", "mx")
+    # the statistics through the pair file are those of the materialised rows; the pair's splits stay as they were
+    pair = lmd.PairMoments.load(tmp_path / "pair.npz")
+    train = pair.comoment["train"].copy()
+    stats = sim.PairStatistics.from_pair(pair, "my", "mx")
+    assert np.array_equal(pair.comoment["train"], train) and pair.all_units().n == n
     direct = sim.PairStatistics.from_rows(f32(y), f32(x))
     for name in ("sxx", "syy", "sxy", "norm4_x", "norm4_y", "norm_xy"):
         assert np.allclose(getattr(stats, name), getattr(direct, name), rtol=1e-10, atol=0), name

@@ -119,10 +119,11 @@ class PairMoments:
                    {s: parts[s].norm_products for s in ALL_SPLITS}, {s: parts[s].norm_weighted for s in ALL_SPLITS})
 
     def split_moments(self, split: str) -> Moments:
-        """One split's statistics as a Moments (count, mean, co-moment, examples, norm statistics)."""
+        """One split's statistics as a Moments (count, mean, co-moment, examples, norm statistics), a copy: merging
+        into it leaves this PairMoments alone."""
         return Moments(self.comoment[split].shape[0], self.n[split], self.mean[split], self.comoment[split],
                        self.groups[split], self.between[split], self.blocks, self.norm_products[split],
-                       self.norm_weighted[split])
+                       self.norm_weighted[split]).copy()
 
     def all_units(self) -> Moments:
         """Every unit of the pair, train and test split merged exactly (Chan et al.; norm statistics included).

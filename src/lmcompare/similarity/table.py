@@ -55,10 +55,13 @@ def measure_pair(stats: PairStatistics, measures: Sequence[str] = MEASURES,
         elif measure == "svcca":
             value, *kept = svcca(stats.sxx, stats.syy, stats.sxy, svcca_variance, rank_tolerance)
             cut = svcca_variance
-        else:
-            value = {"cca_mean": lambda: float(cca.rho.mean()),
-                     "cca_mean_squared": lambda: float(np.mean(cca.rho ** 2)),
-                     "pwcca": lambda: pwcca(cca)}[measure]()
+        else:  # the rank-cut measures, from one CCA
+            if measure == "cca_mean":
+                value = float(cca.rho.mean())
+            elif measure == "cca_mean_squared":
+                value = float(np.mean(cca.rho ** 2))
+            else:
+                value = pwcca(cca)
             kept, cut = (cca.kept_x, cca.kept_y), rank_tolerance
         rows.append({"measure": measure, "value": value, "kept_a": int(kept[0]), "kept_b": int(kept[1]), "cut": cut})
     return rows
@@ -87,9 +90,9 @@ def similarity_table(pair_paths: dict, models: Sequence[str], measures: Sequence
         stats = PairStatistics.from_pair(pair, a, b)
         layers = (pair.layers[pair.models.index(a)][0], pair.layers[pair.models.index(b)][0])
         measured = measure_pair(stats, measures, svcca_variance, rank_tolerance)
-        rows += [{"model_a": a, "model_b": b, **{"measure": row.pop("measure"), "value": row.pop("value")},
-                  "n_units": stats.n, "dims_a": stats.dims[0], "dims_b": stats.dims[1], "layer_a": layers[0],
-                  "layer_b": layers[1], **row} for row in measured]
+        rows += [{"model_a": a, "model_b": b, "measure": row["measure"], "value": row["value"], "n_units": stats.n,
+                  "dims_a": stats.dims[0], "dims_b": stats.dims[1], "layer_a": layers[0], "layer_b": layers[1],
+                  "kept_a": row["kept_a"], "kept_b": row["kept_b"], "cut": row["cut"]} for row in measured]
         LOG.info("%s (layer %d, %d dims) ~ %s (layer %d, %d dims) on %d units: %s (%.2f s)", a, layers[0],
                  stats.dims[0], b, layers[1], stats.dims[1], stats.n,
                  ", ".join(f"{row['measure']} {row['value']:.4f}" for row in rows[-len(measured):]),
