@@ -24,7 +24,7 @@ _API = {
                      "DEFAULT_CCA_RANK_TOLERANCE"], "tags"),
     "PairStatistics": "statistics",
     **dict.fromkeys(["linear_cka", "debiased_cka", "unbiased_hsic_scaled"], "cka"),
-    **dict.fromkeys(["CanonicalCorrelations", "canonical_correlations", "retained_directions", "pwcca",
+    **dict.fromkeys(["CanonicalCorrelations", "spectrum", "canonical_correlations", "retained_directions", "pwcca",
                      "principal_projection", "svcca"], "cca"),
     "procrustes_similarity": "procrustes",
     **dict.fromkeys(["check_measures", "measure_pair", "similarity_table", "write_similarity"], "table"),

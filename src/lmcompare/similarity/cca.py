@@ -37,10 +37,16 @@ class CanonicalCorrelations:
     loadings_y: np.ndarray  # (d_y, k)
 
 
-def retained_directions(s: np.ndarray, rank_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (largest first) and eigenvectors of a co-moment above rank_tolerance x the largest."""
+def spectrum(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (largest first) and eigenvectors of a symmetric co-moment; computed once per side by
+    table.measure_pair and shared by the CCA measures and SVCCA (the `spectra` arguments)."""
     values, vectors = np.linalg.eigh(s)
-    values, vectors = values[::-1], vectors[:, ::-1]
+    return values[::-1], vectors[:, ::-1]
+
+
+def retained_directions(eigen: tuple[np.ndarray, np.ndarray], rank_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The eigenvalues and eigenvectors of a spectrum above rank_tolerance x the largest."""
+    values, vectors = eigen
     if not values.size or values[0] <= 0:
         raise ValueError("a representation is constant over the units (zero co-moment): no canonical correlations")
     keep = values > rank_tolerance * values[0]
@@ -48,10 +54,12 @@ def retained_directions(s: np.ndarray, rank_tolerance: float) -> tuple[np.ndarra
 
 
 def canonical_correlations(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
-                           rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE) -> CanonicalCorrelations:
-    """Canonical correlations of centred X and Y from their co-moment blocks, with the rank cut (module docstring)."""
-    lx, vx = retained_directions(sxx, rank_tolerance)
-    ly, vy = retained_directions(syy, rank_tolerance)
+                           rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE, spectra=None) -> CanonicalCorrelations:
+    """Canonical correlations of centred X and Y from their co-moment blocks, with the rank cut (module docstring);
+    spectra: (spectrum(sxx), spectrum(syy)) when already computed."""
+    spectra = spectra or (spectrum(sxx), spectrum(syy))
+    lx, vx = retained_directions(spectra[0], rank_tolerance)
+    ly, vy = retained_directions(spectra[1], rank_tolerance)
     m = (vx / np.sqrt(lx)).T @ sxy @ (vy / np.sqrt(ly))
     u, rho, vt = np.linalg.svd(m, full_matrices=False)
     return CanonicalCorrelations(rho, lx.size, ly.size, (vx * np.sqrt(lx)) @ u, (vy * np.sqrt(ly)) @ vt.T)
@@ -64,15 +72,15 @@ def pwcca(cca: CanonicalCorrelations) -> float:
     return float(weights @ cca.rho / weights.sum())
 
 
-def principal_projection(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, variance: float = DEFAULT_SVCCA_VARIANCE):
+def principal_projection(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, variance: float = DEFAULT_SVCCA_VARIANCE,
+                         spectra=None):
     """The co-moment blocks of both sides projected on their top principal directions explaining at least
     `variance` of the trace: (Sxx', Syy', Sxy', kept_x, kept_y)."""
     if not 0 < variance <= 1:
         raise ValueError(f"the SVCCA variance fraction must lie in (0, 1], got {variance}")
     projected = []
-    for s in (sxx, syy):
-        values, vectors = np.linalg.eigh(s)
-        values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    for values, vectors in spectra or (spectrum(sxx), spectrum(syy)):
+        values = np.clip(values, 0, None)
         share = np.cumsum(values) / values.sum()
         kept = min(int(np.searchsorted(share, variance * (1 - 1e-12))) + 1, values.size)
         projected.append((values[:kept], vectors[:, :kept]))
@@ -81,9 +89,9 @@ def principal_projection(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, vari
 
 
 def svcca(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, variance: float = DEFAULT_SVCCA_VARIANCE,
-          rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE) -> tuple[float, int, int]:
+          rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE, spectra=None) -> tuple[float, int, int]:
     """Mean canonical correlation of the top principal directions explaining `variance` of each side; with the
     numbers of directions kept."""
-    px, py, pxy, kept_x, kept_y = principal_projection(sxx, syy, sxy, variance)
+    px, py, pxy, kept_x, kept_y = principal_projection(sxx, syy, sxy, variance, spectra)
     cca = canonical_correlations(px, py, pxy, rank_tolerance)
     return float(cca.rho.mean()), kept_x, kept_y

@@ -17,7 +17,7 @@ from lmcompare import files
 from lmcompare.decomposition.pair_file import PairMoments
 from lmcompare.decomposition.tags import canonical_pair
 from lmcompare.errors import WorkflowInputError
-from lmcompare.similarity.cca import canonical_correlations, pwcca, svcca
+from lmcompare.similarity.cca import canonical_correlations, pwcca, spectrum, svcca
 from lmcompare.similarity.cka import debiased_cka, linear_cka
 from lmcompare.similarity.procrustes import procrustes_similarity
 from lmcompare.similarity.statistics import PairStatistics
@@ -41,7 +41,9 @@ def measure_pair(stats: PairStatistics, measures: Sequence[str] = MEASURES,
     """The measures of one pair: a dict per measure with measure, value, kept_a, kept_b and cut."""
     measures = check_measures(measures)
     dx, dy = stats.dims
-    cca = canonical_correlations(stats.sxx, stats.syy, stats.sxy, rank_tolerance) \
+    # each side's eigendecomposition, once for the CCA measures and SVCCA
+    spectra = (spectrum(stats.sxx), spectrum(stats.syy)) if set(measures) & {*RANK_CUT_MEASURES, "svcca"} else None
+    cca = canonical_correlations(stats.sxx, stats.syy, stats.sxy, rank_tolerance, spectra) \
         if set(measures) & set(RANK_CUT_MEASURES) else None
     rows = []
     for measure in measures:
@@ -53,7 +55,7 @@ def measure_pair(stats: PairStatistics, measures: Sequence[str] = MEASURES,
         elif measure == "procrustes":
             value = procrustes_similarity(stats.sxx, stats.syy, stats.sxy)
         elif measure == "svcca":
-            value, *kept = svcca(stats.sxx, stats.syy, stats.sxy, svcca_variance, rank_tolerance)
+            value, *kept = svcca(stats.sxx, stats.syy, stats.sxy, svcca_variance, rank_tolerance, spectra)
             cut = svcca_variance
         else:  # the rank-cut measures, from one CCA
             if measure == "cca_mean":
