@@ -21,6 +21,8 @@ def auto_enabled(key, section):
     """`enabled: null`: on when what the stage needs is configured (the schema descriptions say what)."""
     if key == "decomposition":
         return len(section.get("models") or MODEL_NAMES) >= 2
+    if key == "similarity":
+        return config["decomposition"]["enabled"]
     if key in ("variability", "compression"):
         return bool(labelled_datasets())
     if key == "geometry":
@@ -145,7 +147,7 @@ def model_weights_mb(model):
 # DAG is built, after every file has been read, so no result depends on the order of the include lines.
 def analysis_targets():
     """What the enabled stages build: hidden states and every analysis's tables and figures."""
-    return (extraction_targets() + decomposition_targets() + variability_targets() + compression_targets()
+    return (extraction_targets() + decomposition_targets() + similarity_targets() + variability_targets() + compression_targets()
             + geometry_targets() + twotower_targets())
 
 

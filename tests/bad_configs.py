@@ -72,10 +72,14 @@ CASES = [
     ("no models at all", _set(["models"], []), r"\[\] should be non-empty"),
     ("unknown model in a compression pair", _set(["compression"], {"pairs": [{"pretrained": "nope", "finetuned": "b"}]}),
      r"compression.pairs\[0\]: pretrained model 'nope' is not a configured model name"),
+    ("unknown similarity measure", _set(["similarity"], {"measures": ["cka", "nope"]}), r"'nope' is not one of"),
+    ("similarity without the decomposition whose pair files it reads",
+     lambda c: c.update(decomposition={"enabled": False}, similarity={"enabled": True}),
+     r"similarity.enabled is true but decomposition.enabled is false"),
 ]
 
 # Analysis sections, in the order the Snakefile includes their rule files (each validates its own section).
-SECTIONS = ("decomposition", "variability", "compression", "geometry", "twotower", "figures")
+SECTIONS = ("decomposition", "similarity", "variability", "compression", "geometry", "twotower", "figures")
 
 
 def bad_config(mutation) -> dict:

@@ -8,6 +8,9 @@ workdir, and a helper that runs the workflow on a config in a temporary folder.
   materialised, the toy dataset prepared, their hidden states extracted, no analysis). Never run in it: copy it
   with `copy_workdir(extracted_workdir, target)` and run there; Snakemake sees what it holds as up to date when
   the copy's config keeps the models, the dataset and the extraction settings.
+- `lmd_run`: (workdir, config) of a finished decomposition and similarity run (`lmd_config`: tiny-bert and
+  tiny-roberta, example and word units) on a copy of `extracted_workdir`, built once per test run: read it or copy
+  it (`copy_run`), never run in it.
 - `run_workflow(workdir, config, *targets, extra=[...])`: runs Snakemake with that config in `workdir`.
 
 The three session fixtures are built once per test run, not once per xdist worker: in a folder the workers
@@ -209,7 +212,7 @@ def copy_workdir(source, target) -> Path:
     return target
 
 
-ANALYSES = ("decomposition", "variability", "compression", "geometry", "twotower")
+ANALYSES = ("decomposition", "similarity", "variability", "compression", "geometry", "twotower")
 
 
 def tiny_config(tiny_models, tiny_corpus, models=("bert", "roberta"), **sections) -> dict:
@@ -246,6 +249,43 @@ TINY_SECTIONS = {
                  "control_permutations": 20, "device": "cpu",
                  "head": {"steps": 20, "batch_size": 4, "learning_rate": 3e-3}},
 }
+
+
+# The decomposition's (and the similarity measures') tiny run, shared by tests/test_decomposition.py and
+# tests/test_similarity.py.
+LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
+               "min_train_units": 5, "min_test_units": 5}
+CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
+
+
+def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=False, section=None, similarity=None):
+    """The decomposition (LMD_SECTION updated with `section`) and the similarity measures (their defaults updated
+    with `similarity`) on the tiny models; the summary figure (another stage) left out of these runs."""
+    config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})},
+                         similarity={"enabled": True, **(similarity or {})}, figures={"enabled": False})
+    if chunks:
+        config["datasets"].append(dict(CHUNKS))
+    return config
+
+
+@pytest.fixture(scope="session")
+def lmd_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
+    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units, decomposition and
+    similarity (on a copy of the session's extracted workdir), built once per test run: read or copy, never run in it."""
+    config = lmd_config(tiny_models, tiny_corpus)
+
+    def build(folder):
+        copy_workdir(extracted_workdir, folder)
+        run_workflow(folder, config)
+
+    return built_once(tmp_path_factory, "lmd", build), config
+
+
+def copy_run(workdir, target) -> Path:
+    """A copy of a finished run without its config.yaml (the test writes its own)."""
+    shutil.copytree(workdir, target, symlinks=True)
+    (Path(target) / "config.yaml").unlink()
+    return Path(target)
 
 
 def run_workflow(workdir, config: dict | None, *targets, extra=(), check=True, timeout=900, env=None):

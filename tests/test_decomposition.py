@@ -311,46 +311,16 @@ def test_bad_inputs_name_the_model_and_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------------- workflow, end to end
-from tests.conftest import copy_workdir, pending_jobs, run_workflow, tiny_config  # noqa: E402
+from tests.conftest import CHUNKS, copy_run, pending_jobs, run_workflow, lmd_config  # noqa: E402
 
-LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
-               "min_train_units": 5, "min_test_units": 5}
 ALPHAS = ("alpha-1e-06", "alpha-validation")
-CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
 LMD_OUT = "results/analysis/decomposition"
-
-
-def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=False, section=None):
-    # this stage alone: the summary figure (another stage) is left out of these runs
-    config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})},
-                         figures={"enabled": False})
-    if chunks:
-        config["datasets"].append(dict(CHUNKS))
-    return config
-
-
-@pytest.fixture(scope="module")
-def lmd_run(tmp_path_factory, tiny_models, tiny_corpus, extracted_workdir):
-    """A WordPiece BERT (32 dims) and a byte-level BPE RoBERTa (48 dims), example and word units (on a copy of the
-    session's extracted workdir)."""
-    workdir = copy_workdir(extracted_workdir, tmp_path_factory.mktemp("lmd"))
-    config = lmd_config(tiny_models, tiny_corpus)
-    run_workflow(workdir, config)
-    return workdir, config
 
 
 def write_config(workdir, config):
     import yaml
 
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def copy_run(workdir, target):
-    import shutil
-
-    shutil.copytree(workdir, target, symlinks=True)
-    (target / "config.yaml").unlink()
-    return target
 
 
 def token_frame(workdir, dataset, model, layer):
@@ -463,7 +433,7 @@ PAPER_SETUP = {"units": ["chunk"], "alpha": 1e-6, "modes": ["paper"]}
 
 @pytest.mark.workflow
 def test_paper_setup_block_runs_the_chunk_unit_end_to_end(lmd_run, tiny_models, tiny_corpus, tmp_path):
-    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section=PAPER_SETUP)
+    config = lmd_config(tiny_models, tiny_corpus, chunks=True, section=PAPER_SETUP, similarity={"enabled": False})
     config["decomposition"] = {"enabled": True, **PAPER_SETUP, "min_train_units": 5, "min_test_units": 5}
     config["twotower"] = {"enabled": False, "dataset": "reviews"}
     # planned from scratch: the base dataset is prepared (for the chunks) but not extracted
@@ -524,9 +494,11 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
                       for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta")))
     assert moments == expected, jobs
     assert {rule for rule, _ in jobs} == {"materialise_model", "extract_hidden_states", "decomposition_moments",
-                                          "decomposition_fit", "decomposition_figures"}, jobs
+                                          "decomposition_fit", "decomposition_figures", "similarity"}, jobs
     assert not any("tiny-bert/tiny-roberta" in out for _, out in jobs)  # existing pair: not recomputed
     assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
+    # the similarity join: one job per unit (its table and the 7 measures' png and svg)
+    assert sum(rule == "similarity" for rule, _ in jobs) == 2 * (1 + 7 * 2)
 
 
 @pytest.mark.workflow
@@ -606,11 +578,13 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
     assert len(jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for _, out in jobs), jobs  # units x alphas
-    # another model order: the fits (the order of the basis columns and of the tables) but no pair file
+    # another model order: the fits (the order of the basis columns and of the tables) and the similarity
+    # heatmaps (the order of their rows and columns), but no pair file
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("roberta", "bert")))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
-    assert len(jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for _, out in jobs), jobs
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity"}, jobs
+    lmd_jobs = [out for rule, out in jobs if rule != "similarity"]
+    assert len(lmd_jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for out in lmd_jobs), jobs
 
 
 @pytest.mark.unit

@@ -85,7 +85,7 @@ def own_run(own_files):
 def test_own_config_runs_every_analysis_and_the_report(own_run):
     workdir, _, _ = own_run
     used = yaml.safe_load((workdir / "results/report/config_used.yaml").read_text())
-    for section in ("decomposition", "variability", "compression", "geometry", "twotower", "figures"):
+    for section in ("decomposition", "similarity", "variability", "compression", "geometry", "twotower", "figures"):
         assert used[section]["enabled"] is True, section
     # nothing of the shipped default: no name of its datasets or models anywhere in the effective config
     shipped = yaml.safe_load((PROJECT / "config.yaml").read_text())
@@ -96,6 +96,7 @@ def test_own_config_runs_every_analysis_and_the_report(own_run):
     results = workdir / "results"
     for table in ("analysis/variability/mine/mean/selection.csv", "analysis/compression/mine/first_layer-1/summary.csv",
                   "analysis/geometry/mine/regression.csv", "analysis/twotower/mine/bert-a/consistency.csv",
+                  "analysis/similarity/mine/example/t-1_b-1/similarity.csv",
                   "figures/summary.png", "report/models.csv"):
         assert (results / table).exists(), table
     assert list(results.glob("analysis/decomposition/mine/**/group.csv"))

@@ -34,7 +34,7 @@ _API = {
                      "unit_example_ids"], "units"),
     **dict.fromkeys(["VALID_CODE", "splitmix64", "validation_mask", "mark_validation"], "validation_split"),
     **dict.fromkeys(["AlignmentCounts", "align_streams"], "alignment"),
-    **dict.fromkeys(["STORED_SPLITS", "ALL_SPLITS", "Moments", "BetweenExamples", "compute_pair_moments",
+    **dict.fromkeys(["STORED_SPLITS", "ALL_SPLITS", "Moments", "BetweenExamples", "compute_pair_moments", "layer_blocks",
                      "merge_train"], "moments"),
     **dict.fromkeys(["PairMoments", "save_pair_moments", "write_pair_moments"], "pair_file"),
     **dict.fromkeys(["SplitStats", "Fit", "fit_ridge", "r_squared", "ridge_path", "choose_alpha", "solve_spd",

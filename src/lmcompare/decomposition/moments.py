@@ -4,6 +4,12 @@ split, and per split the number of examples and the between-example sum of squar
 Every quantity of a fit is a function of these per-split sufficient statistics, so the hidden states are read once,
 row group by row group, and memory grows with the hidden sizes only. The train split is stored as its fit and
 valid parts (validation_split); `merge_train` gives the whole train split exactly.
+
+Norm statistics (for the debiased CKA of lmcompare.similarity): with `blocks` (column ranges, one per model layer),
+a Moments also streams, about its mean, the fourth-order sums norm_products[g, h] = sum_n a_g(n) a_h(n) with
+a_g(n) = ||x_n,g - mean_g||² the squared norm of block g of the centred row, and the third-order sums
+norm_weighted[:, h] = sum_n a_h(n) (x_n - mean); the latter are what moving the centre needs (`_shifted_norms`), so
+that chunks and splits merge exactly, as the co-moments do.
 """
 
 from dataclasses import dataclass, field
@@ -35,6 +41,10 @@ class Moments:
     # set by compute_joint_moments (see BetweenExamples); `merge` leaves them alone, merge_train combines them
     groups: int = 0
     between: np.ndarray = field(default=None)
+    # norm statistics (module docstring): streamed only when blocks (a tuple of (start, stop) column ranges) is set
+    blocks: tuple = ()
+    norm_products: np.ndarray = field(default=None)  # (G, G): sum_n a_g(n) a_h(n)
+    norm_weighted: np.ndarray = field(default=None)  # (dim, G): sum_n a_h(n) (x_n - mean)
 
     def __post_init__(self):
         if self.mean is None:
@@ -43,6 +53,11 @@ class Moments:
             self.comoment = np.zeros((self.dim, self.dim))
         if self.between is None:
             self.between = np.zeros(self.dim)
+        self.blocks = tuple((int(start), int(stop)) for start, stop in self.blocks)
+        if self.norm_products is None:
+            self.norm_products = np.zeros((len(self.blocks), len(self.blocks)))
+        if self.norm_weighted is None:
+            self.norm_weighted = np.zeros((self.dim, len(self.blocks)))
 
     def update(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.float64)
@@ -54,22 +69,61 @@ class Moments:
         chunk_mean = rows.mean(axis=0)
         centred = rows - chunk_mean
         chunk_comoment = _gram(centred)
-        self.merge(Moments(self.dim, m, chunk_mean, chunk_comoment))
+        chunk = Moments(self.dim, m, chunk_mean, chunk_comoment, blocks=self.blocks)
+        if self.blocks:
+            norms = np.column_stack([np.einsum("ij,ij->i", centred[:, start:stop], centred[:, start:stop])
+                                     for start, stop in self.blocks])
+            chunk.norm_products = norms.T @ norms
+            chunk.norm_weighted = centred.T @ norms
+        self.merge(chunk)
 
     def merge(self, other: "Moments") -> None:
         if other.n == 0:
             return
+        if other.blocks != self.blocks:
+            raise ValueError(f"moments of blocks {other.blocks} cannot be merged into moments of blocks {self.blocks}")
         if self.n == 0:
             self.n, self.mean, self.comoment = other.n, other.mean.copy(), other.comoment.copy()
+            self.norm_products, self.norm_weighted = other.norm_products.copy(), other.norm_weighted.copy()
             return
         total = self.n + other.n
         delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / total)
+        if self.blocks:  # both parts' norm sums moved to the merged mean (with their own co-moments), then added
+            products, weighted = self._shifted_norms(self.mean - mean)
+            other_products, other_weighted = other._shifted_norms(other.mean - mean)
+            self.norm_products, self.norm_weighted = products + other_products, weighted + other_weighted
         self.comoment += other.comoment + np.outer(delta, delta) * (self.n * other.n / total)
-        self.mean = self.mean + delta * (other.n / total)
+        self.mean = mean
         self.n = total
 
+    def _shifted_norms(self, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The norm sums about (mean - shift) instead of the mean: with r_n = x_n - mean (sum_n r_n = 0), C the
+        co-moment, P_g = tr C_gg and s_g the block g of `shift`, a_g' = a_g + 2 s_g.r_g + ||s_g||², so
+
+            sum a_g' a_h' = sum a_g a_h + 2 s_h.W[h, g] + 2 s_g.W[g, h] + 4 s_g^T C_gh s_h
+                            + ||s_h||² P_g + ||s_g||² P_h + n ||s_g||² ||s_h||²
+            sum a_h' (r + s) = W[:, h] + P_h s + 2 C[:, h] s_h + n ||s_h||² s
+
+        where W[g, h] is the block g rows of norm_weighted's column h (sum a_h r_g)."""
+        blocks = self.blocks
+        parts = [shift[start:stop] for start, stop in blocks]
+        square = np.array([part @ part for part in parts])
+        trace = np.array([np.trace(self.comoment[start:stop, start:stop]) for start, stop in blocks])
+        # cross[g, h] = s_g . W[g, h] and bilinear[g, h] = s_g^T C_gh s_h
+        cross = np.array([[parts[g] @ self.norm_weighted[blocks[g][0]:blocks[g][1], h] for h in range(len(blocks))]
+                          for g in range(len(blocks))])
+        bilinear = np.array([[parts[g] @ self.comoment[blocks[g][0]:blocks[g][1], blocks[h][0]:blocks[h][1]] @ parts[h]
+                              for h in range(len(blocks))] for g in range(len(blocks))])
+        products = (self.norm_products + 2 * cross.T + 2 * cross + 4 * bilinear + np.outer(trace, square)
+                    + np.outer(square, trace) + self.n * np.outer(square, square))
+        weighted = (self.norm_weighted + np.outer(shift, trace) + self.n * np.outer(shift, square)
+                    + 2 * np.column_stack([self.comoment[:, start:stop] @ part for (start, stop), part in zip(blocks, parts)]))
+        return products, weighted
+
     def copy(self) -> "Moments":
-        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy(), self.groups, self.between.copy())
+        return Moments(self.dim, self.n, self.mean.copy(), self.comoment.copy(), self.groups, self.between.copy(),
+                       self.blocks, self.norm_products.copy(), self.norm_weighted.copy())
 
     def covariance(self) -> np.ndarray:
         """Population covariance (divides by n, as the card's Cov)."""
@@ -160,10 +214,21 @@ def compute_pair_moments(a: ModelLayers, b: ModelLayers, unit: str, pooling: str
     """One streamed pass over both models' files: moments of the concatenation [a's layers, b's layers] for the
     `fit` and `valid` parts of the train split (a hash of example_id, see validation_mask) and the test split,
     and per split the examples' count and between-example sums of squares (moments[split].groups /
-    .between, see BetweenExamples). `merge_train` gives the whole train split."""
+    .between, see BetweenExamples), and the norm statistics of each model layer (Moments.blocks, for the debiased
+    CKA). `merge_train` gives the whole train split."""
     moments, counts = compute_joint_moments([a, b], unit, pooling, chunk_tokens, block_rows, validation_fraction,
-                                            validation_seed)
+                                            validation_seed, norm_stats=True)
     return moments, counts[0]
+
+
+def layer_blocks(sources: Sequence[ModelLayers]) -> tuple:
+    """(start, stop) columns of every model layer in the concatenation of `sources`' layers, in that order."""
+    blocks, start = [], 0
+    for source in sources:
+        for _ in source.layers:
+            blocks.append((start, start + source.hidden_size))
+            start += source.hidden_size
+    return tuple(blocks)
 
 
 def _joined(stream: Iterable) -> Iterator:
@@ -174,12 +239,14 @@ def _joined(stream: Iterable) -> Iterator:
 
 def compute_joint_moments(sources: Sequence[ModelLayers], unit: str, pooling: str = "mean",
                           chunk_tokens: int | None = None, block_rows: int = 8192, validation_fraction: float = 0.2,
-                          validation_seed: int = 0) -> tuple[dict, list]:
+                          validation_seed: int = 0, norm_stats: bool = False) -> tuple[dict, list]:
     """compute_pair_moments for any number of models: one streamed pass over every model's file, joined on the
     units all of them have, moments of the concatenation of their layers (in `sources` order). Returns the
-    moments per stored split and, per join step k (model k+1 joined to models 0..k), its AlignmentCounts."""
+    moments per stored split and, per join step k (model k+1 joined to models 0..k), its AlignmentCounts.
+    norm_stats: also stream the norm statistics of every model layer (layer_blocks)."""
     dim = sum(source.hidden_size * len(source.layers) for source in sources)
-    moments = {split: Moments(dim) for split in STORED_SPLITS}
+    blocks = layer_blocks(sources) if norm_stats else ()
+    moments = {split: Moments(dim, blocks=blocks) for split in STORED_SPLITS}
     between = {split: BetweenExamples(dim) for split in STORED_SPLITS}
     streams = [mark_validation(iter_units(source, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed)
                for source in sources]

@@ -3,7 +3,9 @@ concatenation [a's layers, b's layers] (self blocks included), written by the mo
 
 A group fit (target = one model, basis = all others) is assembled from the blocks of all pairs (joint.py); adding
 a model only adds the pairs that involve it. Besides count, mean and co-moment, a file holds per split the number
-of examples the units come from and the between-example sum of squares, for the effective sample size.
+of examples the units come from and the between-example sum of squares, for the effective sample size, and the
+norm statistics of every model layer (moments.py: `blocks`, `norm_products`, `norm_weighted`), for the debiased CKA
+of lmcompare.similarity.
 """
 
 import ast
@@ -31,6 +33,7 @@ def save_pair_moments(path, a: ModelLayers, b: ModelLayers, moments: dict, info:
         "layers_a": np.array(a.layers), "layers_b": np.array(b.layers),
         "validation": np.array([float(validation_fraction), float(validation_seed)]),
         "info": np.array(repr(info)),
+        "blocks": np.array(moments[STORED_SPLITS[0]].blocks, dtype=np.int64).reshape(-1, 2),
     }
     for split in STORED_SPLITS:
         mom = moments[split]
@@ -39,6 +42,8 @@ def save_pair_moments(path, a: ModelLayers, b: ModelLayers, moments: dict, info:
         arrays[f"comoment_{split}"] = mom.comoment
         arrays[f"groups_{split}"] = np.array(mom.groups)
         arrays[f"between_{split}"] = mom.between
+        arrays[f"norm_products_{split}"] = mom.norm_products
+        arrays[f"norm_weighted_{split}"] = mom.norm_weighted
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -74,7 +79,8 @@ def read_pair_header(path) -> dict:
 @dataclass
 class PairMoments:
     """A pair file as read: per split (fit, valid, train = their merge, test) the count, mean and co-moment of
-    [a's layers, b's layers], the examples' count and the between-example sums of squares."""
+    [a's layers, b's layers], the examples' count, the between-example sums of squares and the norm statistics of
+    each model layer (blocks: their columns, in layer_columns order)."""
 
     models: tuple
     dims: tuple
@@ -86,6 +92,9 @@ class PairMoments:
     validation: tuple = (0.2, 0)  # (fraction, seed) of the fit / valid cut of the train split
     groups: dict = field(default_factory=dict)  # per split: number of examples the units come from
     between: dict = field(default_factory=dict)  # per split: between-example sum of squares per dimension
+    blocks: tuple = ()  # (start, stop) columns of each model layer: a's layers, then b's
+    norm_products: dict = field(default_factory=dict)  # per split: (G, G) sums of products of squared block norms
+    norm_weighted: dict = field(default_factory=dict)  # per split: (dim, G) sums of centred rows x squared block norms
 
     @classmethod
     def load(cls, path) -> "PairMoments":
@@ -96,15 +105,38 @@ class PairMoments:
         with data:
             check_format(data, path)
             dim = int(data["comoment_test"].shape[0])
+            blocks = tuple(tuple(int(c) for c in row) for row in data["blocks"])
             parts = {s: Moments(dim, int(data[f"n_{s}"]), data[f"mean_{s}"], data[f"comoment_{s}"],
-                                int(data[f"groups_{s}"]), data[f"between_{s}"]) for s in STORED_SPLITS}
+                                int(data[f"groups_{s}"]), data[f"between_{s}"], blocks, data[f"norm_products_{s}"],
+                                data[f"norm_weighted_{s}"]) for s in STORED_SPLITS}
             fraction, seed = (float(v) for v in data["validation"])
             models, dims = tuple(str(m) for m in data["models"]), tuple(int(d) for d in data["dims"])
             layers = (tuple(int(l) for l in data["layers_a"]), tuple(int(l) for l in data["layers_b"]))
         parts["train"] = merge_train(parts)
         return cls(models, dims, layers, {s: parts[s].n for s in ALL_SPLITS}, {s: parts[s].mean for s in ALL_SPLITS},
                    {s: parts[s].comoment for s in ALL_SPLITS}, (fraction, int(seed)),
-                   {s: parts[s].groups for s in ALL_SPLITS}, {s: parts[s].between for s in ALL_SPLITS})
+                   {s: parts[s].groups for s in ALL_SPLITS}, {s: parts[s].between for s in ALL_SPLITS}, blocks,
+                   {s: parts[s].norm_products for s in ALL_SPLITS}, {s: parts[s].norm_weighted for s in ALL_SPLITS})
+
+    def split_moments(self, split: str) -> Moments:
+        """One split's statistics as a Moments (count, mean, co-moment, examples, norm statistics), a copy: merging
+        into it leaves this PairMoments alone."""
+        return Moments(self.comoment[split].shape[0], self.n[split], self.mean[split], self.comoment[split],
+                       self.groups[split], self.between[split], self.blocks, self.norm_products[split],
+                       self.norm_weighted[split]).copy()
+
+    def all_units(self) -> Moments:
+        """Every unit of the pair, train and test split merged exactly (Chan et al.; norm statistics included).
+        groups and between are left at zero: the splits' between-example sums are not needed here."""
+        merged = self.split_moments("train")
+        merged.merge(self.split_moments("test"))
+        merged.groups, merged.between = 0, np.zeros(merged.dim)
+        return merged
+
+    def block_of(self, model: str, role: str = "target") -> int:
+        """Index in `blocks` of a model's target layer (role 'target') or basis layer (role 'basis')."""
+        columns = self.columns_of(model, role)
+        return self.blocks.index((columns.start, columns.stop))
 
     def layer_columns(self, model: str) -> list[slice]:
         """Column slices of a model's layers (target layer first) inside this pair's concatenation."""

@@ -16,8 +16,9 @@ MODES = ("paper", "uncentred")
 VALIDATION = "validation"  # decomposition.alpha: choose alpha on the validation part of the train split
 DEFAULT_ALPHA_GRID = tuple(float(10.0 ** k) for k in range(-6, 5))  # 1e-6 .. 1e4
 # The pair file's format version (pair_file.py), a parameter of the moments rule: files of another format are
-# recomputed. 2: train split stored as fit + valid parts; 3: + example counts and between-example sums of squares.
-MOMENTS_FORMAT = 3
+# recomputed. 2: train split stored as fit + valid parts; 3: + example counts and between-example sums of squares;
+# 4: + the norm statistics of every model layer (blocks, norm_products, norm_weighted: the debiased CKA's sums).
+MOMENTS_FORMAT = 4
 
 
 def parse_alpha(value) -> float | str:

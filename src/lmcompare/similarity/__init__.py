@@ -1,0 +1,35 @@
+"""Similarity measures between two models' representations of the same units, from the streamed moments the
+decomposition caches per model pair (lmcompare.decomposition.pair_file): linear and debiased CKA, CCA (mean
+canonical correlation and its mean square), SVCCA, PWCCA and orthogonal Procrustes similarity. See
+docs/similarity.md. The modules:
+
+- tags: the measures' names and default cuts (what the rule file needs; stdlib only);
+- statistics: PairStatistics, the count, co-moment blocks and norm sums every measure is a function of;
+- cka: linear CKA and debiased CKA (the derivation of the streamed unbiased HSIC);
+- cca: canonical correlations with a rank cut, PWCCA, SVCCA;
+- procrustes: the orthogonal Procrustes similarity;
+- table: every measure of every pair from the pair files (similarity_table, write_similarity);
+- figures: the symmetric heatmap per measure.
+
+    >>> from lmcompare import similarity
+    >>> stats = similarity.PairStatistics.from_rows(x, y)
+    >>> similarity.linear_cka(stats.sxx, stats.syy, stats.sxy), similarity.debiased_cka(stats)
+"""
+
+from lmcompare.exports import lazy_exports
+
+# name -> module of this package that defines it (imported on first use, lmcompare/exports.py)
+_API = {
+    **dict.fromkeys(["MEASURES", "RANK_CUT_MEASURES", "VARIANCE_CUT_MEASURES", "DEFAULT_SVCCA_VARIANCE",
+                     "DEFAULT_CCA_RANK_TOLERANCE"], "tags"),
+    "PairStatistics": "statistics",
+    **dict.fromkeys(["linear_cka", "debiased_cka", "unbiased_hsic_scaled"], "cka"),
+    **dict.fromkeys(["CanonicalCorrelations", "spectrum", "canonical_correlations", "retained_directions", "pwcca",
+                     "principal_projection", "svcca"], "cca"),
+    "procrustes_similarity": "procrustes",
+    **dict.fromkeys(["check_measures", "measure_pair", "similarity_table", "write_similarity"], "table"),
+    **dict.fromkeys(["similarity_matrix", "plot_similarity"], "figures"),
+}
+
+__all__ = sorted(name for name in _API if not name.startswith("_"))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

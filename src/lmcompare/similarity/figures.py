@@ -1,0 +1,50 @@
+"""The stage's figure: per measure, a symmetric models x models heatmap of the similarity table."""
+
+from typing import Sequence
+
+import numpy as np
+
+from lmcompare import plotting
+
+TITLES = {
+    "cka": "linear CKA",
+    "cka_debiased": "debiased linear CKA",
+    "cca_mean": "mean canonical correlation",
+    "cca_mean_squared": "mean squared canonical correlation (Yanai's R²)",
+    "svcca": "SVCCA (mean canonical correlation of the top principal directions)",
+    "pwcca": "PWCCA (projection-weighted canonical correlation)",
+    "procrustes": "orthogonal Procrustes similarity",
+}
+
+
+def similarity_matrix(table, measure: str, models: Sequence[str]) -> np.ndarray:
+    """The symmetric matrix of one measure (rows and columns in `models` order); 1 on the diagonal (each measure of
+    a representation with itself), nan for a pair the table lacks."""
+    index = {model: k for k, model in enumerate(models)}
+    matrix = np.full((len(models), len(models)), np.nan)
+    np.fill_diagonal(matrix, 1.0)
+    for row in table[table["measure"] == measure].itertuples():
+        i, j = index[row.model_a], index[row.model_b]
+        matrix[i, j] = matrix[j, i] = row.value
+    return matrix
+
+
+def plot_similarity(table, measure: str, models: Sequence[str], paths: Sequence[str], where: str) -> None:
+    plt = plotting.pyplot()
+    models = list(models)
+    values = similarity_matrix(table, measure, models)
+    size = max(4.0, 0.7 * len(models) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=1.0)
+    for i in range(len(models)):
+        for j in range(len(models)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if image.norm(values[i, j]) > 0.55 else "white")
+    ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    n_units = int(table["n_units"].min()) if len(table) else 0
+    ax.set_title(f"{TITLES[measure]}\n({where}; {n_units} units; diagonal: each model with itself, 1)")
+    fig.colorbar(image, ax=ax, label=measure)
+    plotting.save_figure(fig, paths)

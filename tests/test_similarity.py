@@ -1,0 +1,300 @@
+"""Tests of the similarity measures (lmcompare.similarity, rules/similarity.smk): every measure from the streamed
+statistics against a direct computation on the materialised rows, written independently of the library (kernels,
+QR / SVD of the data, scipy's orthogonal Procrustes)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.linalg
+import yaml
+
+from lmcompare import decomposition as lmd
+from lmcompare import similarity as sim
+from lmcompare.errors import WorkflowInputError
+from tests import factories
+from tests.factories import latent_models
+
+TOLERANCE = sim.DEFAULT_CCA_RANK_TOLERANCE
+
+
+# ------------------------------------------------------------------------ direct references
+def centred(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean(axis=0)
+
+
+def direct_cka(x, y):
+    """Kornblith et al.'s HSIC form: tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)), K = X X^T on the raw rows."""
+    n = len(x)
+    h = np.eye(n) - 1.0 / n
+    k, l_ = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_))
+
+
+def unbiased_hsic(k, l_):
+    """Song et al. (2012), eq. 5, on the uncentred kernel matrices with their diagonals set to zero."""
+    n = len(k)
+    k, l_ = k - np.diag(np.diag(k)), l_ - np.diag(np.diag(l_))
+    return (np.sum(k * l_) + k.sum() * l_.sum() / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * k.sum(axis=0) @ l_.sum(axis=0)) / (n * (n - 3))
+
+
+def direct_debiased_cka(x, y):
+    k, l_ = x @ x.T, y @ y.T
+    return unbiased_hsic(k, l_) / np.sqrt(unbiased_hsic(k, k) * unbiased_hsic(l_, l_))
+
+
+def orthonormal_basis(xc, tolerance=TOLERANCE):
+    """An orthonormal basis of the centred data's column space, directions whose variance is below tolerance x the
+    largest dropped (the rank cut, on the data's singular values)."""
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    return u[:, s ** 2 > tolerance * s[0] ** 2]
+
+
+def direct_cca(x, y, tolerance=TOLERANCE):
+    """(canonical correlations, Qx, Qy, U, V^T) from orthonormal bases of the centred data (SVD of Qx^T Qy)."""
+    qx, qy = orthonormal_basis(centred(x), tolerance), orthonormal_basis(centred(y), tolerance)
+    u, rho, vt = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    return rho, qx, qy, u, vt
+
+
+def direct_pwcca(x, y, tolerance=TOLERANCE):
+    """Morcos et al.: alpha_i = sum_j |<h_i, x_j>| over the centred neurons x_j of the side with fewer directions."""
+    rho, qx, qy, u, vt = direct_cca(x, y, tolerance)
+    variates, data = (qx @ u, centred(x)) if qx.shape[1] <= qy.shape[1] else (qy @ vt.T, centred(y))
+    weights = np.abs(variates.T @ data).sum(axis=1)
+    return weights @ rho / weights.sum()
+
+
+def top_directions(x, variance):
+    """The centred data projected on its fewest top right singular vectors with sum s² >= variance x total."""
+    xc = centred(x)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    share = np.cumsum(s ** 2) / np.sum(s ** 2)
+    kept = int(np.argmax(share >= variance * (1 - 1e-12))) + 1
+    return xc @ vt[:kept].T
+
+
+def direct_svcca(x, y, variance):
+    px, py = top_directions(x, variance), top_directions(y, variance)
+    return direct_cca(px, py)[0].mean(), px.shape[1], py.shape[1]
+
+
+def direct_procrustes(x, y):
+    """1 - d²/2, d² = min_R ||Xn R - Yn||_F² by scipy (the narrower side padded with zero columns)."""
+    xn, yn = centred(x) / np.linalg.norm(centred(x)), centred(y) / np.linalg.norm(centred(y))
+    width = max(xn.shape[1], yn.shape[1])
+    xn, yn = (np.hstack([m, np.zeros((len(m), width - m.shape[1]))]) for m in (xn, yn))
+    rotation, _ = scipy.linalg.orthogonal_procrustes(xn, yn)
+    return 1 - np.sum((xn @ rotation - yn) ** 2) / 2
+
+
+def direct_measures(x, y, variance=sim.DEFAULT_SVCCA_VARIANCE):
+    """Every measure of the materialised rows: measure -> (value, kept_x, kept_y)."""
+    rho, qx, qy, _, _ = direct_cca(x, y)
+    svcca_value, kx, ky = direct_svcca(x, y, variance)
+    rank = (qx.shape[1], qy.shape[1])
+    full = (x.shape[1], y.shape[1])
+    return {"cka": (direct_cka(x, y), *full), "cka_debiased": (direct_debiased_cka(x, y), *full),
+            "cca_mean": (rho.mean(), *rank), "cca_mean_squared": (np.mean(rho ** 2), *rank),
+            "svcca": (svcca_value, kx, ky), "pwcca": (direct_pwcca(x, y), *rank),
+            "procrustes": (direct_procrustes(x, y), *full)}
+
+
+# ------------------------------------------------------------------------------ statistics
+@pytest.mark.unit
+def test_norm_statistics_stream_and_merge_exactly():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(900, 7)) * np.arange(1, 8) + 1e3  # large means: raw power sums would lose digits
+    blocks = ((0, 3), (3, 7))
+    parts = [lmd.Moments(7, blocks=blocks) for _ in range(2)]
+    for start, stop in ((0, 1), (1, 300), (300, 301), (301, 500)):
+        parts[0].update(rows[start:stop])
+    parts[1].update(rows[500:])
+    merged = parts[0].copy()
+    merged.merge(parts[1])
+    r = rows - rows.mean(axis=0)
+    norms = np.column_stack([np.sum(r[:, a:b] ** 2, axis=1) for a, b in blocks])
+    assert merged.n == 900
+    assert np.max(np.abs(merged.norm_products - norms.T @ norms)) < 1e-11 * np.max(norms.T @ norms)
+    assert np.max(np.abs(merged.norm_weighted - r.T @ norms)) < 1e-9 * np.max(np.abs(r.T @ norms))
+    stats = sim.PairStatistics.from_rows(rows[:, :3], rows[:, 3:])
+    assert stats.norm_xy == pytest.approx(merged.norm_products[0, 1], rel=1e-11)
+    assert stats.norm4_x == pytest.approx(merged.norm_products[0, 0], rel=1e-11)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        merged.merge(lmd.Moments(7, 3, rows[:3].mean(0), np.eye(7)))
+
+
+def write_model(tmp_path, model, ids, split, layers, row_group_size):
+    return str(factories.write_pooled(tmp_path / f"{model}.parquet", layers, splits=split, example_ids=ids,
+                                      model=model, dataset="synthetic", row_group_size=row_group_size))
+
+
+@pytest.mark.unit
+def test_every_measure_from_a_pair_file_matches_the_direct_computation(tmp_path):
+    """d_x = 5, d_y = 8, two layers per model (the target layer 3 is measured, not the basis layer 1), the train
+    split cut into fit and validation parts: the pair file's three parts merged give every unit."""
+    rng = np.random.default_rng(1)
+    n = 400
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.3, "test", "train")
+    x, y = latent_models(rng, n, [5, 8], latent=4, noise=0.8)
+    path_x = write_model(tmp_path, "mx", ids, split, {1: rng.normal(size=(n, 5)), 3: x}, row_group_size=70)
+    path_y = write_model(tmp_path, "my", ids, split, {1: rng.normal(size=(n, 8)), 3: y}, row_group_size=111)
+    vx, vy = (lmd.model_layers(m, p, "example", -1, 1) for m, p in (("mx", path_x), ("my", path_y)))
+    moments, _ = lmd.compute_pair_moments(vx, vy, "example", block_rows=64)
+    assert moments["valid"].n > 0 and moments["fit"].n > 0 and moments["test"].n > 0
+    lmd.save_pair_moments(tmp_path / "pair.npz", vx, vy, moments, {})
+    table = sim.similarity_table({("mx", "my"): tmp_path / "pair.npz"}, ["my", "mx"], svcca_variance=0.9)
+    f32 = lambda v: v.astype(np.float32).astype(np.float64)  # noqa: E731  what the Parquet holds
+    expected = direct_measures(f32(x), f32(y), variance=0.9)
+    assert table["measure"].tolist() == list(sim.MEASURES)
+    for row in table.itertuples():
+        value, kept_x, kept_y = expected[row.measure]
+        assert abs(row.value - value) < 1e-8, row.measure
+        assert (row.kept_a, row.kept_b) == (kept_x, kept_y), row.measure
+        assert (row.model_a, row.model_b, row.n_units, row.dims_a, row.dims_b) == ("mx", "my", n, 5, 8)
+        assert (row.layer_a, row.layer_b) == (3, 3)
+        cut = {"svcca": 0.9, "cca_mean": TOLERANCE, "cca_mean_squared": TOLERANCE, "pwcca": TOLERANCE}
+        assert row.cut == cut[row.measure] if row.measure in cut else np.isnan(row.cut)
+    assert 0 < table.set_index("measure").loc["svcca", "kept_a"] < 5  # the 90 % cut dropped a direction
+    # the statistics through the pair file are those of the materialised rows; the pair's splits stay as they were
+    pair = lmd.PairMoments.load(tmp_path / "pair.npz")
+    train = pair.comoment["train"].copy()
+    stats = sim.PairStatistics.from_pair(pair, "my", "mx")
+    assert np.array_equal(pair.comoment["train"], train) and pair.all_units().n == n
+    direct = sim.PairStatistics.from_rows(f32(y), f32(x))
+    for name in ("sxx", "syy", "sxy", "norm4_x", "norm4_y", "norm_xy"):
+        assert np.allclose(getattr(stats, name), getattr(direct, name), rtol=1e-10, atol=0), name
+
+
+@pytest.mark.unit
+def test_rotated_copy_is_one_and_each_measure_ignores_what_it_should():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 4.0
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    rotated = sim.measure_pair(sim.PairStatistics.from_rows(x, 3.0 * x @ q + 1.0))
+    for row in rotated:
+        assert row["value"] == pytest.approx(1.0, abs=1e-10), row["measure"]
+    # an invertible but not orthogonal map: CCA (every kind) stays 1, CKA and Procrustes do not
+    stretched = x @ np.diag([1.0, 1.0, 1.0, 1.0, 10.0, 0.1])
+    values = {row["measure"]: row["value"] for row in sim.measure_pair(sim.PairStatistics.from_rows(x, stretched))}
+    for measure in ("cca_mean", "cca_mean_squared", "pwcca"):
+        assert values[measure] == pytest.approx(1.0, abs=1e-10), measure
+    for measure in ("cka", "cka_debiased", "procrustes"):
+        assert values[measure] < 0.99, measure
+    assert values["cka"] == pytest.approx(direct_cka(x, stretched), abs=1e-10)
+
+
+@pytest.mark.unit
+def test_independent_noise_debiased_cka_is_about_zero_where_cka_is_not():
+    """At n = 40 units of 10 and 15 independent dimensions, the biased HSIC's expectation is not zero (linear CKA
+    about 0.24 here), the unbiased one's is: over 20 draws its mean lies within a few of its standard errors of 0,
+    and in every draw linear CKA is further from 0 than the debiased one."""
+    rng = np.random.default_rng(3)
+    biased, debiased = [], []
+    for _ in range(20):
+        x, y = rng.normal(size=(40, 10)), rng.normal(size=(40, 15))
+        stats = sim.PairStatistics.from_rows(x, y)
+        biased.append(sim.linear_cka(stats.sxx, stats.syy, stats.sxy))
+        debiased.append(sim.debiased_cka(stats))
+        assert debiased[-1] == pytest.approx(direct_debiased_cka(x, y), abs=1e-10)
+    error = np.std(debiased) / np.sqrt(len(debiased))
+    assert abs(np.mean(debiased)) < 4 * error
+    assert np.min(biased) > np.max(np.abs(debiased)) and np.mean(biased) > 25 * error
+
+
+@pytest.mark.unit
+def test_singular_covariance_is_cut_to_its_rank():
+    """A duplicated column (rank 5 of 6 dimensions): the rank cut gives the CCA of the 5 distinct columns."""
+    rng = np.random.default_rng(4)
+    x, y = latent_models(rng, 200, [5, 4], latent=3, noise=0.5)
+    doubled = np.hstack([x, x[:, :1]])
+    stats = sim.PairStatistics.from_rows(doubled, y)
+    cca = sim.canonical_correlations(stats.sxx, stats.syy, stats.sxy)
+    assert (cca.kept_x, cca.kept_y) == (5, 4)
+    qx, _ = np.linalg.qr(centred(x))  # the five distinct columns, full rank: plain QR
+    qy, _ = np.linalg.qr(centred(y))
+    assert np.allclose(cca.rho, np.linalg.svd(qx.T @ qy, compute_uv=False), rtol=0, atol=1e-10)
+    assert sim.pwcca(cca) == pytest.approx(direct_pwcca(doubled, y), abs=1e-10)  # weights over y: fewer directions
+    with pytest.raises(ValueError, match="constant over the units"):
+        sim.canonical_correlations(np.zeros((3, 3)), stats.syy, np.zeros((3, 4)))
+
+
+@pytest.mark.unit
+def test_bad_inputs_name_the_input_and_the_fix(tmp_path):
+    stats = sim.PairStatistics.from_rows(np.eye(5), np.eye(5)[::-1])
+    with pytest.raises(WorkflowInputError, match=r"similarity.measures \['cka', 'nope'\].*one of"):
+        sim.measure_pair(stats, ["cka", "nope"])
+    with pytest.raises(WorkflowInputError, match="no pair file for models 'a' and 'b'"):
+        sim.similarity_table({}, ["b", "a"])
+    with pytest.raises(WorkflowInputError, match="at least two models"):
+        sim.similarity_table({}, ["a"])
+    with pytest.raises(ValueError, match="at least 4 units"):
+        sim.debiased_cka(sim.PairStatistics.from_rows(np.eye(3), np.eye(3)))
+    with pytest.raises(ValueError, match="variance fraction"):
+        sim.svcca(stats.sxx, stats.syy, stats.sxy, variance=1.5)
+
+
+@pytest.mark.unit
+def test_similarity_matrix_is_symmetric_with_ones_on_the_diagonal():
+    table = pd.DataFrame({"model_a": ["a", "a", "b"], "model_b": ["b", "c", "c"], "measure": ["cka"] * 3,
+                          "value": [0.5, 0.25, 0.75]})
+    matrix = sim.similarity_matrix(table, "cka", ["c", "a", "b"])
+    assert np.array_equal(matrix, matrix.T) and np.all(np.diag(matrix) == 1.0)
+    assert matrix[1, 2] == 0.5 and matrix[0, 1] == 0.25 and matrix[0, 2] == 0.75
+
+
+# ------------------------------------------------------------------------- workflow, end to end
+from tests.conftest import copy_run, lmd_config, pending_jobs, run_workflow  # noqa: E402
+
+SIM_OUT = "results/analysis/similarity/toy/word/t-1_b-1"
+
+
+def word_vectors(workdir, model, layer):
+    """Each word's vector (the mean of its tokens) indexed by (example_id, word_id), from the token file."""
+    import pyarrow.parquet as pq
+
+    from lmcompare import hidden_states, paths
+
+    table = pq.read_table(workdir / paths.tokens_path("toy", model))
+    frame = table.select(["example_id", "word_id"]).to_pandas()
+    vecs = hidden_states.vectors(table, hidden_states.token_column(layer)).astype(np.float64)
+    words = frame["word_id"].to_numpy() >= 0
+    return pd.DataFrame(vecs[words]).groupby([frame["example_id"].to_numpy()[words],
+                                              frame["word_id"].to_numpy()[words]]).mean()
+
+
+@pytest.mark.workflow
+def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_the_join(
+        lmd_run, tiny_models, tiny_corpus, tmp_path):
+    workdir, _ = lmd_run
+    table = pd.read_csv(workdir / SIM_OUT / "similarity.csv")
+    bert, roberta = word_vectors(workdir, "tiny-bert", 2), word_vectors(workdir, "tiny-roberta", 3)
+    shared = bert.index.intersection(roberta.index)  # the words both tokenizers cover, train and test
+    x, y = bert.loc[shared].to_numpy(), roberta.loc[shared].to_numpy()
+    expected = direct_measures(x, y)
+    assert table["measure"].tolist() == list(sim.MEASURES)
+    for row in table.itertuples():
+        value, kept_x, kept_y = expected[row.measure]
+        assert abs(row.value - value) < 1e-8, row.measure
+        assert (row.kept_a, row.kept_b) == (kept_x, kept_y), row.measure
+        assert (row.dataset, row.unit, row.model_a, row.model_b) == ("toy", "word", "tiny-bert", "tiny-roberta")
+        assert (row.n_units, row.dims_a, row.dims_b, row.layer_a, row.layer_b) == (len(shared), 32, 48, 2, 3)
+        assert (row.cut == 0.99) if row.measure == "svcca" else (
+            row.cut == TOLERANCE if row.measure in ("cca_mean", "cca_mean_squared", "pwcca") else np.isnan(row.cut))
+    figures = workdir / "results/figures/similarity/toy/word/t-1_b-1"
+    assert all((figures / f"{m}.{ext}").stat().st_size > 1000 for m in sim.MEASURES for ext in ("png", "svg"))
+    log = (workdir / "results/logs/similarity/toy/word/t-1_b-1.log").read_text()
+    assert "1 pair files in, 7 rows out" in log and f"on {len(shared)} units" in log
+    assert (workdir / "results/benchmarks/similarity/toy/word/t-1_b-1.tsv").exists()
+
+    # a run of one measure, then the others added: only the similarity jobs are scheduled (no pair pass, no fit)
+    scratch = copy_run(workdir, tmp_path / "measures")
+    run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, similarity={"measures": ["cka"]}))
+    assert pd.read_csv(scratch / SIM_OUT / "similarity.csv")["measure"].tolist() == ["cka"]
+    (scratch / "config.yaml").write_text(yaml.safe_dump(lmd_config(tiny_models, tiny_corpus), sort_keys=False))
+    jobs = pending_jobs(scratch)
+    assert jobs and {rule for rule, _ in jobs} == {"similarity"}, jobs
+    assert {out for _, out in jobs if out.endswith("similarity.csv")} == {
+        f"results/analysis/similarity/toy/{unit}/t-1_b-1/similarity.csv" for unit in ("example", "word")}
