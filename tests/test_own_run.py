@@ -109,7 +109,7 @@ def test_own_config_runs_every_analysis_and_the_report(own_run):
 @pytest.mark.workflow
 def test_a_second_run_as_a_user_runs_it_gives_byte_identical_files(own_files, own_run):
     """Determinism as a user runs the workflow: the same command line from scratch in another folder; every analysis
-    (decomposition, variability, compression, geometry with FAISS k-means and quantizer training on two OpenMP
+    (decomposition, similarity, variability, compression, geometry with FAISS k-means and quantizer training on two OpenMP
     threads, two-tower training on two torch threads), the dataset and the hidden states byte for byte. The one
     exception: the two-tower histories' `elapsed_s` column (wall time), compared with that column left out; the
     tolerance documented in docs/reliability.md is zero otherwise."""
@@ -119,8 +119,9 @@ def test_a_second_run_as_a_user_runs_it_gives_byte_identical_files(own_files, ow
     second.mkdir()
     snakemake(second, [root / "my.yaml", root / "budget.yaml"])
     tables = sorted(p.relative_to(first).as_posix() for p in (first / "results/analysis").rglob("*.csv"))
-    assert {Path(t).parts[2] for t in tables} == {"decomposition", "variability", "compression", "geometry", "twotower"}
-    assert len(tables) == 33, tables  # decomposition 3, variability 7, compression 10, geometry 7, two-tower 6
+    assert {Path(t).parts[2] for t in tables} == {"decomposition", "similarity", "variability", "compression",
+                                                  "geometry", "twotower"}
+    assert len(tables) == 34, tables  # decomposition 3, similarity 1, variability 7, compression 10, geometry 7, two-tower 6
     hidden = [paths.pooled_path("mine", m) for m in ("bert-a", "roberta-b")]
     hidden += [paths.tokens_path("mine", m) for m in ("bert-a", "roberta-b")]
     timed = [t for t in tables if t.endswith("history.csv")]
