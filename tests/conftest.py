@@ -151,6 +151,20 @@ def pytest_make_collect_report(collector):
     return report
 
 
+# Test files by their measured wall time (`--durations`, docs/performance.md), longest first. The README's command
+# hands whole files to the xdist workers in collection order (`--dist loadfile`); starting the longest first
+# leaves short files to fill the end instead of one long file running alone. Files not listed keep their
+# alphabetical order after these. Only the order changes: every test still runs.
+LONGEST_FIRST = ("test_own_run.py", "test_cluster.py", "test_report.py", "test_reliability.py", "test_geometry.py",
+                 "test_twotower.py", "test_decomposition.py", "test_compression.py", "test_variability.py",
+                 "test_library_code_rerun.py", "test_workflow_spine.py", "test_similarity.py", "test_figures.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, the file's order
+
+
 def shared_root(tmp_path_factory) -> Path:
     """A folder of this test run that every xdist worker sees: the parent of the workers' own base folders
     (pytest-of-<user>/pytest-<n>/, one per run); the run's base folder without xdist."""
