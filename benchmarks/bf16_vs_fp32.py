@@ -1,6 +1,6 @@
 """How far every analysis's numbers move when the hidden states come from a bf16 (or fp16, tf32) forward pass.
 
-    nice -n 10 .venv/bin/python benchmarks/bf16_vs_fp32.py --reference /work/before --workdir /tmp/bf16run \
+    nice -n 10 .venv/bin/python benchmarks/bf16_vs_fp32.py --reference RUN --workdir SCRATCH \
         [--precision bfloat16] [--cores 2] [--compare-only]
 
 --reference is a finished float32 run of the default (a project copy whose results/ holds the models, the data

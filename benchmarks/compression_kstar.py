@@ -8,7 +8,7 @@ The run's accuracies are recomputed too: the script says whether they match (the
 whose pooled.parquet is found (under --hidden, default the run's hidden/) but whose run table is not yet written
 gets the former rule from the recomputed accuracies (`accuracies_match_the_run` empty).
 
-    .venv/bin/python benchmarks/compression_kstar.py --results /work/before/results
+    .venv/bin/python benchmarks/compression_kstar.py --results RUN/results
 """
 import argparse
 import sys

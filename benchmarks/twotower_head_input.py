@@ -7,7 +7,7 @@ control's 95% quantile and permutation p, the preference's std (control's), the 
 and the heads' mean held-out log-probabilities. Training is untouched (the same snapshots), so the differences
 are the head input's alone.
 
-    .venv/bin/python benchmarks/twotower_head_input.py --results /work/before/results --threads 1
+    .venv/bin/python benchmarks/twotower_head_input.py --results RUN/results --threads 1
 """
 import argparse
 import sys
