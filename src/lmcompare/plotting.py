@@ -34,6 +34,36 @@ def save_figure(fig, paths: Sequence[str]) -> None:
     plt.close(fig)
 
 
+def annotated_heatmap(values, labels: Sequence[str], *, title: str, colorbar_label: str, paths: Sequence[str],
+                      xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """A labels x labels matrix as a cividis heatmap with each finite value printed in its cell (nan cells left
+    blank), from min(0, smallest value) to 1, saved to paths: the pairwise figures of the decomposition and of the
+    similarity measures."""
+    import numpy as np
+
+    plt = pyplot()
+    labels = list(labels)
+    values = np.asarray(values, dtype=float)
+    size = max(4.0, 0.7 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=1.0)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if image.norm(values[i, j]) > 0.55 else "white")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    save_figure(fig, paths)
+
+
 # model -> its index in the run's full configured model list (set by a figure job from its `model_index` param),
 # so that a model has one colour and marker in every figure of a run, whichever subset a figure shows.
 _MODEL_INDEX: dict = {}

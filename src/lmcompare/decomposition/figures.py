@@ -11,25 +11,9 @@ from lmcompare.decomposition.tags import VALIDATION
 
 def plot_pairwise(matrix, title: str, paths: Sequence[str]) -> None:
     """Heatmap of a pairwise matrix (rows: target model, columns: basis model, values: test R²), saved to paths."""
-    plt = plotting.pyplot()
-    models = list(matrix.index)
-    values = matrix.to_numpy(dtype=float)
-    size = max(4.0, 0.7 * len(models) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=min(0.0, np.nanmin(values)) if np.isfinite(values).any() else 0.0, vmax=1.0)
-    for i in range(len(models)):
-        for j in range(len(models)):
-            if np.isfinite(values[i, j]):
-                shade = image.norm(values[i, j])
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                        color="black" if shade > 0.55 else "white")
-    ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
-    ax.set_yticks(range(len(models)), models)
-    ax.set_xlabel("basis model (z)")
-    ax.set_ylabel("target model (u)")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="test R² (fraction of variance explained)")
-    plotting.save_figure(fig, paths)
+    plotting.annotated_heatmap(matrix.to_numpy(dtype=float), list(matrix.index), title=title,
+                               colorbar_label="test R² (fraction of variance explained)", paths=paths,
+                               xlabel="basis model (z)", ylabel="target model (u)")
 
 
 def plot_group(group_frame, title: str, paths: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lmcompare.decomposition.moments import ALL_SPLITS, compute_joint_moments, merge_train
+from lmcompare.decomposition.moments import ALL_SPLITS, between_share, compute_joint_moments, merge_train
 from lmcompare.decomposition.pair_file import PairMoments, read_pair_header
 from lmcompare.decomposition.solvers import SplitStats
 from lmcompare.decomposition.tags import canonical_pair, model_pairs
@@ -124,13 +124,10 @@ class JointMoments:
             self.groups[split] = dict.fromkeys(self.groups[split], parts[split].groups)
         for split in self.splits:
             part = parts[split]
-            self.cov[split] = part.comoment / part.n if part.n else np.full(part.comoment.shape, np.nan)
-            self.mean[split] = part.mean
+            self.cov[split], self.mean[split] = part.covariance(), part.mean
             for model in self.models:
-                columns = self.columns_of(model, "target")
-                total = float(np.trace(part.comoment[np.ix_(columns, columns)]))
                 self.model_n[split][model] = part.n
-                self.share[split][model] = float(part.between[columns].sum()) / total if total > 0 else float("nan")
+                self.share[split][model] = between_share(part.comoment, part.between, self.columns_of(model, "target"))
         self.covariance = "common_units"
         LOG.info("joint moments of %d models on the units all of them have: %d train and %d test units (%s dropped "
                  "per join step); %.1f s", len(self.models), parts["train"].n, parts["test"].n,

@@ -284,6 +284,13 @@ def compute_joint_moments(sources: Sequence[ModelLayers], unit: str, pooling: st
     return moments, all_counts
 
 
+def between_share(comoment: np.ndarray, between: np.ndarray, columns) -> float:
+    """Share of the variance of `columns` (a slice or indices; their sum of squares about the mean, from the
+    co-moment's diagonal) that lies between examples (the between-example sums of squares, BetweenExamples)."""
+    total = float(comoment.diagonal()[columns].sum())
+    return float(between[columns].sum()) / total if total > 0 else float("nan")
+
+
 def merge_train(moments: dict) -> Moments:
     """The whole train split: the fit and valid parts merged (exact, Chan et al.), with their examples' counts
     and between-example sums of squares (the parts hold disjoint examples)."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lmcompare import __version__, files
-from lmcompare.decomposition.moments import ALL_SPLITS, STORED_SPLITS, Moments, compute_pair_moments, merge_train
+from lmcompare.decomposition.moments import (ALL_SPLITS, STORED_SPLITS, Moments, between_share, compute_pair_moments,
+                                             merge_train)
 from lmcompare.decomposition.tags import MOMENTS_FORMAT
 from lmcompare.decomposition.units import ModelLayers, model_layers
 from lmcompare.errors import WorkflowInputError
@@ -157,9 +158,7 @@ class PairMoments:
 
     def between_share(self, model: str, split: str, role: str = "target") -> float:
         """Share of a model layer's variance (its sum of squares about the mean) lying between examples."""
-        columns = self.columns_of(model, role)
-        total = float(np.trace(self.comoment[split][columns, columns]))
-        return float(self.between[split][columns].sum()) / total if total > 0 else float("nan")
+        return between_share(self.comoment[split], self.between[split], self.columns_of(model, role))
 
 
 def write_pair_moments(path, model_a: str, hidden_file_a: str, model_b: str, hidden_file_b: str, *, dataset: str,
@@ -180,12 +179,10 @@ def write_pair_moments(path, model_a: str, hidden_file_a: str, model_b: str, hid
              "%.1f s", counts.matched, moments["fit"].n + moments["valid"].n, moments["fit"].n, moments["valid"].n,
              moments["test"].n, counts.only_a, a.model, counts.only_b, b.model, time.perf_counter() - started)
     train = merge_train(moments)
-    total = train.comoment.diagonal()
     width_a = a.hidden_size * len(a.layers)
     for source, start, stop in ((a, 0, a.hidden_size), (b, width_a, width_a + b.hidden_size)):
-        ss = float(total[start:stop].sum())
         LOG.info("%s: %d train units from %d examples; between-example share of the train variance %.3f", source.model,
-                 train.n, train.groups, float(train.between[start:stop].sum()) / ss if ss > 0 else float("nan"))
+                 train.n, train.groups, between_share(train.comoment, train.between, slice(start, stop)))
     if counts.matched == 0:
         raise WorkflowInputError(
             f"models {a.model!r} and {b.model!r} share no {unit!r} unit on dataset {dataset!r}: "

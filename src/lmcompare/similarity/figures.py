@@ -30,21 +30,8 @@ def similarity_matrix(table, measure: str, models: Sequence[str]) -> np.ndarray:
 
 
 def plot_similarity(table, measure: str, models: Sequence[str], paths: Sequence[str], where: str) -> None:
-    plt = plotting.pyplot()
+    """The heatmap of one measure (similarity_matrix), saved to paths."""
     models = list(models)
-    values = similarity_matrix(table, measure, models)
-    size = max(4.0, 0.7 * len(models) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=1.0)
-    for i in range(len(models)):
-        for j in range(len(models)):
-            if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                        color="black" if image.norm(values[i, j]) > 0.55 else "white")
-    ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
-    ax.set_yticks(range(len(models)), models)
     n_units = int(table["n_units"].min()) if len(table) else 0
-    ax.set_title(f"{TITLES[measure]}\n({where}; {n_units} units; diagonal: each model with itself, 1)")
-    fig.colorbar(image, ax=ax, label=measure)
-    plotting.save_figure(fig, paths)
+    plotting.annotated_heatmap(similarity_matrix(table, measure, models), models, colorbar_label=measure, paths=paths,
+                               title=f"{TITLES[measure]}\n({where}; {n_units} units; diagonal: each model with itself, 1)")

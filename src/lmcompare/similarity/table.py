@@ -15,7 +15,7 @@ import numpy as np
 
 from lmcompare import files
 from lmcompare.decomposition.pair_file import PairMoments
-from lmcompare.decomposition.tags import canonical_pair
+from lmcompare.decomposition.tags import canonical_pair, model_pairs
 from lmcompare.errors import WorkflowInputError
 from lmcompare.similarity.cca import canonical_correlations, pwcca, spectrum, svcca
 from lmcompare.similarity.cka import debiased_cka, linear_cka
@@ -82,7 +82,7 @@ def similarity_table(pair_paths: dict, models: Sequence[str], measures: Sequence
         raise WorkflowInputError(f"similarity needs at least two models, got {models}; list two or more in "
                                  f"decomposition.models (null = every configured model).")
     rows = []
-    for a, b in sorted({canonical_pair(x, y) for i, x in enumerate(models) for y in models[i + 1:]}):
+    for a, b in model_pairs(models):
         path = pair_paths.get((a, b))
         if path is None:
             raise WorkflowInputError(f"no pair file for models {a!r} and {b!r}; the similarity job needs the "
