@@ -156,7 +156,7 @@ def _encoder_distances(results: Path, config_path: Path) -> None:
     import yaml
     from transformers import AutoModel
 
-    from lmcompare.models.perturb import perturb_, perturbed_parameter_names
+    from lmcompare.models.perturb import model_seed, perturb_, perturbed_parameter_names
 
     entries = [e for e in yaml.safe_load(config_path.read_text())["models"] if e.get("source") == "perturb"]
     bases = {}
@@ -166,11 +166,12 @@ def _encoder_distances(results: Path, config_path: Path) -> None:
             bases[entry["base"]] = AutoModel.from_pretrained(base_dir, local_files_only=True).eval()
         base = bases[entry["base"]]
         folder = results / "models" / entry["name"]
+        seed, _ = model_seed(entry["name"], entry.get("seed"))  # the perturbation rule's seed for this entry
         if (folder / "config.json").exists():
             derived, how = AutoModel.from_pretrained(folder, local_files_only=True), "materialised"
         else:
             derived = copy.deepcopy(base)
-            perturb_(derived, float(entry["alpha"]), int(entry.get("seed", 0)), entry.get("tensors", "encoder_weights"))
+            perturb_(derived, float(entry["alpha"]), seed, entry.get("tensors", "encoder_weights"))
             how = "rebuilt in memory"
         names = set(perturbed_parameter_names(base))
         ours, theirs = dict(derived.named_parameters()), dict(base.named_parameters())
@@ -180,7 +181,7 @@ def _encoder_distances(results: Path, config_path: Path) -> None:
             with torch.no_grad():
                 diff = sum(float(((ours[n].double() - theirs[n].double()) ** 2).sum()) for n in chosen)
                 ref = sum(float((theirs[n].double() ** 2).sum()) for n in chosen)
-            print(f"{entry['name']} ({how}, alpha {entry['alpha']}, seed {entry.get('seed', 0)}) vs {entry['base']}: "
+            print(f"{entry['name']} ({how}, alpha {entry['alpha']}, seed {seed}) vs {entry['base']}: "
                   f"{label} ({len(chosen)}) differ by {100 * (diff / ref) ** 0.5:.0f} % (relative Frobenius norm)")
 
 
