@@ -564,7 +564,7 @@ def test_results_on_slurm_equal_the_local_run(cluster_runs):
     assert ours["source"] == "finetune"
     assert {k: ours[k] for k in ("steps", "train_accuracy", "test_accuracy")} == {
         k: theirs[k] for k in ("steps", "train_accuracy", "test_accuracy")}
-    ours, theirs = (torch.load(root / twotower / "seed0" / "step20.pt", map_location="cpu", weights_only=False)["model"]
+    ours, theirs = (torch.load(root / twotower / "seed0" / "step20.pt", map_location="cpu", weights_only=True)["model"]
                     for root in (local_root, slurm_root))
     assert sorted(ours) == sorted(theirs)
     for name, tensor in ours.items():

@@ -416,7 +416,7 @@ def test_sigkill_during_training_resumes_bit_identically(tmp_path):
         time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    cut = torch.load(work / "last.pt", weights_only=False)["step"]
+    cut = torch.load(work / "last.pt", weights_only=True)["step"]
     assert 0 < cut < 120, "the run must be killed mid-way"
     cfg = tt.TowerConfig(vocab_size=24, **TINY)
     resumed, _ = tt.train_two_tower(toy_corpus(), cfg, tt.TrainConfig(**settings), seed=2, work_dir=work)

@@ -3,6 +3,9 @@
 `train_two_tower` trains (or resumes) one seed with checkpoints in a work folder (last.pt: model, optimiser,
 scheduler, RNG state, loss history, fingerprinted by the settings; stepNNNNNN.pt: the weights of a measured
 step); `load_snapshot` reads such a snapshot back. `train_run` is what rule twotower_train does.
+
+Checkpoints hold only tensors and plain Python values (dicts, lists, numbers, strings, None) and are read with
+`torch.load(..., weights_only=True)`: loading one never runs pickled code (`load_checkpoint`).
 """
 
 import hashlib
@@ -10,6 +13,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -102,6 +106,11 @@ def evaluate_loss(model, ids: np.ndarray, window: int, device, max_windows: int 
     return total / max(count, 1)
 
 
+def load_checkpoint(path, device=None) -> dict:
+    """A checkpoint of ours, read without executing code (`weights_only=True`: tensors and plain values only)."""
+    return torch.load(path, map_location=device or "cpu", weights_only=True)
+
+
 def _atomic_torch_save(obj, path) -> None:
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
@@ -139,7 +148,12 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
     step = 0
     last = work_dir / "last.pt"
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+        try:
+            state = load_checkpoint(last, device)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # e.g. one written before weights_only
+            LOG.warning("%s cannot be read as a plain-tensor checkpoint (%s): starting afresh", last,
+                        str(err).splitlines()[0])
+            state = {}
         if state.get("fingerprint") == key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -169,7 +183,8 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
 
     def snapshot():
         _atomic_torch_save({"fingerprint": key, "step": step, "model": model.state_dict(),
-                            "model_config": asdict(model_cfg), "vocab_ids": corpus.vocab_ids,
+                            "model_config": asdict(model_cfg),
+                            "vocab_ids": torch.as_tensor(np.asarray(corpus.vocab_ids, dtype=np.int64)),
                             "seed": int(seed), "freeze_tower": train.freeze_tower}, work_dir / snapshot_name(step))
 
     if step == 0 and not history:
@@ -220,10 +235,10 @@ def train_two_tower(corpus: Corpus, model_cfg: TowerConfig, train: TrainConfig, 
 def load_snapshot(path, device=None):
     """(model, snapshot dict) from a stepNNNNNN.pt file."""
     try:
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        state = load_checkpoint(path, device)
         model = TwoTowerLM(TowerConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
-    except (OSError, KeyError, RuntimeError) as err:
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
         raise WorkflowInputError(f"{path} is not a readable two-tower snapshot ({err}); delete it and rerun.") from err
     model.eval()
     return model.to(device or "cpu"), state
