@@ -178,7 +178,13 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.unk_token_id
     if pad_id is None:
         raise WorkflowInputError(f"model {model_name!r}: its tokenizer has no pad, eos or unk token to pad with.")
-    model = encoder_of(load_model(model_dir, device=device, dtype=dtype))
+    try:
+        provenance = read_provenance(model_dir)
+    except WorkflowInputError:
+        provenance = {}
+    # the model's own code runs only where its config switched trust_remote_code on (recorded in its provenance)
+    model = encoder_of(load_model(model_dir, device=device, dtype=dtype,
+                                  trust_remote_code=bool(provenance.get("trust_remote_code", False))))
     n_layers = model.config.num_hidden_layers + 1
     width = model.config.hidden_size
     token_layers = sorted({hidden_states.resolve_layer(layer, n_layers, "extraction.token_layers entry")
@@ -196,10 +202,6 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         LOG.info("max_length capped at %d by the model's position embeddings", max_length)
     store_type = pa.float16() if settings.store_dtype == "float16" else pa.float32()
     store_np = np.float16 if settings.store_dtype == "float16" else np.float32
-    try:
-        provenance = read_provenance(model_dir)
-    except WorkflowInputError:
-        provenance = {}
     metadata = {
         "model": model_name, "dataset": dataset_name, "n_layers": n_layers, "hidden_size": width,
         "store_dtype": settings.store_dtype, "compute_dtype": dtype_label(dtype, device),

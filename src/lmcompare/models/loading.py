@@ -121,14 +121,16 @@ def route_transformers_logs() -> None:
 
 
 def load_model(folder, *, auto_class=None, device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
-    """Load a model folder offline, with SDPA attention where the architecture supports it (eager otherwise)."""
+    """Load a model folder offline, with SDPA attention where the architecture supports it (eager otherwise).
+    PyTorch pickle weights (.bin) are read with weights_only=True (tensors only: unpickling runs no code); the
+    model's own code runs only with trust_remote_code (the model's config switch, recorded in its provenance)."""
     import torch
     from transformers import AutoModel
 
     route_transformers_logs()
     auto_class = auto_class or AutoModel
     dtype = dtype or torch.float32
-    common = dict(local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    common = dict(local_files_only=True, dtype=dtype, trust_remote_code=trust_remote_code, weights_only=True, **kwargs)
     if not (Path(folder) / "config.json").exists():
         raise WorkflowInputError(f"{folder} has no config.json: it is not a Hugging Face model folder.")
     try:
