@@ -184,6 +184,23 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path):
     assert hist_other[0]["step"] == 0 and hist_other[-1]["test_loss"] != hist_resumed[-1]["test_loss"]
 
 
+@pytest.mark.unit
+def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
+    """Our own checkpoints load with torch.load(..., weights_only=True): no pickled code, and the snapshot reads
+    back into the same model (issue 14: weights_only=False was needed before)."""
+    corpus = toy_corpus()
+    cfg = tt.TowerConfig(vocab_size=24, **TINY)
+    train = tt.TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=4, eval_max_windows=2,
+                           checkpoint_every=4)
+    model, _ = tt.train_two_tower(corpus, cfg, train, seed=1, work_dir=tmp_path)
+    for name in ("last.pt", tt.snapshot_name(4)):
+        torch.load(tmp_path / name, weights_only=True)
+    loaded, state = tt.load_snapshot(tmp_path / tt.snapshot_name(4))
+    assert np.array_equal(np.asarray(state["vocab_ids"]), corpus.vocab_ids)
+    for (key, p), q in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(p, q), key
+
+
 def _measure(model, corpus, steps=60):
     heads = tt.train_tower_heads(model, corpus, tt.HeadConfig(steps=steps, batch_size=8, learning_rate=3e-3))
     result = tt.heldout_logprobs(model, heads, corpus)
