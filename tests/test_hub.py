@@ -154,9 +154,9 @@ def test_a_hub_download_that_never_answers_times_out_with_one_message(tmp_path, 
     started = time.perf_counter()
     try:
         with pytest.raises(WorkflowInputError, match=r"model 'bert': the hub download of bert-base-uncased@main did "
-                                                     r"not finish in 4 s"):
+                                                     r"not finish in 2 s"):
             from_hub({"name": "bert", "repo_id": "bert-base-uncased", "revision": "main"}, tmp_path / "bert",
-                     timeout_s=4)
+                     timeout_s=2)
     finally:
         silent.close()
     assert time.perf_counter() - started < 60
@@ -216,9 +216,9 @@ def test_bad_hub_datasets_stop_with_one_message_naming_the_dataset(hub, tmp_path
 @pytest.mark.workflow
 def test_the_workflow_materialises_a_hub_model_and_prepares_a_hub_dataset(hub, tiny_models, tiny_corpus, tmp_path):
     """The rules materialise_model and prepare_dataset on hub sources (only those jobs: explicit targets)."""
-    config = tiny_config(tiny_models, tiny_corpus, models=("bert",))
-    config["models"].append(hub_entry(revision="v1.0"))
-    config["datasets"].append({k: v for k, v in SST2.items() if v is not None and k != "split_column"})
+    config = tiny_config(tiny_models, tiny_corpus)  # its analyses switched off; only hub sources
+    config["models"] = [hub_entry(revision="v1.0")]
+    config["datasets"] = [{k: v for k, v in SST2.items() if v is not None and k != "split_column"}]
     run_workflow(tmp_path, config, paths.model_dir("hub-bert"), paths.dataset_path("sst2"))
     provenance = read_provenance(tmp_path / paths.model_dir("hub-bert"))
     assert provenance["revision"] == hub.sha(BERT, "v1.0") and provenance["revision_requested"] == "v1.0"
