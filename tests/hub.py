@@ -170,6 +170,28 @@ def unsafe_marker(mirrors: Path) -> Path:
     return mirrors.parent / f"{mirrors.name}.pickle-ran-code"
 
 
+CUSTOM_CONFIG_CODE = """from transformers import PretrainedConfig
+
+
+class CustomConfig(PretrainedConfig):
+    model_type = "lmcompare-custom"
+"""
+
+
+def custom_code_repo(folder, tiny_models):
+    """tiny-bert's files with a config of a model type transformers does not know, whose class is in the repo's
+    own code (configuration_custom.py, named by auto_map): it loads only with trust_remote_code."""
+    import json
+
+    def write(f):
+        _copy_model(tiny_models["bert"])(f)
+        config = json.loads((f / "config.json").read_text())
+        config.update(model_type="lmcompare-custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig"})
+        (f / "config.json").write_text(json.dumps(config, indent=2))
+        (f / "configuration_custom.py").write_text(CUSTOM_CONFIG_CODE)
+    make_git_repo(folder, write)
+
+
 def no_weights_repo(folder, tiny_models):
     """Config and tokenizer of tiny-bert, no weight file."""
     def write(f):
@@ -224,7 +246,7 @@ def glue_like_repo(folder, tiny_models):
 
 MODEL_REPOS = {f"{ORG}/tiny-bert": tiny_bert_repo, f"{ORG}/tiny-roberta-pickle": pickle_only_repo,
                f"{ORG}/no-weights": no_weights_repo,
-               f"{ORG}/unsafe-pickle": unsafe_pickle_repo, f"{ORG}/slow-tokenizer": slow_tokenizer_repo}
+               f"{ORG}/unsafe-pickle": unsafe_pickle_repo, f"{ORG}/custom-code": custom_code_repo, f"{ORG}/slow-tokenizer": slow_tokenizer_repo}
 DATASET_REPOS = {f"{ORG}/glue-like": glue_like_repo}
 
 

@@ -60,10 +60,17 @@ def test_a_branch_and_a_tag_resolve_to_their_commit_and_only_safetensors_come_do
 
 
 @pytest.mark.unit
-def test_model_code_comes_down_only_with_trust_remote_code(hub, tmp_path):
-    record = materialise(hub_entry(revision=hub.sha(BERT), trust_remote_code=True), tmp_path / "trusted")
-    assert (tmp_path / "trusted" / "extra_code.py").exists()
-    assert record["trust_remote_code"] is True and "extra_code.py" in record["files"]
+def test_model_code_comes_down_and_runs_only_with_trust_remote_code(hub, tmp_path):
+    """Without the model's switch its code is not downloaded and the model is refused, naming the switch; with it,
+    the code loads the config and provenance names the switch."""
+    repo = f"{ORG}/custom-code"
+    with pytest.raises(WorkflowInputError, match=r"model 'custom': .*Set `trust_remote_code: true` on this model "
+                                                 r"in the config only if you trust that code"):
+        materialise(hub_entry(repo, name="custom"), tmp_path / "refused")
+    assert list(tmp_path.iterdir()) == []
+    record = materialise(hub_entry(repo, name="custom", trust_remote_code=True), tmp_path / "trusted")
+    assert record["trust_remote_code"] is True and record["model_type"] == "lmcompare-custom"
+    assert "configuration_custom.py" in record["files"] and (tmp_path / "trusted" / "configuration_custom.py").exists()
 
 
 @pytest.mark.unit

@@ -286,9 +286,12 @@ def check_loads(folder: Path, name: str, trust_remote_code: bool = False) -> dic
     try:
         model_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        hint = (" It needs the model's own code: set `trust_remote_code: true` on this model in the config only if "
-                "you trust that code (it runs on your machine)." if "trust_remote_code" in str(err) else "")
-        raise WorkflowInputError(f"model {name!r}: {folder}/config.json does not load ({err}).{hint}") from err
+        if "trust_remote_code" in str(err):
+            raise WorkflowInputError(
+                f"model {name!r}: its config.json names a model class that only the model's own code defines "
+                f"(auto_map), which is not run by default. Set `trust_remote_code: true` on this model in the config "
+                f"only if you trust that code (it runs on your machine).") from None
+        raise WorkflowInputError(f"model {name!r}: {folder}/config.json does not load ({err}).") from err
     tokenizer = load_tokenizer(folder)
     if not tokenizer.is_fast:
         raise WorkflowInputError(
