@@ -32,6 +32,27 @@ def hub_warnings(caplog):
 
 
 @pytest.mark.unit
+def test_one_weight_format_and_only_top_level_files_are_chosen():
+    from lmcompare.models.hub import HubFailure, choose_files
+
+    repo = ["config.json", "tokenizer.json", "vocab.txt", "README.md", ".gitattributes", "modeling_x.py",
+            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+            "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json",
+            "tf_model.h5", "flax_model.msgpack", "onnx/model.onnx", "onnx/config.json", "1_Pooling/config.json"]
+    names, fmt = choose_files(repo)
+    assert fmt == "safetensors" and names == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "tokenizer.json", "vocab.txt"]
+    pickles = [f for f in repo if "safetensors" not in f]
+    names, fmt = choose_files(pickles, trust_remote_code=True)
+    assert fmt == "pytorch-pickle" and names == [
+        "config.json", "modeling_x.py", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json", "tokenizer.json", "vocab.txt"]
+    with pytest.raises(HubFailure, match="no \\*.safetensors or pytorch_model"):
+        choose_files(["config.json", "onnx/model.onnx", "onnx/model.safetensors"])
+
+
+@pytest.mark.unit
 def test_a_branch_and_a_tag_resolve_to_their_commit_and_only_safetensors_come_down(hub, tiny_models, tmp_path, caplog):
     """revision: main / a tag / a sha -> provenance records the commit; a branch or tag is a warning naming the sha
     to pin; the repo's pickle copy of the weights, its README and its model code are not downloaded; the files are
