@@ -333,6 +333,7 @@ def hub(tmp_path_factory, tiny_models):
 
     assert huggingface_hub.constants.ENDPOINT == ENDPOINT, "huggingface_hub was imported before tests/hub.py"
     process = start_olah(mirrors, tmp_path_factory.mktemp("olah"), PORT)
+    atexit.register(stop_olah, process)  # also when the session ends without its teardown (an interrupted run)
     yield Hub(ENDPOINT, PORT, mirrors, process)
     stop_olah(process)
 
