@@ -8,11 +8,14 @@ batches under a token budget (dynamic padding); each window is written as one ro
 Memory is bounded by the window, never by the corpus.
 """
 
+import dataclasses
+import hashlib
 import logging
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +24,10 @@ import pyarrow.parquet as pq
 import lmcompare
 
 from lmcompare import files, hidden_states
+from lmcompare.code_digest import code_digest
+from lmcompare.extraction.partial import PartialWindows, file_sha256, partial_dir
 from lmcompare.models.loading import (dtype_label, environment_summary, load_model, load_tokenizer,
-                                            pick_device, pick_dtype, read_provenance)
+                                            pick_device, pick_dtype, read_provenance, weights_sha256)
 from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -61,6 +66,47 @@ class ExtractionCounts:
     batches: int = 0
     forward_seconds: float = 0.0
     nonfinite_ids: list = field(default_factory=list)
+
+    # what a window's commit record holds (forward_seconds is this job's only)
+    RECORDED = ("examples", "tokens", "padded_tokens", "truncated", "nonfinite_dropped", "batches", "nonfinite_ids")
+
+    def snapshot(self) -> dict:
+        return {name: (list(getattr(self, name)) if name == "nonfinite_ids" else getattr(self, name))
+                for name in self.RECORDED}
+
+    def since(self, before: dict) -> dict:
+        """What one window added to the counts since `before` (a snapshot)."""
+        return {name: (self.nonfinite_ids[len(before[name]):] if name == "nonfinite_ids"
+                       else getattr(self, name) - before[name]) for name in self.RECORDED}
+
+    def add(self, record: dict) -> None:
+        for name in self.RECORDED:
+            if name == "nonfinite_ids":
+                self.nonfinite_ids.extend(record[name])
+            else:
+                setattr(self, name, getattr(self, name) + record[name])
+
+
+def extraction_code_digest() -> str:
+    """The extraction's own code (this module and the library modules it imports): a partial folder written by
+    other code is not resumed."""
+    return hashlib.sha256(Path(__file__).read_bytes() + code_digest(__file__).encode()).hexdigest()[:16]
+
+
+def resume_description(settings, metadata, *, model_dir, dataset_path, device) -> dict:
+    """Everything the part files of a partial extraction depend on (the fingerprint of its manifest)."""
+    import torch
+
+    environment = environment_summary()
+    weights = metadata.get("weights_sha256") or weights_sha256(model_dir)
+    return {
+        **{f"extraction.{key}": value for key, value in dataclasses.asdict(settings).items()},
+        **{f"metadata.{key}": value for key, value in metadata.items() if key != "weights_sha256"},
+        "model_weights_sha256": weights, "dataset_sha256": file_sha256(dataset_path),
+        "extraction_code": extraction_code_digest(), "torch": environment["torch"],
+        "transformers": environment["transformers"], "torch_threads": environment["threads"],
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
 
 # ------------------------------------------------------------------------------------ tokenisation
@@ -214,49 +260,72 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
 
     counts = ExtractionCounts()
     n_windows = math.ceil(n / settings.sort_window)
+    pooled_schema = hidden_states.pooled_schema(n_layers, width, store_type, metadata)
+    tokens_schema = hidden_states.tokens_schema(token_layers, width, store_type, metadata)
+    # Finished windows go to part files in a hidden folder next to the outputs; a rerun after a kill starts at the
+    # first unfinished window (extraction/partial.py). Every run assembles the final files from the parts.
+    partial = PartialWindows(partial_dir(pooled_out), resume_description(
+        settings, metadata, model_dir=model_dir, dataset_path=dataset_path, device=device))
+    resumed = partial.open()
+    for record in partial.records:
+        counts.add(record)
+    resumed_tokens = counts.tokens
+    if resumed:
+        LOG.info("resuming at window %d/%d: windows 1-%d (%d examples, %d tokens) were finished by an earlier run "
+                 "of this job (%s) and are not recomputed", resumed + 1, n_windows, resumed, counts.examples,
+                 counts.tokens, partial.folder)
+    else:
+        LOG.info("finished windows are kept in %s until both outputs are written (a rerun after a kill resumes "
+                 "there)", partial.folder)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc=f"extract {dataset_name}/{model_name}", unit="ex", file=sys.stderr,
                    mininterval=10, disable=None)
-    with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
-        # Row counts go into the metadata at the end, so the writers are opened with the final schema later.
-        pooled_writer = tokens_writer = None
+    try:
         # the dataset is streamed too: one window of texts in memory at a time
         windows = dataset_file.iter_batches(batch_size=settings.sort_window, columns=DATASET_COLUMNS)
         for window_index, record_batch in enumerate(windows):
+            if window_index < resumed:
+                continue
             window = record_batch.to_pandas()
+            before = counts.snapshot()
             pooled_batch, tokens_batch = extract_window(
                 model, tokenizer, window, settings, counts, pad_id=pad_id, device=device, n_layers=n_layers,
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
                 store_type=store_type, model_name=model_name)
-            if pooled_writer is None:
-                pooled_writer = pq.ParquetWriter(pooled_tmp, hidden_states.pooled_schema(n_layers, width, store_type, metadata),
-                                                 compression="none")
-                tokens_writer = pq.ParquetWriter(tokens_tmp, hidden_states.tokens_schema(token_layers, width, store_type, metadata),
-                                                 compression="none")
-            pooled_writer.write_table(pa.Table.from_pydict(pooled_batch, schema=pooled_writer.schema))
-            tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema),
-                                      row_group_size=TOKEN_ROW_GROUP_ROWS)
+            partial.write_part("pooled", window_index, pa.Table.from_pydict(pooled_batch, schema=pooled_schema),
+                               pooled_schema)
+            partial.write_part("tokens", window_index, pa.Table.from_pydict(tokens_batch, schema=tokens_schema),
+                               tokens_schema, row_group_size=TOKEN_ROW_GROUP_ROWS)
+            partial.commit(window_index, counts.since(before))
             if bar is not None:
                 bar.update(len(window))
             elapsed = time.perf_counter() - started
             LOG.info("window %d/%d: %d examples done, %d tokens, %.0f tokens/s", window_index + 1, n_windows,
-                     counts.examples, counts.tokens, counts.tokens / max(elapsed, 1e-9))
-        pooled_writer.close()
-        tokens_writer.close()
+                     counts.examples, counts.tokens, (counts.tokens - resumed_tokens) / max(elapsed, 1e-9))
         if counts.examples == 0:
             raise WorkflowInputError(
                 f"every example of {dataset_name!r} had non-finite hidden states in {model_name!r}; nothing was kept.")
+        # Row counts are in each file's footer, written when the file is closed: the final files are written
+        # whole from the parts, under temporary names renamed into place (both, or neither on failure).
+        with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
+            partial.assemble("pooled", pooled_tmp, pooled_schema)
+            partial.assemble("tokens", tokens_tmp, tokens_schema)
+    except WorkflowInputError:
+        partial.remove()  # bad input: a rerun with the same inputs would stop at the same place
+        raise
+    partial.remove()
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - started
     LOG.info("extracted %d of %d examples (%d tokens, %d truncated at %d tokens, %d dropped as non-finite), "
-             "%d batches, padding overhead %.1f%%, forward %.1f s of %.1f s, %.0f tokens/s",
+             "%d batches, padding overhead %.1f%%, forward %.1f s of %.1f s, %.0f tokens/s%s",
              counts.examples, n, counts.tokens, counts.truncated, max_length, counts.nonfinite_dropped,
              counts.batches, 100 * (counts.padded_tokens / max(counts.tokens, 1) - 1), counts.forward_seconds,
-             elapsed, counts.tokens / max(elapsed, 1e-9))
+             elapsed, (counts.tokens - resumed_tokens) / max(elapsed, 1e-9),
+             f" (this job; {resumed} window(s) resumed from an earlier run)" if resumed else "")
     if counts.truncated and settings.truncation_note:
         LOG.info("%d example(s) were truncated at %d tokens: %s", counts.truncated, max_length, settings.truncation_note)
     elif counts.truncated:
