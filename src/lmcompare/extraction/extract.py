@@ -350,7 +350,8 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     for batch in plan_batches(lengths, settings.batch_tokens):
         batch_ids = [input_ids[i] for i in batch]
         tic = time.perf_counter()
-        with torch.inference_mode():
+        # float16 storage: an overflow in the cast is checked after it (check_float16_range), not warned about
+        with torch.inference_mode(), np.errstate(over="ignore"):
             hidden, mask = forward_batch(model, batch_ids, pad_id, device)
             content = mask.clone()
             for row, i in enumerate(batch):
@@ -385,6 +386,9 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
         LOG.warning("dropping %d example(s) with non-finite hidden states: example_ids %s", len(bad_ids),
                     bad_ids[:20].tolist())
         counts.nonfinite_dropped += len(bad_ids)
+
+    if store_np is np.float16:
+        check_float16_range(first, mean, token_vectors, finite, window, settings, counts, model_name)
 
     keep = np.flatnonzero(finite)
     example_ids = window["example_id"].to_numpy()
@@ -423,3 +427,34 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     counts.tokens += int(sum(lengths[i] for i in keep))
     counts.truncated += int(sum(truncated[i] for i in keep))
     return pooled, tokens
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65,504
+
+
+def check_float16_range(first, mean, token_vectors, finite, window, settings, counts, model_name):
+    """Hidden states that were finite in float32 but overflow float16 storage (|value| > 65,504 becomes inf in the
+    cast): checked after the cast, on the arrays that are written, and handled as non-finite states are
+    (`extraction.nonfinite`): `fail` stops naming the model, the layer and the first example; `drop` drops the
+    examples, counts them among the non-finite ones and logs them. `finite` is updated in place."""
+    overflow = ~(np.isfinite(first).all(axis=2) & np.isfinite(mean).all(axis=2))  # (n_layers, m)
+    for (layer, row), vectors in token_vectors.items():
+        if not np.isfinite(vectors).all():
+            overflow[layer, row] = True
+    overflow &= finite[None, :]  # non-finite already in float32: reported as such
+    rows = overflow.any(axis=0)
+    if not rows.any():
+        return
+    bad_ids = window["example_id"].to_numpy()[rows]
+    first_row = int(np.flatnonzero(rows)[0])
+    layers = np.flatnonzero(overflow[:, first_row]).tolist()
+    message = (f"model {model_name!r}: hidden states of layer {layers[0]} exceed float16's range (|value| > "
+               f"{FLOAT16_MAX:,.0f}) for {len(bad_ids)} example(s) in this window, the first is example_id "
+               f"{int(bad_ids[0])} (layers {layers}); stored as float16 they would be inf")
+    if settings.nonfinite == "fail":
+        raise WorkflowInputError(f"{message}. Use float32 storage (extraction.store_dtype: float32), or set "
+                                 f"extraction.nonfinite: drop to drop and count them.")
+    LOG.warning("%s: dropping them (extraction.nonfinite: drop): example_ids %s", message, bad_ids[:20].tolist())
+    counts.nonfinite_ids.extend(bad_ids.tolist())
+    counts.nonfinite_dropped += len(bad_ids)
+    finite &= ~rows
