@@ -360,7 +360,12 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
             valid = mask.to(device=device, dtype=torch.bool)
             for layer, states in enumerate(hidden):
                 states = states.float()
-                bad = ~torch.isfinite(states).all(dim=2) & valid
+                # a non-finite value makes its row's sum non-finite (inf + -inf is nan): one reduction screens every
+                # token, 6x cheaper than isfinite().all() (benchmarks/extraction_overhead.py); the exact test runs
+                # only where the screen fires, so a finite row whose sum overflows float32 is not flagged
+                bad = ~torch.isfinite(states.sum(dim=2)) & valid
+                if bad.any():
+                    bad &= ~torch.isfinite(states).all(dim=2)
                 if bad.any():
                     for row in torch.nonzero(bad.any(dim=1)).flatten().tolist():
                         finite[batch[row]] = False
