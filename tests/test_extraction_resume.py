@@ -34,6 +34,15 @@ def resume_dataset(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def clean_run(tiny_models, resume_dataset, tmp_path_factory):
+    """An uninterrupted extraction (shared by the kill cases); its partial folder is gone when it returns."""
+    clean = tmp_path_factory.mktemp("clean")
+    run_extract(tiny_models["roberta"], resume_dataset, clean)
+    assert not partial_dir(clean / "pooled.parquet").exists(), "the partial folder outlived a finished extraction"
+    return clean
+
+
 def run_extract(model_dir, dataset, out, **overrides):
     out.mkdir(parents=True, exist_ok=True)
     return extract(model_dir, dataset, out / "pooled.parquet", out / "tokens.parquet",
@@ -78,12 +87,9 @@ def killed_run(model_dir, dataset, out, where, k):
 
 @pytest.mark.parametrize("where", ["after_commit", "mid_window"])
 def test_killed_extraction_resumes_at_window_k_and_equals_an_uninterrupted_run(
-        where, tiny_models, resume_dataset, tmp_path, caplog, monkeypatch):
+        where, tiny_models, resume_dataset, clean_run, tmp_path, caplog, monkeypatch):
     k = 5
-    clean = tmp_path / "clean"
-    run_extract(tiny_models["roberta"], resume_dataset, clean)
-    assert not partial_dir(clean / "pooled.parquet").exists(), "the partial folder outlived a finished extraction"
-
+    clean = clean_run
     out = tmp_path / "killed"
     killed_run(tiny_models["roberta"], resume_dataset, out, where, k)
     folder = partial_dir(out / "pooled.parquet")
