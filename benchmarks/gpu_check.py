@@ -112,14 +112,19 @@ def check_extraction(models, dataset, workdir: Path, max_length: int) -> bool:
     return ok
 
 
-def time_training(workdir: Path, dataset) -> None:
+def time_training(workdir: Path, dataset, device_name: str = "cuda") -> None:
     import torch
 
     from lmcompare import files
     from lmcompare.models.finetune import finetune
     from lmcompare.twotower import TowerConfig, TrainConfig, build_model, make_optimizer
 
-    device = torch.device("cuda")
+    device = torch.device(device_name)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     frame = files.read_dataset(dataset)
     texts, labels = frame["text"].tolist()[:16 * 12], frame["label"].tolist()[:16 * 12]
     classes = sorted(set(labels))
@@ -127,7 +132,7 @@ def time_training(workdir: Path, dataset) -> None:
     base = model_folder("minilm", workdir)
     finetune(base, texts[:32], y[:32], classes, batch_size=16, device=device)  # warm-up: 2 steps
     _, _, record = finetune(base, texts, y, classes, batch_size=16, device=device)
-    print(f"\nfine-tuning minilm on CUDA: {record['train_seconds'] / record['steps']:.3f} s per step "
+    print(f"\nfine-tuning minilm on {device.type}: {record['train_seconds'] / record['steps']:.3f} s per step "
           f"(batch 16, max_length 128, {record['steps']} steps after 2 warm-up steps)")
     section = yaml.safe_load((PROJECT / "config.yaml").read_text())["twotower"]
     train = TrainConfig(batch_size=int(section["batch_size"]), learning_rate=float(section["learning_rate"]))
@@ -149,12 +154,12 @@ def time_training(workdir: Path, dataset) -> None:
 
         for _ in range(3):
             step()
-        torch.cuda.synchronize()
+        synchronize()
         tic = time.perf_counter()
         for _ in range(50):
             step()
-        torch.cuda.synchronize()
-        print(f"two-tower training on CUDA, vocabulary {vocab:,}: {(time.perf_counter() - tic) / 50 * 1000:.1f} ms "
+        synchronize()
+        print(f"two-tower training on {device.type}, vocabulary {vocab:,}: {(time.perf_counter() - tic) / 50 * 1000:.1f} ms "
               f"per step (batch {train.batch_size}, window {cfg.window}; 50 steps after 3 warm-up steps)")
 
 

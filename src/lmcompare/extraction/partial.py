@@ -167,11 +167,11 @@ class PartialWindows:
         rows = 0
         with pq.ParquetWriter(out_path, schema, compression="none") as writer:
             for index in range(len(self.records)):
-                part = pq.ParquetFile(self.part(kind, index))
-                for group in range(part.num_row_groups):
-                    table = part.read_row_group(group)
-                    writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                    rows += table.num_rows
+                with pq.ParquetFile(self.part(kind, index)) as part:  # closed at once: thousands of parts
+                    for group in range(part.num_row_groups):
+                        table = part.read_row_group(group)
+                        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                        rows += table.num_rows
         fsync_path(out_path)
         return rows
 
