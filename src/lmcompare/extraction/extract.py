@@ -9,13 +9,11 @@ Memory is bounded by the window, never by the corpus.
 """
 
 import dataclasses
-import hashlib
 import logging
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +22,10 @@ import pyarrow.parquet as pq
 import lmcompare
 
 from lmcompare import files, hidden_states
-from lmcompare.code_digest import code_digest
-from lmcompare.extraction.partial import PartialWindows, file_sha256, partial_dir
+from lmcompare.extraction.checks import check_float16_range
+from lmcompare.extraction.partial import PartialWindows, partial_dir, resume_description
 from lmcompare.models.loading import (dtype_label, environment_summary, load_model, load_tokenizer,
-                                            pick_device, pick_dtype, read_provenance, weights_sha256)
+                                            pick_device, pick_dtype, read_provenance)
 from lmcompare.errors import WorkflowInputError
 
 LOG = logging.getLogger("workflow")
@@ -67,46 +65,14 @@ class ExtractionCounts:
     forward_seconds: float = 0.0
     nonfinite_ids: list = field(default_factory=list)
 
-    # what a window's commit record holds (forward_seconds is this job's only)
-    RECORDED = ("examples", "tokens", "padded_tokens", "truncated", "nonfinite_dropped", "batches", "nonfinite_ids")
+    def record(self) -> dict:
+        """What a window's commit record keeps (its forward time counts for the job that ran it only)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "forward_seconds"}
 
-    def snapshot(self) -> dict:
-        return {name: (list(getattr(self, name)) if name == "nonfinite_ids" else getattr(self, name))
-                for name in self.RECORDED}
-
-    def since(self, before: dict) -> dict:
-        """What one window added to the counts since `before` (a snapshot)."""
-        return {name: (self.nonfinite_ids[len(before[name]):] if name == "nonfinite_ids"
-                       else getattr(self, name) - before[name]) for name in self.RECORDED}
-
-    def add(self, record: dict) -> None:
-        for name in self.RECORDED:
-            if name == "nonfinite_ids":
-                self.nonfinite_ids.extend(record[name])
-            else:
-                setattr(self, name, getattr(self, name) + record[name])
-
-
-def extraction_code_digest() -> str:
-    """The extraction's own code (this module and the library modules it imports): a partial folder written by
-    other code is not resumed."""
-    return hashlib.sha256(Path(__file__).read_bytes() + code_digest(__file__).encode()).hexdigest()[:16]
-
-
-def resume_description(settings, metadata, *, model_dir, dataset_path, device) -> dict:
-    """Everything the part files of a partial extraction depend on (the fingerprint of its manifest)."""
-    import torch
-
-    environment = environment_summary()
-    weights = metadata.get("weights_sha256") or weights_sha256(model_dir)
-    return {
-        **{f"extraction.{key}": value for key, value in dataclasses.asdict(settings).items()},
-        **{f"metadata.{key}": value for key, value in metadata.items() if key != "weights_sha256"},
-        "model_weights_sha256": weights, "dataset_sha256": file_sha256(dataset_path),
-        "extraction_code": extraction_code_digest(), "torch": environment["torch"],
-        "transformers": environment["transformers"], "torch_threads": environment["threads"],
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }
+    def add(self, values: dict) -> None:
+        """Add a window's counts (its `record()`, read back from a commit record, or all of its fields)."""
+        for name in self.__dataclass_fields__.keys() & values.keys():
+            setattr(self, name, getattr(self, name) + values[name])
 
 
 # ------------------------------------------------------------------------------------ tokenisation
@@ -289,17 +255,17 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         for window_index, record_batch in enumerate(windows):
             if window_index < resumed:
                 continue
-            window = record_batch.to_pandas()
-            before = counts.snapshot()
+            window, window_counts = record_batch.to_pandas(), ExtractionCounts()
             pooled_batch, tokens_batch = extract_window(
-                model, tokenizer, window, settings, counts, pad_id=pad_id, device=device, n_layers=n_layers,
+                model, tokenizer, window, settings, window_counts, pad_id=pad_id, device=device, n_layers=n_layers,
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
                 store_type=store_type, model_name=model_name)
             partial.write_part("pooled", window_index, pa.Table.from_pydict(pooled_batch, schema=pooled_schema),
                                pooled_schema)
             partial.write_part("tokens", window_index, pa.Table.from_pydict(tokens_batch, schema=tokens_schema),
                                tokens_schema, row_group_size=TOKEN_ROW_GROUP_ROWS)
-            partial.commit(window_index, counts.since(before))
+            partial.commit(window_index, window_counts.record())
+            counts.add(dataclasses.asdict(window_counts))
             if bar is not None:
                 bar.update(len(window))
             elapsed = time.perf_counter() - started
@@ -308,8 +274,7 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         if counts.examples == 0:
             raise WorkflowInputError(
                 f"every example of {dataset_name!r} had non-finite hidden states in {model_name!r}; nothing was kept.")
-        # Row counts are in each file's footer, written when the file is closed: the final files are written
-        # whole from the parts, under temporary names renamed into place (both, or neither on failure).
+        # the final files whole from the parts (row counts are in the footers), renamed into place: both or neither
         with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
             partial.assemble("pooled", pooled_tmp, pooled_schema)
             partial.assemble("tokens", tokens_tmp, tokens_schema)
@@ -433,33 +398,3 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     counts.truncated += int(sum(truncated[i] for i in keep))
     return pooled, tokens
 
-
-FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65,504
-
-
-def check_float16_range(first, mean, token_vectors, finite, window, settings, counts, model_name):
-    """Hidden states that were finite in float32 but overflow float16 storage (|value| > 65,504 becomes inf in the
-    cast): checked after the cast, on the arrays that are written, and handled as non-finite states are
-    (`extraction.nonfinite`): `fail` stops naming the model, the layer and the first example; `drop` drops the
-    examples, counts them among the non-finite ones and logs them. `finite` is updated in place."""
-    overflow = ~(np.isfinite(first).all(axis=2) & np.isfinite(mean).all(axis=2))  # (n_layers, m)
-    for (layer, row), vectors in token_vectors.items():
-        if not np.isfinite(vectors).all():
-            overflow[layer, row] = True
-    overflow &= finite[None, :]  # non-finite already in float32: reported as such
-    rows = overflow.any(axis=0)
-    if not rows.any():
-        return
-    bad_ids = window["example_id"].to_numpy()[rows]
-    first_row = int(np.flatnonzero(rows)[0])
-    layers = np.flatnonzero(overflow[:, first_row]).tolist()
-    message = (f"model {model_name!r}: hidden states of layer {layers[0]} exceed float16's range (|value| > "
-               f"{FLOAT16_MAX:,.0f}) for {len(bad_ids)} example(s) in this window, the first is example_id "
-               f"{int(bad_ids[0])} (layers {layers}); stored as float16 they would be inf")
-    if settings.nonfinite == "fail":
-        raise WorkflowInputError(f"{message}. Use float32 storage (extraction.store_dtype: float32), or set "
-                                 f"extraction.nonfinite: drop to drop and count them.")
-    LOG.warning("%s: dropping them (extraction.nonfinite: drop): example_ids %s", message, bad_ids[:20].tolist())
-    counts.nonfinite_ids.extend(bad_ids.tolist())
-    counts.nonfinite_dropped += len(bad_ids)
-    finite &= ~rows

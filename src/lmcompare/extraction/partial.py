@@ -20,6 +20,7 @@ naming what changed. The folder is removed only after both final files are renam
 on bad input (WorkflowInputError: the same run would stop there again); any other failure keeps it for the rerun.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,6 +30,9 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from lmcompare.code_digest import code_digest
+from lmcompare.models.loading import environment_summary, weights_sha256
 
 LOG = logging.getLogger("workflow")
 FORMAT = 1
@@ -177,3 +181,26 @@ class PartialWindows:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def extraction_code_digest() -> str:
+    """The extraction's own code (this module and the library modules it imports): a partial folder written by
+    other code is not resumed."""
+    extract = Path(__file__).with_name("extract.py")
+    return hashlib.sha256(extract.read_bytes() + code_digest(str(extract)).encode()).hexdigest()[:16]
+
+
+def resume_description(settings, metadata, *, model_dir, dataset_path, device) -> dict:
+    """Everything the part files of a partial extraction depend on (the fingerprint of its manifest)."""
+    import torch
+
+    environment = environment_summary()
+    weights = metadata.get("weights_sha256") or weights_sha256(model_dir)
+    return {
+        **{f"extraction.{key}": value for key, value in dataclasses.asdict(settings).items()},
+        **{f"metadata.{key}": value for key, value in metadata.items() if key != "weights_sha256"},
+        "model_weights_sha256": weights, "dataset_sha256": file_sha256(dataset_path),
+        "extraction_code": extraction_code_digest(), "torch": environment["torch"],
+        "transformers": environment["transformers"], "torch_threads": environment["threads"],
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
