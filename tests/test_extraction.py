@@ -172,6 +172,50 @@ def test_nonfinite_hidden_states_fail_naming_the_example_or_are_dropped(tiny_mod
     assert kept == [i for i in range(len(frame)) if i not in bad]
 
 
+def test_float16_storage_overflow_fails_naming_the_layer_or_is_dropped(tiny_models, toy_dataset, tmp_path,
+                                                                        monkeypatch):
+    """Hidden states finite in float32 but above float16's 65,504 (layer 1 of the examples holding one token,
+    scaled by 1e6) would be stored as inf: with store_dtype float16 the extraction stops naming the model, the
+    layer, the first example and the fix, or drops and counts them under nonfinite: drop; float32 keeps them all."""
+    from transformers import AutoTokenizer
+
+    from lmcompare.errors import WorkflowInputError
+    from lmcompare.extraction import extract as extract_module
+
+    dataset_path, frame = toy_dataset
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    loud = tokenizer("wonderful", add_special_tokens=False)["input_ids"][0]
+    bad = [i for i, text in enumerate(frame["text"])
+           if loud in tokenizer(text, truncation=True, max_length=24)["input_ids"]]
+    assert bad
+    forward = extract_module.forward_batch
+
+    def loud_forward(model, input_ids, pad_id, device):
+        hidden, mask = forward(model, input_ids, pad_id, device)
+        rows = torch.tensor([loud in ids for ids in input_ids])
+        scaled = torch.where(rows[:, None, None], hidden[1] * 1e6, hidden[1])
+        return (hidden[0], scaled, *hidden[2:]), mask
+
+    monkeypatch.setattr(extract_module, "forward_batch", loud_forward)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WorkflowInputError) as caught:
+        extract_tiny(tiny_models["bert"], dataset_path, out, store_dtype="float16")
+    message = str(caught.value)
+    assert message.startswith("model 'm': hidden states of layer 1 exceed float16's range (|value| > 65,504)")
+    assert f"the first is example_id {bad[0]}" in message and "extraction.store_dtype: float32" in message
+    assert not (out / "pooled.parquet").exists() and not (out / "tokens.parquet").exists()
+
+    _, _, counts = extract_tiny(tiny_models["bert"], dataset_path, out, store_dtype="float16", nonfinite="drop")
+    assert counts.nonfinite_dropped == len(bad)
+    pooled = pq.read_table(out / "pooled.parquet")
+    assert pooled.column("example_id").to_pylist() == [i for i in range(len(frame)) if i not in bad]
+    assert np.isfinite(hidden_states.vectors(pooled, hidden_states.pooled_column(1, "mean"))).all()
+
+    _, _, counts = extract_tiny(tiny_models["bert"], dataset_path, out, store_dtype="float32")
+    assert counts.nonfinite_dropped == 0 and counts.examples == len(frame)
+
+
 def test_unlabelled_dataset_extracts_with_null_labels(tiny_models, tmp_path):
     from lmcompare.data.prepare import prepare
 

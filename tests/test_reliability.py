@@ -12,6 +12,7 @@ from tests.conftest import (PROJECT, SNAKEMAKE, copy_workdir, make_corpus_texts,
                             tiny_config)
 from lmcompare import hidden_states, paths
 from lmcompare.extraction.extract import ExtractionSettings, extract
+from lmcompare.extraction.partial import partial_dir
 from lmcompare.errors import WorkflowInputError
 
 
@@ -31,6 +32,8 @@ def bigger_corpus(tmp_path_factory):
 @pytest.mark.workflow
 def test_killed_extraction_leaves_no_partial_file_and_the_rerun_matches_a_clean_run(
         tiny_models, bigger_corpus, tmp_path):
+    """Snakemake and its extraction job SIGKILLed after a few windows: no output under its final name; the rerun
+    (--rerun-incomplete) resumes at the first unfinished window and writes the uninterrupted run's bytes."""
     config = tiny_config(tiny_models, bigger_corpus, models=("roberta",))
     config["extraction"].update(sort_window=16, batch_tokens=64, token_layers=[0, 1, 2, 3])
     clean = tmp_path / "clean"
@@ -57,9 +60,17 @@ def test_killed_extraction_leaves_no_partial_file_and_the_rerun_matches_a_clean_
     process.wait()
     for path in hidden_files(killed, "toy", "tiny-roberta"):
         assert not path.exists(), f"{path} is visible under its final name after a kill"
+    # the finished windows survive the kill in the hidden partial folder (not a declared output: Snakemake leaves it)
+    partial = partial_dir(hidden_files(killed, "toy", "tiny-roberta")[0])
+    finished = len(list(partial.glob("window-*.json")))
+    assert finished >= 3, f"{partial} holds {finished} finished windows after the kill"
     # the same command again (the local profile adds --rerun-incomplete; a stale lock is cleared by --unlock)
     run_workflow(killed, None, extra=["--unlock"])
     run_workflow(killed, None, extra=["--rerun-incomplete"])
+    rerun_log = log.read_text()
+    assert f"resuming at window {finished + 1}/" in rerun_log, rerun_log[-3000:]
+    assert "window 1/" not in rerun_log and f"window {finished}/" not in rerun_log  # nothing before k recomputed
+    assert not partial.exists(), "the partial folder outlived the finished job"
     for mine, reference in zip(hidden_files(killed, "toy", "tiny-roberta"), hidden_files(clean, "toy", "tiny-roberta")):
         assert mine.read_bytes() == reference.read_bytes(), f"{mine.name} differs from an uninterrupted run"
 

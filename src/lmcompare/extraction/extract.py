@@ -8,6 +8,7 @@ batches under a token budget (dynamic padding); each window is written as one ro
 Memory is bounded by the window, never by the corpus.
 """
 
+import dataclasses
 import logging
 import math
 import sys
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 import lmcompare
 
 from lmcompare import files, hidden_states
+from lmcompare.extraction.checks import check_float16_range
+from lmcompare.extraction.partial import PartialWindows, partial_dir, resume_description
 from lmcompare.models.loading import (dtype_label, environment_summary, load_model, load_tokenizer,
                                             pick_device, pick_dtype, read_provenance)
 from lmcompare.errors import WorkflowInputError
@@ -61,6 +64,15 @@ class ExtractionCounts:
     batches: int = 0
     forward_seconds: float = 0.0
     nonfinite_ids: list = field(default_factory=list)
+
+    def record(self) -> dict:
+        """What a window's commit record keeps (its forward time counts for the job that ran it only)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "forward_seconds"}
+
+    def add(self, values: dict) -> None:
+        """Add a window's counts (its `record()`, read back from a commit record, or all of its fields)."""
+        for name in self.__dataclass_fields__.keys() & values.keys():
+            setattr(self, name, getattr(self, name) + values[name])
 
 
 # ------------------------------------------------------------------------------------ tokenisation
@@ -216,49 +228,71 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
 
     counts = ExtractionCounts()
     n_windows = math.ceil(n / settings.sort_window)
+    pooled_schema = hidden_states.pooled_schema(n_layers, width, store_type, metadata)
+    tokens_schema = hidden_states.tokens_schema(token_layers, width, store_type, metadata)
+    # Finished windows go to part files in a hidden folder next to the outputs; a rerun after a kill starts at the
+    # first unfinished window (extraction/partial.py). Every run assembles the final files from the parts.
+    partial = PartialWindows(partial_dir(pooled_out), resume_description(
+        settings, metadata, model_dir=model_dir, dataset_path=dataset_path, device=device))
+    resumed = partial.open()
+    for record in partial.records:
+        counts.add(record)
+    resumed_tokens = counts.tokens
+    if resumed:
+        LOG.info("resuming at window %d/%d: windows 1-%d (%d examples, %d tokens) were finished by an earlier run "
+                 "of this job (%s) and are not recomputed", resumed + 1, n_windows, resumed, counts.examples,
+                 counts.tokens, partial.folder)
+    else:
+        LOG.info("finished windows are kept in %s until both outputs are written (a rerun after a kill resumes "
+                 "there)", partial.folder)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc=f"extract {dataset_name}/{model_name}", unit="ex", file=sys.stderr,
                    mininterval=10, disable=None)
-    with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
-        # Row counts go into the metadata at the end, so the writers are opened with the final schema later.
-        pooled_writer = tokens_writer = None
+    try:
         # the dataset is streamed too: one window of texts in memory at a time
         windows = dataset_file.iter_batches(batch_size=settings.sort_window, columns=DATASET_COLUMNS)
         for window_index, record_batch in enumerate(windows):
-            window = record_batch.to_pandas()
+            if window_index < resumed:
+                continue
+            window, window_counts = record_batch.to_pandas(), ExtractionCounts()
             pooled_batch, tokens_batch = extract_window(
-                model, tokenizer, window, settings, counts, pad_id=pad_id, device=device, n_layers=n_layers,
+                model, tokenizer, window, settings, window_counts, pad_id=pad_id, device=device, n_layers=n_layers,
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
                 store_type=store_type, model_name=model_name)
-            if pooled_writer is None:
-                pooled_writer = pq.ParquetWriter(pooled_tmp, hidden_states.pooled_schema(n_layers, width, store_type, metadata),
-                                                 compression="none")
-                tokens_writer = pq.ParquetWriter(tokens_tmp, hidden_states.tokens_schema(token_layers, width, store_type, metadata),
-                                                 compression="none")
-            pooled_writer.write_table(pa.Table.from_pydict(pooled_batch, schema=pooled_writer.schema))
-            tokens_writer.write_table(pa.Table.from_pydict(tokens_batch, schema=tokens_writer.schema),
-                                      row_group_size=TOKEN_ROW_GROUP_ROWS)
+            partial.write_part("pooled", window_index, pa.Table.from_pydict(pooled_batch, schema=pooled_schema),
+                               pooled_schema)
+            partial.write_part("tokens", window_index, pa.Table.from_pydict(tokens_batch, schema=tokens_schema),
+                               tokens_schema, row_group_size=TOKEN_ROW_GROUP_ROWS)
+            partial.commit(window_index, window_counts.record())
+            counts.add(dataclasses.asdict(window_counts))
             if bar is not None:
                 bar.update(len(window))
             elapsed = time.perf_counter() - started
             LOG.info("window %d/%d: %d examples done, %d tokens, %.0f tokens/s", window_index + 1, n_windows,
-                     counts.examples, counts.tokens, counts.tokens / max(elapsed, 1e-9))
-        pooled_writer.close()
-        tokens_writer.close()
+                     counts.examples, counts.tokens, (counts.tokens - resumed_tokens) / max(elapsed, 1e-9))
         if counts.examples == 0:
             raise WorkflowInputError(
                 f"every example of {dataset_name!r} had non-finite hidden states in {model_name!r}; nothing was kept.")
+        # the final files whole from the parts (row counts are in the footers), renamed into place: both or neither
+        with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
+            partial.assemble("pooled", pooled_tmp, pooled_schema)
+            partial.assemble("tokens", tokens_tmp, tokens_schema)
+    except WorkflowInputError:
+        partial.remove()  # bad input: a rerun with the same inputs would stop at the same place
+        raise
+    partial.remove()
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - started
     LOG.info("extracted %d of %d examples (%d tokens, %d truncated at %d tokens, %d dropped as non-finite), "
-             "%d batches, padding overhead %.1f%%, forward %.1f s of %.1f s, %.0f tokens/s",
+             "%d batches, padding overhead %.1f%%, forward %.1f s of %.1f s, %.0f tokens/s%s",
              counts.examples, n, counts.tokens, counts.truncated, max_length, counts.nonfinite_dropped,
              counts.batches, 100 * (counts.padded_tokens / max(counts.tokens, 1) - 1), counts.forward_seconds,
-             elapsed, counts.tokens / max(elapsed, 1e-9))
+             elapsed, (counts.tokens - resumed_tokens) / max(elapsed, 1e-9),
+             f" (this job; {resumed} window(s) resumed from an earlier run)" if resumed else "")
     if counts.truncated and settings.truncation_note:
         LOG.info("%d example(s) were truncated at %d tokens: %s", counts.truncated, max_length, settings.truncation_note)
     elif counts.truncated:
@@ -283,7 +317,8 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     for batch in plan_batches(lengths, settings.batch_tokens):
         batch_ids = [input_ids[i] for i in batch]
         tic = time.perf_counter()
-        with torch.inference_mode():
+        # float16 storage: an overflow in the cast is checked after it (check_float16_range), not warned about
+        with torch.inference_mode(), np.errstate(over="ignore"):
             hidden, mask = forward_batch(model, batch_ids, pad_id, device)
             content = mask.clone()
             for row, i in enumerate(batch):
@@ -292,7 +327,12 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
             valid = mask.to(device=device, dtype=torch.bool)
             for layer, states in enumerate(hidden):
                 states = states.float()
-                bad = ~torch.isfinite(states).all(dim=2) & valid
+                # a non-finite value makes its row's sum non-finite (inf + -inf is nan): one reduction screens every
+                # token, 6x cheaper than isfinite().all() (benchmarks/extraction_overhead.py); the exact test runs
+                # only where the screen fires, so a finite row whose sum overflows float32 is not flagged
+                bad = ~torch.isfinite(states.sum(dim=2)) & valid
+                if bad.any():
+                    bad &= ~torch.isfinite(states).all(dim=2)
                 if bad.any():
                     for row in torch.nonzero(bad.any(dim=1)).flatten().tolist():
                         finite[batch[row]] = False
@@ -318,6 +358,9 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
         LOG.warning("dropping %d example(s) with non-finite hidden states: example_ids %s", len(bad_ids),
                     bad_ids[:20].tolist())
         counts.nonfinite_dropped += len(bad_ids)
+
+    if store_np is np.float16:
+        check_float16_range(first, mean, token_vectors, finite, window, settings, counts, model_name)
 
     keep = np.flatnonzero(finite)
     example_ids = window["example_id"].to_numpy()
@@ -356,3 +399,4 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     counts.tokens += int(sum(lengths[i] for i in keep))
     counts.truncated += int(sum(truncated[i] for i in keep))
     return pooled, tokens
+
