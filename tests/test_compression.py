@@ -407,6 +407,13 @@ def test_workflow_finetunes_extracts_and_compares(tiny_models, tiny_corpus, extr
     assert record["epochs"] == 8 and record["learning_rate"] == 3e-3
     assert record["train_accuracy"] >= 0.75  # chance: 0.5
     assert record["n_train"] + record["n_test"] == 80
+    # the report's provenance row (the library function its rule calls) names the derivation
+    from lmcompare.report.provenance import provenance_table
+
+    row = provenance_table({"tiny-bert-ft": folder}).iloc[0]
+    assert (row["source"], row["origin"], row["architecture"]) == ("finetune", "tiny-bert", record["architecture"])
+    assert row["derivation"] == (f"base=tiny-bert; seed=0; dataset=toy; epochs=8; learning_rate=0.003; "
+                                 f"train_accuracy={record['train_accuracy']}; test_accuracy={record['test_accuracy']}")
     # the recorded accuracies are the saved classification head's: reloaded from the folder, one text at a time
     # (no padding), on the dataset's labelled splits
     import torch

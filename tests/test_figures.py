@@ -282,3 +282,21 @@ def test_twotower_split_half_figure_draws_the_halves_and_names_the_consistency_r
     np.testing.assert_allclose(ax.collections[0].get_offsets(), [[0.1, 0.2], [-0.4, -0.3]])
     assert ax.get_title() == "seed 0: Pearson r = 0.37, 2 types\ncontrol 95% quantile 0.11, p = 0.004"
     plt.close(fig)
+
+
+@pytest.mark.unit
+def test_twotower_summary_bars_are_one_per_row_with_the_control_where_measured():
+    """Split halves at two checkpoints of one seed used to share a label, so their bars were drawn on top of each other."""
+    from lmcompare.report.summary import twotower_consistency_bars
+
+    table = pd.DataFrame({
+        "comparison": ["split_half", "split_half", "split_half", "checkpoint", "seed"],
+        "seed": [0, 0, 0, 0, 0], "step": [300, 600, 600, 300, np.nan], "other_step": [np.nan, np.nan, np.nan, 600, np.nan],
+        "measure": ["pearson", "pearson", "spearman", "pearson", "abs_pearson"],
+        "value": [0.65, 0.71, 0.68, 0.29, 0.08], "null_q95": [0.34, 0.34, 0.26, np.nan, np.nan],
+    })
+    bars = twotower_consistency_bars(table)
+    assert list(bars["label"]) == ["split_half seed 0 step 300", "split_half seed 0 step 600",
+                                   "checkpoint seed 0 step 300 vs 600"]
+    assert list(bars["value"]) == [0.65, 0.71, 0.29]
+    np.testing.assert_array_equal(bars["control_q95"].to_numpy(), [0.34, 0.34, np.nan])

@@ -478,6 +478,28 @@ def test_workflow_perturbed_models_are_models(geometry_run):
     assert "perturbed 16 tensors" in log and "done in" in log
 
 
+@pytest.mark.workflow
+def test_workflow_provenance_rows_of_perturbed_models_name_their_derivation(geometry_run):
+    """The report's provenance table (the library function its rule calls) on this run's model folders: a perturbed
+    model's row names its base, alpha and seed, and its hash is the hash of the folder's weights."""
+    from lmcompare.models.loading import weights_sha256
+    from lmcompare.report.provenance import provenance_table
+
+    workdir, config = geometry_run
+    folders = {entry["name"]: workdir / paths.model_dir(entry["name"]) for entry in config["models"]}
+    table = provenance_table(folders).set_index("model")
+    assert list(table.index) == [entry["name"] for entry in config["models"]]
+    assert table.loc["tiny-bert-a1", "derivation"] == "base=tiny-bert; alpha=1.0; seed=1"
+    assert table.loc["tiny-bert-a0", "derivation"] == "base=tiny-bert; alpha=0.0; seed=1"
+    assert table.loc["tiny-bert-a1", "source"] == "perturb" and table.loc["tiny-bert-a1", "origin"] == "tiny-bert"
+    assert table.loc["tiny-bert", "derivation"] == "" and table.loc["tiny-bert", "source"] == "local"
+    for name, folder in folders.items():
+        assert table.loc[name, "weights_sha256"] == weights_sha256(folder), name
+    # alpha = 0 leaves the weights as they were: the same hash as the base's
+    assert table.loc["tiny-bert-a0", "weights_sha256"] == table.loc["tiny-bert", "weights_sha256"]
+    assert table.loc["tiny-bert-a1", "weights_sha256"] != table.loc["tiny-bert", "weights_sha256"]
+
+
 def independent_fits(measures: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """The regression table recomputed with numpy's polyfit and corrcoef and scipy's pearsonr (not linregress,
     which the implementation uses): constant columns unfit, sorted by R² then measure, unfit rows last."""

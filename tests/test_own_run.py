@@ -1,6 +1,8 @@
 """A researcher's own run: a config file with only `models` and `datasets` (two tiny local models, a local CSV with
-three classes), passed with --configfile; the start-up checks of local sources; example_id kept through drops;
-the stratified split; one colour per model across figures."""
+three classes), passed with --configfile; every analysis and `snakemake --report` on it (every expected figure exists,
+is a valid image of non-trivial size, and the report embeds every figure with its caption); a second run from scratch
+for determinism; example_id kept through drops; the stratified split; one colour per model across figures."""
+import json
 import os
 import random
 import re
@@ -12,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, PROJECT, SNAKEMAKE
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, PROJECT, SNAKEMAKE, pending_jobs, run_workflow
 from lmcompare import plotting
 from lmcompare import paths, runtime
 from lmcompare.data.prepare import (MIN_CLASS_EXAMPLES, build_dataset, hashed_split, n_test_rows,
@@ -161,6 +163,154 @@ def test_run_split_is_stratified(own_run):
     for label, row in counts.iterrows():
         n = int(row.sum())
         assert row["test"] == n_test_rows(n, 0.2) == round(n * 0.2), (label, row.to_dict())
+
+
+# ------------------------------------------------------------------------------- the report of the own run
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def report_entries(workdir) -> dict:
+    """The report's registered results: path -> {filename, caption, ...} (the JSON the HTML page is built from)."""
+    html = (workdir / "results/report.html").read_text()
+    start = re.search(r'<script id="results">\s*var results = ', html).end()
+    entries, _ = json.JSONDecoder().raw_decode(html[start:])
+    return entries
+
+
+@pytest.mark.workflow
+def test_every_analysis_draws_valid_figures(own_run):
+    import matplotlib.image
+
+    workdir, _, _ = own_run
+    figures = sorted((workdir / "results/figures").rglob("*.png"))
+    folders = {path.relative_to(workdir / "results/figures").parts[0] for path in figures}
+    assert folders >= {"decomposition", "variability", "compression", "geometry", "twotower", "summary.png"}
+    for path in figures:
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG"
+        assert len(data) > 10_000, f"{path} is suspiciously small ({len(data)} bytes)"
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert height > 200 and width > 200, path
+        assert path.with_suffix(".svg").exists(), f"{path} has no SVG twin"
+
+
+@pytest.mark.workflow
+def test_every_summary_panel_is_drawn_from_a_table_of_the_run(own_run):
+    """Every analysis is enabled here, so no panel may show a note: the job's log names the table of each."""
+    workdir, _, _ = own_run
+    log = (workdir / "results/logs/summary_figure.log").read_text()
+    drawn = dict(re.findall(r"panel (\w+): drawn from (\S+)", log))
+    assert set(drawn) == {"decomposition", "variability", "compression", "geometry", "twotower"}, log
+    for panel, table in drawn.items():
+        assert table.startswith(f"results/analysis/{panel}/") and (workdir / table).exists()
+    assert drawn["decomposition"].endswith("/group.csv") and drawn["geometry"].endswith("/regression.csv")
+
+
+@pytest.mark.workflow
+def test_the_report_embeds_every_figure_with_its_caption(own_run):
+    workdir, _, _ = own_run
+    entries = report_entries(workdir)
+    figures = {str(path.relative_to(workdir)) for path in (workdir / "results/figures").rglob("*.png")}
+    assert figures <= set(entries), f"figures missing from the report: {sorted(figures - set(entries))}"
+    for path, entry in entries.items():
+        caption = re.sub(r"<[^>]+>", "", entry.get("caption") or "")
+        assert len(caption) > 80, f"{path} has no real caption in the report"
+        assert "{{" not in caption, f"{path}: caption template not rendered"
+    assert {"results/report/models.csv", "results/report/config_used.yaml"} <= set(entries)
+    html = (workdir / "results/report.html").read_text()
+    assert "data:image/png" in html  # self-contained: the figures are embedded
+
+
+# Rules whose jobs belong to one model (its folder, its hidden states, its per-model analyses).
+PER_MODEL_RULES = {"materialise_model", "perturb_model", "finetune_model", "extract_hidden_states", "variability_nu",
+                   "variability_probe", "compression_model", "geometry_measures", "geometry_score", "twotower_corpus",
+                   "twotower_train", "twotower_measure", "twotower_preference", "twotower_figures"}
+OWN_MODELS = ("bert-a", "roberta-b")
+
+
+def scratch_copy(own_files, own_run, tmp_path) -> tuple[Path, dict]:
+    """A copy of the finished own run (mtimes and .snakemake records kept) to change without touching the fixture,
+    and the run's configuration as one dict (the two files merged), which `run_workflow` writes into the copy."""
+    import shutil
+
+    root, _ = own_files
+    scratch = tmp_path / "scratch"
+    shutil.copytree(own_run[0], scratch, symlinks=True)
+    config = {**yaml.safe_load((root / "my.yaml").read_text()), **yaml.safe_load((root / "budget.yaml").read_text())}
+    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return scratch, config
+
+
+@pytest.mark.workflow
+def test_adding_a_model_redraws_the_joins_and_nothing_upstream(own_files, own_run, tiny_models, tmp_path):
+    scratch, config = scratch_copy(own_files, own_run, tmp_path)
+    assert pending_jobs(scratch) == []  # the merged config is the run's: nothing to do
+    grown = dict(config, models=config["models"] + [
+        {"name": "tiny-gpt2", "source": "local", "path": str(tiny_models["gpt2"])}])
+    run_workflow(scratch, grown, extra=["-n"])
+    jobs = pending_jobs(scratch)
+    for rule, output in jobs:
+        # every job is the new model's own work (alone or in a pair with an old model) or a join across models;
+        # nothing that belongs to the old models alone
+        if "tiny-gpt2" in output:
+            continue
+        assert rule not in PER_MODEL_RULES, (rule, output)
+        for model in OWN_MODELS:
+            assert f"/{model}/" not in output and not output.endswith(f"/{model}") and \
+                not output.endswith(f"/{model}.csv"), (rule, output)
+    rules = {rule for rule, _ in jobs}
+    # the joins of every analysis enabled here take the new model in, and the report's model table and page follow
+    joins = {"decomposition_fit", "decomposition_figures", "similarity", "variability_summary", "compression_dataset",
+             "geometry_regression", "geometry_figures", "model_provenance", "summary_figure"}
+    assert joins <= rules, f"joins not redone: {sorted(joins - rules)}"
+    outputs = {output for _, output in jobs}
+    assert {"results/analysis/geometry/mine/regression.csv", "results/report/models.csv",
+            "results/figures/summary.png"} <= outputs
+    # and the new model's own work is there
+    assert {"materialise_model", "extract_hidden_states"} <= rules
+
+
+@pytest.mark.workflow
+def test_provenance_table_has_a_row_per_model_with_source_origin_and_sha256(own_files, own_run):
+    """Local sources here; the derivation column of perturbed and fine-tuned models is checked on the geometry
+    and compression runs (test_geometry.py, test_compression.py)."""
+    from lmcompare.models.loading import weights_sha256
+
+    workdir = own_run[0]
+    config = yaml.safe_load((own_files[0] / "my.yaml").read_text())
+    table = pd.read_csv(workdir / "results/report/models.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["model", "source", "origin", "revision", "architecture", "weights_sha256",
+                                   "derivation"]
+    assert list(table["model"]) == [entry["name"] for entry in config["models"]]
+    for entry, row in zip(config["models"], table.itertuples()):
+        assert row.source == entry["source"] == "local", row
+        # the recorded hash is the hash of the weights in the folder, recomputed here
+        assert row.weights_sha256 == weights_sha256(workdir / "results/models" / entry["name"]), row
+        assert Path(row.origin) == Path(entry["path"]).resolve() and row.derivation == "", row
+    assert set(table["architecture"]) == {"BertModel", "RobertaModel"}
+
+
+@pytest.mark.workflow
+def test_the_summary_is_redrawn_when_and_only_when_its_tables_change(own_files, own_run, tmp_path):
+    import os
+
+    scratch, config = scratch_copy(own_files, own_run, tmp_path)
+    # a config edit that changes no table (a scheduler request): only the record of the config is rewritten
+    edited = dict(config, resources={"mem_mb_base": 2345})
+    (scratch / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert {rule for rule, _ in pending_jobs(scratch)} == {"effective_config"}
+    # tables rewritten with the same bytes (a rerun of the provenance rule, say) are newer but unchanged
+    later = (scratch / "results/figures/summary.png").stat().st_mtime + 60
+    selection = scratch / "results/analysis/variability/mine/mean/selection.csv"
+    for path in (scratch / "results/report/models.csv", selection):
+        os.utime(path, (later, later))
+    assert "summary_figure" not in {rule for rule, _ in pending_jobs(scratch)}
+    # a changed table redraws the page
+    table = pd.read_csv(selection)
+    table["model"] = table["model"] + "-changed"
+    table.to_csv(selection, index=False)
+    os.utime(selection, (later + 60, later + 60))
+    assert "summary_figure" in {rule for rule, _ in pending_jobs(scratch)}
 
 
 # ---------------------------------------------------------------------------------------- the split, directly

@@ -7,6 +7,7 @@ given) and the --config overrides; `where(key)` then names the last of them that
 default when none does.
 """
 
+import functools
 from pathlib import Path
 
 from lmcompare.errors import WorkflowInputError
@@ -123,13 +124,21 @@ def _format_path(parts) -> str:
     return text or "(top level)"
 
 
+@functools.lru_cache(maxsize=None)
+def _schema(path: str) -> dict:
+    """A schema file, parsed once per process with libyaml's loader where PyYAML has it (the pure-Python loader
+    took about half a second of every Snakemake start for the eight schema files)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(), Loader=loader)
+
+
 def check_schema(config: dict, schema_path, section: str | None = None) -> None:
     """Validate against a JSON schema and stop with every violation, each naming its key path."""
-    import yaml
     from jsonschema import Draft202012Validator
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = Draft202012Validator(schema)
+    validator = Draft202012Validator(_schema(str(schema_path)))
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         prefix = [section] if section else []
