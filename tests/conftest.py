@@ -160,7 +160,8 @@ def pytest_make_collect_report(collector):
 # alphabetical order after these. Only the order changes: every test still runs.
 LONGEST_FIRST = ("test_own_run.py", "test_cluster.py", "test_reliability.py", "test_geometry.py",
                  "test_twotower.py", "test_decomposition.py", "test_compression.py", "test_variability.py",
-                 "test_library_code_rerun.py", "test_extraction_resume.py", "test_workflow_spine.py", "test_similarity.py", "test_figures.py")
+                 "test_hub.py", "test_extraction_resume.py", "test_library_code_rerun.py", "test_workflow_spine.py",
+                 "test_similarity.py", "test_figures.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
