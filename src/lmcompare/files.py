@@ -14,6 +14,22 @@ from lmcompare.errors import WorkflowInputError
 LOG = logging.getLogger("workflow")
 
 
+def update_digest(digest, path) -> None:
+    """Feed a file's content into a hashlib digest, 4 MiB at a time."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's content (hex), read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    update_digest(digest, path)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `path`, on failure delete it.

@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lmcompare.code_digest import code_digest
+from lmcompare.files import file_sha256
 from lmcompare.models.loading import environment_summary, weights_sha256
 
 LOG = logging.getLogger("workflow")
@@ -44,14 +45,6 @@ def partial_dir(pooled_out) -> Path:
     """The hidden folder of an extraction's finished windows, next to its pooled output."""
     pooled_out = Path(pooled_out)
     return pooled_out.parent / f".{pooled_out.name}.partial"
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(description: dict) -> str:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from lmcompare.errors import WorkflowInputError
-from lmcompare.files import read_json, write_json
+from lmcompare.files import read_json, update_digest, write_json
 from lmcompare.paths import weight_files
 
 LOG = logging.getLogger("workflow")
@@ -27,9 +27,7 @@ def weights_sha256(folder) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        update_digest(digest, path)
     return digest.hexdigest()
 
 

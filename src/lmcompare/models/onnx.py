@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lmcompare.errors import WorkflowInputError
+from lmcompare.files import file_sha256
 
 LOG = logging.getLogger("workflow")
 ROOT_PREFIX = "distilbert."
@@ -188,7 +189,7 @@ def convert(onnx_path, tokenizer_path, target) -> dict:
     LOG.info("converted %s: %d layers, width %d, %d heads, vocabulary %d, %s weights; dropped %s",
              onnx_path.name, config.n_layers, config.dim, config.n_heads, config.vocab_size, facts["weight_dtype"],
              dropped)
-    return {"onnx_file": str(onnx_path), "onnx_sha256": _sha256(onnx_path), "onnx_producer":
+    return {"onnx_file": str(onnx_path), "onnx_sha256": file_sha256(onnx_path), "onnx_producer":
             f"{model_proto.producer_name} {model_proto.producer_version}".strip(),
             "tokenizer_file": str(tokenizer_path), "dropped_tensors": dropped, **facts}
 
@@ -237,13 +238,3 @@ def compare_with_onnx(onnx_path, folder, texts, head_prefix: str = "classifier")
     return {"compared": True, "tokens": int(len(ours)),
             "logit_correlation": float(np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]),
             "argmax_agreement": float(np.mean(ours.argmax(1) == theirs.argmax(1)))}
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
