@@ -24,7 +24,7 @@ from lmcompare.exports import lazy_exports
 _API = {
     **dict.fromkeys(["MEASURES", "RANK_CUT_MEASURES", "VARIANCE_CUT_MEASURES", "DEFAULT_SVCCA_VARIANCE",
                      "DEFAULT_CCA_RANK_TOLERANCE", "SWEEP_MEASURES", "DEFAULT_SWEEP_MEASURES", "KNN_MEASURE",
-                     "SWEEP_FORMAT"], "tags"),
+                     "SWEEP_FORMAT", "sweep_memory_bytes", "selection_tag", "selection_from_tag"], "tags"),
     "PairStatistics": "statistics",
     **dict.fromkeys(["linear_cka", "debiased_cka", "unbiased_hsic_scaled"], "cka"),
     **dict.fromkeys(["CanonicalCorrelations", "spectrum", "canonical_correlations", "retained_directions", "pwcca",
@@ -34,7 +34,7 @@ _API = {
     **dict.fromkeys(["similarity_matrix", "plot_similarity", "sweep_matrix", "plot_sweep", "plot_best_layers"],
                     "figures"),
     **dict.fromkeys(["SweepMoments", "SweepFile", "SweptModel", "swept_model", "compute_sweep_moments", "save_sweep",
-                     "sweep_memory_bytes", "selection_tag", "selection_from_tag", "sweep_table", "best_matches",
+                     "sweep_table", "best_matches",
                      "check_sweep_measures", "write_sweep_moments", "write_sweep_pair", "write_sweep_join"], "sweep"),
     **dict.fromkeys(["knn_indices", "mutual_knn_score", "sample_keys", "mutual_knn_table", "write_mutual_knn",
                      "direct_knn", "direct_mutual_knn"], "knn"),

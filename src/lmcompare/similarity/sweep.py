@@ -36,7 +36,7 @@ from lmcompare.decomposition.alignment import AlignmentCounts, align_streams
 from lmcompare.decomposition.units import ModelLayers, iter_units
 from lmcompare.errors import WorkflowInputError
 from lmcompare.similarity.statistics import PairStatistics
-from lmcompare.similarity.tags import SWEEP_FORMAT
+from lmcompare.similarity.tags import SWEEP_FORMAT, sweep_memory_bytes
 
 LOG = logging.getLogger("workflow")
 
@@ -152,27 +152,7 @@ ARRAYS = ("mean", "own_x", "own_y", "cross", "norm_x", "norm_y", "norm_xy", "wei
           "weighted_yx")
 
 
-def sweep_memory_bytes(dims: Sequence[int], counts: Sequence[int]) -> int:
-    """Bytes of a SweepMoments of d_x, d_y dimensions and L_x, L_y swept layers (float64)."""
-    (dx, dy), (lx, ly) = dims, counts
-    return 8 * (lx * dx * dx + ly * dy * dy + lx * ly * dx * dy + 2 * (lx * dx + ly * dy) + lx + ly + lx * ly
-                + lx * dx * ly + ly * dy * lx)
-
-
 # ----------------------------------------------------------------------------------- the swept layers
-def selection_tag(layers) -> str:
-    """Path component of a layer selection: 'all' (None) or e.g. 'l0_2_-1'."""
-    return "all" if layers is None else "l" + "_".join(str(int(layer)) for layer in layers)
-
-
-def selection_from_tag(tag: str):
-    if tag == "all":
-        return None
-    if not tag.startswith("l"):
-        raise ValueError(f"not a layer selection tag: {tag!r}")
-    return [int(part) for part in tag[1:].split("_")]
-
-
 @dataclass(frozen=True)
 class SweptModel:
     """One model of a sweep: its file and the layers read (resolved, increasing), with its depth."""
@@ -276,7 +256,8 @@ class SweepFile:
 
 
 def write_sweep_moments(path, model_a: str, hidden_file_a: str, model_b: str, hidden_file_b: str, *, dataset: str,
-                        unit: str, layers, pooling: str | None, chunk_tokens: int | None) -> None:
+                        unit: str, layers, pooling: str | None, chunk_tokens: int | None,
+                        block_rows: int = 2048) -> None:
     """The sweep-moments rule: one streamed pass over both models' files, the sweep file written atomically."""
     x, y = swept_model(model_a, hidden_file_a, unit, layers), swept_model(model_b, hidden_file_b, unit, layers)
     need = sweep_memory_bytes((x.source.hidden_size, y.source.hidden_size), (len(x.source.layers), len(y.source.layers)))
@@ -284,7 +265,7 @@ def write_sweep_moments(path, model_a: str, hidden_file_a: str, model_b: str, hi
              x.source.model, list(x.source.layers), x.n_layers, y.source.model, list(y.source.layers), y.n_layers, unit,
              dataset, need / 1e6)
     started = time.perf_counter()
-    sweep, counts = compute_sweep_moments(x, y, unit, pooling or "mean", chunk_tokens)
+    sweep, counts = compute_sweep_moments(x, y, unit, pooling or "mean", chunk_tokens, block_rows)
     LOG.info("units: %d aligned; dropped %d only in %s, %d only in %s; %.1f s", counts.matched, counts.only_a,
              model_a, counts.only_b, model_b, time.perf_counter() - started)
     if counts.matched < 4:
