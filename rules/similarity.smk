@@ -93,25 +93,15 @@ def sweep_jobs():
             if unit != "chunk" or DATASETS[dataset]["source"] == "chunks"]
 
 
-def _sweep_mem_mb(wildcards, input):
-    """The sweep's statistics (sweep.sweep_memory_bytes, from the files' metadata when they exist, else two
-    13-layer 768-dimensional models), twice (the merge's temporaries), plus a row block and 1 GB."""
+def _sweep_mem_mb(wildcards):
+    """similarity.layer_sweep.mem_mb, or the statistics of two 768-dimensional models with the configured number of
+    swept layers (13, a base model's, when every layer is swept) twice (sweep.sweep_memory_bytes; the job logs the
+    actual size), a block of rows and its temporaries, and 1 GB."""
     if SWEEP["mem_mb"]:
         return SWEEP["mem_mb"]
-    from lmcompare import hidden_states  # at job time only: parsing the workflow imports no numpy
-
-    shapes = []
-    for path in (input.a, input.b):
-        try:
-            meta = hidden_states.read_hidden_metadata(path)
-            count = len(SWEEP["layers"] or []) or (meta["n_layers"] if wildcards.unit == "example"
-                                                   else len(meta.get("token_layers", [])) or 1)
-            shapes.append((int(meta["hidden_size"]), int(count)))
-        except Exception:
-            shapes.append((768, 13))
-    (da, la), (db, lb) = shapes
-    block = SWEEP["block_rows"] * (da * la + db * lb) * 8 * 3
-    return int(1000 + (2 * sweep_memory_bytes((da, db), (la, lb)) + block) / 1e6)
+    layers = len(SWEEP["layers"] or []) or 13
+    block = SWEEP["block_rows"] * 2 * 768 * layers * 8 * 3
+    return int(1000 + (2 * sweep_memory_bytes((768, 768), (layers, layers)) + block) / 1e6)
 
 
 def _sweep_pooling(wc):
