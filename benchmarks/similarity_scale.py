@@ -4,7 +4,8 @@ files written in the project's exact Parquet format (hidden_states.pooled_schema
 512 examples as the extraction's sort_window writes them, uncompressed float32).
 
 Each case runs in its own process (peak memory = that process's ru_maxrss, which includes the interpreter and
-imports, about 150-250 MB), one after the other:
+imports, about 150-250 MB; cpu_s = its user + system CPU time, all threads, imports included: on a shared machine
+the wall times depend on the load, the CPU times less), one after the other:
 
 - pass:          the pair pass the similarity stage reads (decomposition.compute_pair_moments, one layer per model,
                  with the norm statistics), then every one of the seven measures from the saved pair file;
@@ -115,7 +116,8 @@ def run_case(case, args, folder):
             out["mutual_knn"] = sim.direct_mutual_knn(x, y, 10)
             out["knn_s"] = time.perf_counter() - started
             out["units"] = len(x)
-            out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            out["peak_rss_mb"], out["cpu_s"] = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
             return out
         x, y = (s["mean", -1].astype(np.float64) for s in states)
         out["read_s"] = time.perf_counter() - started
@@ -160,7 +162,9 @@ def run_case(case, args, folder):
             values["cka_debiased"] = float(hsic(k, l_) / np.sqrt(hsic(k, k) * hsic(l_, l_)))
             out["kernel_s"] = time.perf_counter() - started
         out["values"] = {m: round(v, 6) for m, v in values.items()}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mb"] = usage.ru_maxrss / 1024
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole process, imports and file reading included
     return out
 
 

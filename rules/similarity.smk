@@ -229,6 +229,7 @@ rule similarity_sweep:
     params:
         code=library_code("similarity_sweep"),
         measures=SWEEP["measures"],
+        model_index=model_index(LMD_MODELS),
     log:
         "results/logs/similarity/sweep/join/{dataset}/{unit}/{sweep}.log",
     threads: 1

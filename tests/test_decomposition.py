@@ -588,12 +588,14 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
     assert len(jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for _, out in jobs), jobs  # units x alphas
-    # another model order: the fits (the order of the basis columns and of the tables) and the similarity
-    # heatmaps (the order of their rows and columns), but no pair file
+    # another model order: the fits (the order of the basis columns and of the tables), the similarity
+    # heatmaps (the order of their rows and columns) and the layer sweep's best-layer figures (each model's colour
+    # follows its configured index), but no pair file, no sweep pass and no per-pair sweep job
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("roberta", "bert")))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity"}, jobs
-    lmd_jobs = [out for rule, out in jobs if rule != "similarity"]
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity",
+                                          "similarity_sweep"}, jobs
+    lmd_jobs = [out for rule, out in jobs if not rule.startswith("similarity")]
     assert len(lmd_jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for out in lmd_jobs), jobs
 
 

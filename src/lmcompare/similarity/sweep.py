@@ -372,12 +372,16 @@ def write_sweep_pair(path_table, sweep_path, knn_path, *, measures: Sequence[str
 
 
 def write_sweep_join(table_path, best_path, pair_tables: Sequence, *, measures: Sequence[str],
-                     figure_paths: dict) -> None:
+                     figure_paths: dict, model_index=None) -> None:
     """The sweep join: every pair's table in one, the best-matching basis layer per target layer, and per measure
-    the figure of the best matches (figure_paths: measure -> [png, svg])."""
+    the figure of the best matches (figure_paths: measure -> [png, svg]; model_index: model -> its index in the
+    configured list, so that a model keeps its colour)."""
     import pandas as pd
 
+    from lmcompare import plotting
     from lmcompare.similarity.figures import plot_best_layers
+
+    plotting.use_model_order(model_index)
 
     frames = [pd.read_csv(path) for path in pair_tables]
     table = pd.concat(frames, ignore_index=True)
