@@ -184,7 +184,7 @@ rule similarity_sweep_pair:
     output:
         table=SWEEP_DIR + "/pairs/{model_a}/{model_b}.csv",
         png=[report(SWEEP_FIG_DIR + "/{model_a}/{model_b}/" + measure + ".png",
-                    caption="../report/similarity_sweep.rst", category="Similarity: layer sweeps",
+                    caption="../report/similarity_sweep.rst", category="Layer sweeps",
                     subcategory="{dataset} / {unit} units / layers {sweep}",
                     labels={"pair": "{model_a} ~ {model_b}", "measure": measure})
              for measure in SWEEP["measures"]],
@@ -219,7 +219,7 @@ rule similarity_sweep:
         table=SWEEP_DIR + "/sweep.csv",
         best=SWEEP_DIR + "/best_layers.csv",
         png=[report(SWEEP_FIG_DIR + f"/best_layer_{measure}.png", caption="../report/similarity_best_layers.rst",
-                    category="Similarity: layer sweeps", subcategory="{dataset} / {unit} units / layers {sweep}",
+                    category="Layer sweeps", subcategory="{dataset} / {unit} units / layers {sweep}",
                     labels={"pair": "best-matching layers", "measure": measure})
              for measure in SWEEP["measures"]],
         svg=[SWEEP_FIG_DIR + f"/best_layer_{measure}.svg" for measure in SWEEP["measures"]],
