@@ -269,9 +269,9 @@ TINY_SECTIONS = {
 # tests/test_similarity.py.
 LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
                "min_train_units": 5, "min_test_units": 5}
-# The similarity stage's layer sweep in the same run: example units, every layer (tiny-bert 3, tiny-roberta 4), the
-# default measures (mutual kNN with k = 3 on the toy corpus's 80 examples).
-SWEEP_SECTION = {"layer_sweep": {"enabled": True, "units": ["example"]}, "knn_k": 3}
+# The similarity stage's layer sweep in the same run: example units, every layer (tiny-bert 3, tiny-roberta 4), one
+# moment-based measure and mutual kNN (k = 3 on the toy corpus's 80 examples): few figures, for the suite's time.
+SWEEP_SECTION = {"layer_sweep": {"enabled": True, "units": ["example"], "measures": ["cka", "mutual_knn"]}, "knn_k": 3}
 CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
 
 

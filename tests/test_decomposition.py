@@ -501,14 +501,14 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
     assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
     # the similarity join: one job per unit (its table and the 7 measures' png and svg)
     assert sum(rule == "similarity" for rule, _ in jobs) == 2 * (1 + 7 * 2)
-    # the layer sweep (example units): the new pairs' passes, kNN and measures (a table and 4 measures' png and svg
-    # each), and the join (its two tables and the 4 best-layer figures' png and svg)
+    # the layer sweep (example units): the new pairs' passes, kNN and measures (a table and the 2 measures' png and
+    # svg each), and the join (its two tables and the 2 best-layer figures' png and svg)
     sweep = "results/analysis/similarity/toy/example/sweep/all"
     assert sorted(out for rule, out in jobs if rule == "similarity_sweep_moments") == [
         f"{sweep}/moments/{a}/{b}.npz" for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta"))]
     assert sum(rule == "similarity_knn" for rule, _ in jobs) == 2
-    assert sum(rule == "similarity_sweep_pair" for rule, _ in jobs) == 2 * (1 + 4 * 2)
-    assert sum(rule == "similarity_sweep" for rule, _ in jobs) == 2 + 4 * 2
+    assert sum(rule == "similarity_sweep_pair" for rule, _ in jobs) == 2 * (1 + 2 * 2)
+    assert sum(rule == "similarity_sweep" for rule, _ in jobs) == 2 + 2 * 2
 
 
 @pytest.mark.workflow

@@ -448,11 +448,15 @@ def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_th
 @pytest.mark.workflow
 def test_workflow_layer_sweep_matches_the_pooled_files_and_a_new_measure_reads_no_hidden_state(
         lmd_run, tiny_models, tiny_corpus, tmp_path):
-    """The shared run's layer sweep (example units, every layer: tiny-bert 3 x 32, tiny-roberta 4 x 48): every
-    measure of every layer pair equals the direct computation on the pooled files' rows (mutual kNN: the brute force
-    on every example, fewer than knn_max_units); the best layers, the figures; a new sweep measure schedules the
-    per-pair measure jobs and the join only."""
+    """The shared run's layer sweep (example units, every layer: tiny-bert 3 x 32, tiny-roberta 4 x 48; cka and
+    mutual_knn, conftest.SWEEP_SECTION): every value of every layer pair equals the direct computation on the pooled
+    files' rows (mutual kNN: the brute force on every example, fewer than knn_max_units); the best layers, the
+    figures; a new sweep measure schedules the per-pair measure jobs and the join only."""
     from lmcompare import hidden_states, paths
+
+    from tests.conftest import SWEEP_SECTION
+
+    measures = SWEEP_SECTION["layer_sweep"]["measures"]
 
     workdir, _ = lmd_run
     sweep = workdir / "results/analysis/similarity/toy/example/sweep/all"
@@ -460,8 +464,8 @@ def test_workflow_layer_sweep_matches_the_pooled_files_and_a_new_measure_reads_n
     states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
               for m in ("tiny-bert", "tiny-roberta")}
     rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
-    assert sorted(table["measure"].unique()) == sorted(sim.DEFAULT_SWEEP_MEASURES)
-    assert len(table) == 3 * 4 * len(sim.DEFAULT_SWEEP_MEASURES)
+    assert table["measure"].unique().tolist() == measures
+    assert len(table) == 3 * 4 * len(measures)
     for row in table.itertuples():
         x, y = rows["tiny-bert"][row.layer_a], rows["tiny-roberta"][row.layer_b]
         expected = brute_force_mutual_knn(x, y, 3) if row.measure == "mutual_knn" else \
@@ -471,16 +475,16 @@ def test_workflow_layer_sweep_matches_the_pooled_files_and_a_new_measure_reads_n
                                                                                   "tiny-roberta", len(x))
         assert (row.depth_a, row.depth_b) == pytest.approx((row.layer_a / 2, row.layer_b / 3), abs=1e-9)
     best = pd.read_csv(sweep / "best_layers.csv")
-    assert len(best) == len(sim.DEFAULT_SWEEP_MEASURES) * (3 + 4)
+    assert len(best) == len(measures) * (3 + 4)
     figures = workdir / "results/figures/similarity/toy/example/sweep/all"
-    assert all((figures / f"tiny-bert/tiny-roberta/{m}.png").stat().st_size > 1000 for m in sim.DEFAULT_SWEEP_MEASURES)
-    assert all((figures / f"best_layer_{m}.svg").stat().st_size > 1000 for m in sim.DEFAULT_SWEEP_MEASURES)
+    assert all((figures / f"tiny-bert/tiny-roberta/{m}.png").stat().st_size > 1000 for m in measures)
+    assert all((figures / f"best_layer_{m}.svg").stat().st_size > 1000 for m in measures)
     log = (workdir / "results/logs/similarity/sweep/moments/toy/example/all/tiny-bert/tiny-roberta.log").read_text()
     assert "MB of statistics" in log and f"units: {len(x)} aligned" in log
 
     scratch = copy_run(workdir, tmp_path / "sweep")
     config = lmd_config(tiny_models, tiny_corpus, similarity={
-        "layer_sweep": {"enabled": True, "units": ["example"], "measures": [*sim.DEFAULT_SWEEP_MEASURES, "cca_mean"]}})
+        "layer_sweep": {**SWEEP_SECTION["layer_sweep"], "measures": [*measures, "procrustes"]}})
     (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"similarity_sweep_pair", "similarity_sweep"}, jobs
