@@ -281,8 +281,9 @@ def test_layer_sweep_matches_the_direct_computation_of_every_layer_pair(tmp_path
     sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
     table = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), sim.MEASURES, 0.9, TOLERANCE)
     assert len(table) == 4 * 3 * len(sim.MEASURES)
+    direct = {(a, b): direct_measures(xs[a], ys[b], variance=0.9) for a in xs for b in ys}
     for row in table.itertuples():
-        value, kept_x, kept_y = direct_measures(xs[row.layer_a], ys[row.layer_b], variance=0.9)[row.measure]
+        value, kept_x, kept_y = direct[row.layer_a, row.layer_b][row.measure]
         assert abs(row.value - value) < 1e-8, (row.measure, row.layer_a, row.layer_b)
         assert (row.kept_a, row.kept_b, row.n_units) == (kept_x, kept_y, 295)
         assert (row.depth_a, row.depth_b) == (row.layer_a / 3, row.layer_b / 2)
@@ -391,7 +392,7 @@ def test_mutual_knn_of_word_units_across_two_tokenizers_equals_the_brute_force_s
 
 
 # ------------------------------------------------------------------------- workflow, end to end
-from tests.conftest import copy_run, lmd_config, pending_jobs, run_workflow  # noqa: E402
+from tests.conftest import SWEEP_SECTION, copy_run, lmd_config, pending_jobs, run_workflow  # noqa: E402
 
 SIM_OUT = "results/analysis/similarity/toy/word/t-1_b-1"
 
@@ -434,27 +435,30 @@ def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_th
     assert "1 pair files in, 7 rows out" in log and f"on {len(shared)} units" in log
     assert (workdir / "results/benchmarks/similarity/toy/word/t-1_b-1.tsv").exists()
 
-    # a run of one measure, then the others added: only the similarity jobs are scheduled (no pair pass, no fit)
+    # a run of one measure, then the others added (and a measure added to the layer sweep): only the similarity jobs
+    # and the sweep's per-pair measure jobs and join are scheduled (no pair pass, no fit, no sweep pass, no kNN)
     scratch = copy_run(workdir, tmp_path / "measures")
     run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, similarity={"measures": ["cka"]}))
     assert pd.read_csv(scratch / SIM_OUT / "similarity.csv")["measure"].tolist() == ["cka"]
-    (scratch / "config.yaml").write_text(yaml.safe_dump(lmd_config(tiny_models, tiny_corpus), sort_keys=False))
+    sweep = SWEEP_SECTION["layer_sweep"]
+    config = lmd_config(tiny_models, tiny_corpus,
+                        similarity={"layer_sweep": {**sweep, "measures": [*sweep["measures"], "procrustes"]}})
+    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = pending_jobs(scratch)
-    assert jobs and {rule for rule, _ in jobs} == {"similarity"}, jobs
+    assert jobs and {rule for rule, _ in jobs} == {"similarity", "similarity_sweep_pair", "similarity_sweep"}, jobs
     assert {out for _, out in jobs if out.endswith("similarity.csv")} == {
         f"results/analysis/similarity/toy/{unit}/t-1_b-1/similarity.csv" for unit in ("example", "word")}
+    assert {out for rule, out in jobs if rule == "similarity_sweep_pair" and out.endswith(".csv")} == {
+        "results/analysis/similarity/toy/example/sweep/all/pairs/tiny-bert/tiny-roberta.csv"}
 
 
 @pytest.mark.workflow
-def test_workflow_layer_sweep_matches_the_pooled_files_and_a_new_measure_reads_no_hidden_state(
-        lmd_run, tiny_models, tiny_corpus, tmp_path):
+def test_workflow_layer_sweep_matches_the_pooled_files(lmd_run):
     """The shared run's layer sweep (example units, every layer: tiny-bert 3 x 32, tiny-roberta 4 x 48; cka and
     mutual_knn, conftest.SWEEP_SECTION): every value of every layer pair equals the direct computation on the pooled
     files' rows (mutual kNN: the brute force on every example, fewer than knn_max_units); the best layers, the
-    figures; a new sweep measure schedules the per-pair measure jobs and the join only."""
+    figures. (A new sweep measure reruns no pass: test_workflow_table_matches_the_token_files_and_a_new_measure_...)"""
     from lmcompare import hidden_states, paths
-
-    from tests.conftest import SWEEP_SECTION
 
     measures = SWEEP_SECTION["layer_sweep"]["measures"]
 
@@ -481,10 +485,3 @@ def test_workflow_layer_sweep_matches_the_pooled_files_and_a_new_measure_reads_n
     assert all((figures / f"best_layer_{m}.svg").stat().st_size > 1000 for m in measures)
     log = (workdir / "results/logs/similarity/sweep/moments/toy/example/all/tiny-bert/tiny-roberta.log").read_text()
     assert "MB of statistics" in log and f"units: {len(x)} aligned" in log
-
-    scratch = copy_run(workdir, tmp_path / "sweep")
-    config = lmd_config(tiny_models, tiny_corpus, similarity={
-        "layer_sweep": {**SWEEP_SECTION["layer_sweep"], "measures": [*measures, "procrustes"]}})
-    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"similarity_sweep_pair", "similarity_sweep"}, jobs
