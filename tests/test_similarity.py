@@ -361,20 +361,22 @@ def test_mutual_knn_of_a_sweep_on_capped_units_equals_the_brute_force_score(tmp_
 
 
 @pytest.mark.unit
-def test_mutual_knn_of_word_units_across_two_tokenizers_equals_the_brute_force_score(tmp_path):
+def test_word_units_across_two_tokenizers_sweep_and_mutual_knn_equal_the_direct_computation(tmp_path):
     """Two token files that split the same words differently (one token per word against 1-3 tokens, and a
-    word only one model has): the words are aligned by (example_id, word_id) and each word is the mean of its
-    tokens; the score equals the brute force on those word vectors."""
+    word only one model has), two stored layers each: the words are aligned by (example_id, word_id) and each word
+    is the mean of its tokens; every layer pair's sweep measures equal the direct computation on those word
+    vectors to 1e-8, and the mutual kNN score the brute force exactly."""
     rng = np.random.default_rng(14)
     words = [12, 9, 15, 11]
     split_of = lambda e: "test" if e == 3 else "train"  # noqa: E731
     rows_a = factories.token_table(words, lambda e, w: 1, split_of)
     rows_b = factories.token_table(words, lambda e, w: 1 + (e + w) % 3, split_of)
     rows_b = rows_b[~((rows_b["example_id"] == 1) & (rows_b["word_id"] == 4))]  # a word model b never saw
-    vectors_a, vectors_b = rng.normal(size=(len(rows_a), 6)), rng.normal(size=(len(rows_b), 10))
-    path_a = factories.write_tokens(tmp_path / "a.parquet", {1: vectors_a}, rows_a, model="wa", n_layers=2,
+    vectors_a = {layer: rng.normal(size=(len(rows_a), 6)) + layer for layer in (0, 1)}
+    vectors_b = {layer: rng.normal(size=(len(rows_b), 10)) - layer for layer in (0, 2)}
+    path_a = factories.write_tokens(tmp_path / "a.parquet", vectors_a, rows_a, model="wa", n_layers=2,
                                     row_group_size=13)
-    path_b = factories.write_tokens(tmp_path / "b.parquet", {1: vectors_b}, rows_b, model="wb", n_layers=2,
+    path_b = factories.write_tokens(tmp_path / "b.parquet", vectors_b, rows_b, model="wb", n_layers=3,
                                     row_group_size=17)
 
     def word_means(rows, vectors):
@@ -382,13 +384,25 @@ def test_mutual_knn_of_word_units_across_two_tokenizers_equals_the_brute_force_s
         keep = rows["word_id"].to_numpy() >= 0
         return frame[keep].groupby([rows["example_id"].to_numpy()[keep], rows["word_id"].to_numpy()[keep]]).mean()
 
-    a, b = word_means(rows_a, vectors_a), word_means(rows_b, vectors_b)
-    shared = a.index.intersection(b.index)
+    a = {layer: word_means(rows_a, v) for layer, v in vectors_a.items()}
+    b = {layer: word_means(rows_b, v) for layer, v in vectors_b.items()}
+    shared = a[0].index.intersection(b[0].index)
     assert len(shared) == sum(words) - 1
+    a, b = ({layer: m.loc[shared].to_numpy() for layer, m in side.items()} for side in (a, b))
     x, y = sim.swept_model("wa", str(path_a), "word"), sim.swept_model("wb", str(path_b), "word")
+    assert (x.source.layers, y.source.layers) == ((0, 1), (0, 2))  # every stored token layer
+    sweep, counts = sim.compute_sweep_moments(x, y, "word", block_rows=10)
+    assert (counts.matched, counts.only_a, counts.only_b) == (len(shared), 1, 0)
+    sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
+    moments = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), ["cka", "cka_debiased", "procrustes"],
+                              0.99, TOLERANCE)
+    assert len(moments) == 2 * 2 * 3
+    for row in moments.itertuples():
+        assert abs(row.value - direct_measures(a[row.layer_a], b[row.layer_b])[row.measure][0]) < 1e-8, row
+    assert sorted(set(moments["depth_b"])) == [0.0, 1.0]  # layers 0 and 2 of a 3-layer model
     table = sim.mutual_knn_table(x, y, "word", k=4, max_units=None, seed=0)
-    assert table["value"].tolist() == [brute_force_mutual_knn(a.loc[shared].to_numpy(), b.loc[shared].to_numpy(), 4)]
-    assert table["n_units"].tolist() == [len(shared)] and np.isnan(table["cut"].iloc[0])
+    assert table["value"].tolist() == [brute_force_mutual_knn(a[i], b[j], 4) for i in (0, 1) for j in (0, 2)]
+    assert (table["n_units"] == len(shared)).all() and table["cut"].isna().all()
 
 
 # ------------------------------------------------------------------------- workflow, end to end
