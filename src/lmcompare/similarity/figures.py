@@ -64,7 +64,7 @@ def plot_sweep(table, measure: str, paths: Sequence[str], where: str) -> None:
     plotting.annotated_heatmap(matrix, _layer_labels(rows, "a", layers_a), column_labels=_layer_labels(rows, "b", layers_b),
                                colorbar_label=measure, paths=paths, xlabel=f"{b} layer (relative depth)",
                                ylabel=f"{a} layer (relative depth)",
-                               title=f"{TITLES[measure]}, every layer pair\n({where}; {int(rows['n_units'].min())} "
+                               title=f"{TITLES[measure]}\n(every layer pair; {where}; {int(rows['n_units'].min())} "
                                      f"units{extra})")
 
 
