@@ -54,7 +54,8 @@ rule similarity:
 
 
 def similarity_targets():
-    """The similarity table and heatmaps of every (dataset, unit) of the decomposition (none when disabled)."""
+    """The similarity table and heatmaps of every (dataset, unit) of the decomposition, and the layer sweep's
+    outputs (none when disabled)."""
     if not SIM["enabled"]:
         return []
     targets = []
@@ -62,4 +63,192 @@ def similarity_targets():
         stem = f"{dataset}/{unit}/{LMD_LAYERS}"
         targets.append(f"{SIM_DIR}/{stem}/similarity.csv")
         targets += [f"{SIM_FIG_DIR}/{stem}/{measure}.{ext}" for measure in SIM["measures"] for ext in ("png", "svg")]
+    return targets + sweep_targets()
+
+
+# ---------------------------------------------------------------------------------------------- layer sweeps
+# Every swept layer of one model against every swept layer of the other (docs/similarity.md, "Layer sweeps"): per
+# unordered model pair one streamed pass (similarity_sweep_moments, the cached sweep file), the mutual kNN from the
+# vectors (similarity_knn, when listed), the measures from the sweep file (similarity_sweep_pair: a new measure
+# reruns this job only), then the join over pairs (similarity_sweep). Adding a model adds its pairs and the join.
+from lmcompare.similarity import SWEEP_FORMAT, KNN_MEASURE
+from lmcompare.similarity.tags import selection_tag, sweep_memory_bytes
+
+SWEEP = SIM["layer_sweep"]
+SWEEP_TAG = selection_tag(SWEEP["layers"])
+SWEEP_DIR = SIM_DIR + "/{dataset}/{unit}/sweep/{sweep}"
+SWEEP_FIG_DIR = SIM_FIG_DIR + "/{dataset}/{unit}/sweep/{sweep}"
+if SWEEP["enabled"] and not SIM["enabled"]:
+    raise WorkflowInputError(
+        "config: similarity.layer_sweep.enabled is true but the similarity stage is off (similarity.enabled false, "
+        "or the decomposition off); enable both, or set similarity.layer_sweep.enabled: false."
+    )
+
+
+def sweep_jobs():
+    """(dataset, unit) of the layer sweep: the decomposition's datasets, the 'chunk' unit only on chunks datasets."""
+    if not (SIM["enabled"] and SWEEP["enabled"]):
+        return []
+    return [(dataset, unit) for dataset in LMD_DATASETS for unit in SWEEP["units"]
+            if unit != "chunk" or DATASETS[dataset]["source"] == "chunks"]
+
+
+def _sweep_mem_mb(wildcards):
+    """similarity.layer_sweep.mem_mb, or the statistics of two 768-dimensional models with the configured number of
+    swept layers (13, a base model's, when every layer is swept) twice (sweep.sweep_memory_bytes; the job logs the
+    actual size), a block of rows and its temporaries, and 1 GB."""
+    if SWEEP["mem_mb"]:
+        return SWEEP["mem_mb"]
+    layers = len(SWEEP["layers"] or []) or 13
+    block = SWEEP["block_rows"] * 2 * 768 * layers * 8 * 3
+    return int(1000 + (2 * sweep_memory_bytes((768, 768), (layers, layers)) + block) / 1e6)
+
+
+def _sweep_pooling(wc):
+    return LMD["example_pooling"] if wc.unit == "example" else None
+
+
+def _sweep_chunk_tokens(wc):
+    return DATASETS[wc.dataset].get("chunk_tokens") if wc.unit == "chunk" else None
+
+
+_SWEEP_CONSTRAINTS = dict(model_a=name_regex(MODEL_NAMES), model_b=name_regex(MODEL_NAMES), unit="|".join(UNITS),
+                          sweep=r"all|l-?\d+(_-?\d+)*")
+
+
+rule similarity_sweep_moments:
+    input:
+        a=_lmd_hidden_file("model_a"),
+        b=_lmd_hidden_file("model_b"),
+    output:
+        moments=SWEEP_DIR + "/moments/{model_a}/{model_b}.npz",
+    wildcard_constraints:
+        **_SWEEP_CONSTRAINTS,
+    params:
+        code=library_code("similarity_sweep_moments"),
+        layers=SWEEP["layers"],
+        pooling=_sweep_pooling,
+        chunk_tokens=_sweep_chunk_tokens,
+        block_rows=SWEEP["block_rows"],
+        format=SWEEP_FORMAT,  # a new file format changes the params: old files are recomputed
+    log:
+        "results/logs/similarity/sweep/moments/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.log",
+    benchmark:
+        "results/benchmarks/similarity/sweep/moments/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=_sweep_mem_mb,
+        runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_sweep_moments.py"
+
+
+rule similarity_knn:
+    input:
+        a=_lmd_hidden_file("model_a"),
+        b=_lmd_hidden_file("model_b"),
+    output:
+        table=SWEEP_DIR + "/knn/{model_a}/{model_b}.csv",
+    wildcard_constraints:
+        **_SWEEP_CONSTRAINTS,
+    params:
+        code=library_code("similarity_knn"),
+        layers=SWEEP["layers"],
+        pooling=_sweep_pooling,
+        chunk_tokens=_sweep_chunk_tokens,
+        k=SIM["knn_k"],
+        max_units=SIM["knn_max_units"],
+        seed=SIM["knn_seed"],
+    log:
+        "results/logs/similarity/sweep/knn/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.log",
+    benchmark:
+        "results/benchmarks/similarity/sweep/knn/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.tsv"
+    threads: RES["threads"]
+    resources:
+        # one layer's vectors of the sampled units, the neighbour lists of every layer, faiss's search buffers
+        mem_mb=lambda wc: int(1000 + (SIM["knn_max_units"] or 200000) * (768 * 8 * 3 + 40 * SIM["knn_k"] * 8) / 1e6),
+        runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_knn.py"
+
+
+rule similarity_sweep_pair:
+    input:
+        moments=SWEEP_DIR + "/moments/{model_a}/{model_b}.npz",
+        knn=lambda wc: [SWEEP_DIR.format(**wc) + f"/knn/{wc.model_a}/{wc.model_b}.csv"]
+                       if KNN_MEASURE in SWEEP["measures"] else [],
+    output:
+        table=SWEEP_DIR + "/pairs/{model_a}/{model_b}.csv",
+        png=[report(SWEEP_FIG_DIR + "/{model_a}/{model_b}/" + measure + ".png",
+                    caption="../report/similarity_sweep.rst", category="Layer sweeps",
+                    subcategory="{dataset} / {unit} units / layers {sweep}",
+                    labels={"pair": "{model_a} ~ {model_b}", "measure": measure})
+             for measure in SWEEP["measures"]],
+        svg=[SWEEP_FIG_DIR + "/{model_a}/{model_b}/" + measure + ".svg" for measure in SWEEP["measures"]],
+    wildcard_constraints:
+        **_SWEEP_CONSTRAINTS,
+    params:
+        code=library_code("similarity_sweep_pair"),
+        measures=SWEEP["measures"],
+        svcca_variance=SIM["svcca_variance"],
+        cca_rank_tolerance=SIM["cca_rank_tolerance"],
+    log:
+        "results/logs/similarity/sweep/pairs/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.log",
+    benchmark:
+        "results/benchmarks/similarity/sweep/pairs/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.tsv"
+    threads: RES["threads"]
+    resources:
+        # the sweep file, read whole
+        mem_mb=lambda wc, input: int(1000 + 2 * os.path.getsize(input.moments) / 1e6) if os.path.exists(input.moments)
+                                 else 3000,
+        runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_sweep_pair.py"
+
+
+rule similarity_sweep:
+    input:
+        pairs=lambda wc: [SWEEP_DIR.format(**wc) + f"/pairs/{a}/{b}.csv" for a, b in model_pairs(LMD_MODELS)],
+    output:
+        table=SWEEP_DIR + "/sweep.csv",
+        best=SWEEP_DIR + "/best_layers.csv",
+        png=[report(SWEEP_FIG_DIR + f"/best_layer_{measure}.png", caption="../report/similarity_best_layers.rst",
+                    category="Layer sweeps", subcategory="{dataset} / {unit} units / layers {sweep}",
+                    labels={"pair": "best-matching layers", "measure": measure})
+             for measure in SWEEP["measures"]],
+        svg=[SWEEP_FIG_DIR + f"/best_layer_{measure}.svg" for measure in SWEEP["measures"]],
+    wildcard_constraints:
+        unit="|".join(UNITS),
+        sweep=_SWEEP_CONSTRAINTS["sweep"],
+    params:
+        code=library_code("similarity_sweep"),
+        measures=SWEEP["measures"],
+        model_index=model_index(LMD_MODELS),
+    log:
+        "results/logs/similarity/sweep/join/{dataset}/{unit}/{sweep}.log",
+    threads: 1
+    resources:
+        **light_resources(),
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_sweep.py"
+
+
+def sweep_targets():
+    """The layer sweep's joined table, best layers and figures of every (dataset, unit) (none when off)."""
+    targets = []
+    for dataset, unit in sweep_jobs():
+        stem = f"{dataset}/{unit}/sweep/{SWEEP_TAG}"
+        targets += [f"{SIM_DIR}/{stem}/sweep.csv", f"{SIM_DIR}/{stem}/best_layers.csv"]
+        targets += [f"{SIM_FIG_DIR}/{stem}/best_layer_{measure}.{ext}" for measure in SWEEP["measures"]
+                    for ext in ("png", "svg")]
+        targets += [f"{SIM_FIG_DIR}/{stem}/{a}/{b}/{measure}.{ext}" for a, b in model_pairs(LMD_MODELS)
+                    for measure in SWEEP["measures"] for ext in ("png", "svg")]
     return targets

@@ -76,6 +76,11 @@ CASES = [
     ("similarity without the decomposition whose pair files it reads",
      lambda c: c.update(decomposition={"enabled": False}, similarity={"enabled": True}),
      r"similarity.enabled is true but decomposition.enabled is false"),
+    ("a layer sweep without the similarity stage",
+     _set(["similarity"], {"enabled": False, "layer_sweep": {"enabled": True}}),
+     r"similarity.layer_sweep.enabled is true but the similarity stage is off"),
+    ("an unknown layer-sweep measure", _set(["similarity"], {"layer_sweep": {"measures": ["knn"]}}),
+     r"'knn' is not one of"),
 ]
 
 # Analysis sections, in the order the Snakefile includes their rule files (each validates its own section).

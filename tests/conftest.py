@@ -273,14 +273,20 @@ TINY_SECTIONS = {
 # tests/test_similarity.py.
 LMD_SECTION = {"enabled": True, "units": ["example", "word"], "modes": ["paper"], "alpha": [1e-6, "validation"],
                "min_train_units": 5, "min_test_units": 5}
+# The similarity stage's layer sweep in the same run: example units, every layer (tiny-bert 3, tiny-roberta 4), one
+# moment-based measure and mutual kNN (k = 3 on the toy corpus's 80 examples): few figures, for the suite's time.
+SWEEP_SECTION = {"layer_sweep": {"enabled": True, "units": ["example"], "measures": ["cka", "mutual_knn"]}, "knn_k": 3}
 CHUNKS = {"name": "chunks16", "source": "chunks", "base": "toy", "tokenizer_model": "tiny-bert", "chunk_tokens": 16}
 
 
 def lmd_config(tiny_models, tiny_corpus, models=("bert", "roberta"), chunks=False, section=None, similarity=None):
-    """The decomposition (LMD_SECTION updated with `section`) and the similarity measures (their defaults updated
-    with `similarity`) on the tiny models; the summary figure (another stage) left out of these runs."""
+    """The decomposition (LMD_SECTION updated with `section`) and the similarity measures with the layer sweep
+    (SWEEP_SECTION, updated with `similarity`) on the tiny models; the summary figure (another stage) left out."""
+    similarity = {"enabled": True, **SWEEP_SECTION, **(similarity or {})}
+    if not similarity["enabled"]:
+        similarity.pop("layer_sweep")
     config = tiny_config(tiny_models, tiny_corpus, models=models, decomposition={**LMD_SECTION, **(section or {})},
-                         similarity={"enabled": True, **(similarity or {})}, figures={"enabled": False})
+                         similarity=similarity, figures={"enabled": False})
     if chunks:
         config["datasets"].append(dict(CHUNKS))
     return config

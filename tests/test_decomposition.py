@@ -494,11 +494,21 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
                       for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta")))
     assert moments == expected, jobs
     assert {rule for rule, _ in jobs} == {"materialise_model", "extract_hidden_states", "decomposition_moments",
-                                          "decomposition_fit", "decomposition_figures", "similarity"}, jobs
+                                          "decomposition_fit", "decomposition_figures", "similarity",
+                                          "similarity_sweep_moments", "similarity_knn", "similarity_sweep_pair",
+                                          "similarity_sweep"}, jobs
     assert not any("tiny-bert/tiny-roberta" in out for _, out in jobs)  # existing pair: not recomputed
     assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
     # the similarity join: one job per unit (its table and the 7 measures' png and svg)
     assert sum(rule == "similarity" for rule, _ in jobs) == 2 * (1 + 7 * 2)
+    # the layer sweep (example units): the new pairs' passes, kNN and measures (a table and the 2 measures' png and
+    # svg each), and the join (its two tables and the 2 best-layer figures' png and svg)
+    sweep = "results/analysis/similarity/toy/example/sweep/all"
+    assert sorted(out for rule, out in jobs if rule == "similarity_sweep_moments") == [
+        f"{sweep}/moments/{a}/{b}.npz" for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta"))]
+    assert sum(rule == "similarity_knn" for rule, _ in jobs) == 2
+    assert sum(rule == "similarity_sweep_pair" for rule, _ in jobs) == 2 * (1 + 2 * 2)
+    assert sum(rule == "similarity_sweep" for rule, _ in jobs) == 2 + 2 * 2
 
 
 @pytest.mark.workflow
@@ -578,12 +588,14 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
     assert len(jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for _, out in jobs), jobs  # units x alphas
-    # another model order: the fits (the order of the basis columns and of the tables) and the similarity
-    # heatmaps (the order of their rows and columns), but no pair file
+    # another model order: the fits (the order of the basis columns and of the tables), the similarity
+    # heatmaps (the order of their rows and columns) and the layer sweep's best-layer figures (each model's colour
+    # follows its configured index), but no pair file, no sweep pass and no per-pair sweep job
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("roberta", "bert")))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity"}, jobs
-    lmd_jobs = [out for rule, out in jobs if rule != "similarity"]
+    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity",
+                                          "similarity_sweep"}, jobs
+    lmd_jobs = [out for rule, out in jobs if not rule.startswith("similarity")]
     assert len(lmd_jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for out in lmd_jobs), jobs
 
 

@@ -245,8 +245,168 @@ def test_similarity_matrix_is_symmetric_with_ones_on_the_diagonal():
     assert matrix[1, 2] == 0.5 and matrix[0, 1] == 0.25 and matrix[0, 2] == 0.75
 
 
+# ---------------------------------------------------------------------------------- layer sweeps
+def sweep_models(tmp_path, rng, n=300):
+    """Two pooled files of models of different depth and width (4 layers x 5 dims, 3 layers x 8 dims), sharing
+    a latent across layers, with a few units only in one model, in row groups of different sizes."""
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.3, "test", "train")
+    shared = rng.normal(size=(n, 3))
+    layers_x = {layer: shared @ rng.normal(size=(3, 5)) + (0.3 + layer) * rng.normal(size=(n, 5)) + 7.0
+                for layer in range(4)}
+    layers_y = {layer: shared @ rng.normal(size=(3, 8)) + (0.5 + layer) * rng.normal(size=(n, 8)) - 3.0
+                for layer in range(3)}
+    keep_x, keep_y = np.ones(n, bool), np.ones(n, bool)
+    keep_x[[4, 50, 51]] = False
+    keep_y[[7, 199]] = False
+    path_x = write_model(tmp_path, "mx", ids[keep_x], split[keep_x], {k: v[keep_x] for k, v in layers_x.items()}, 37)
+    path_y = write_model(tmp_path, "my", ids[keep_y], split[keep_y], {k: v[keep_y] for k, v in layers_y.items()}, 64)
+    f32 = lambda v: v.astype(np.float32).astype(np.float64)  # noqa: E731  what the Parquet holds
+    common = keep_x & keep_y
+    return path_x, path_y, {k: f32(v[common]) for k, v in layers_x.items()}, {k: f32(v[common]) for k, v in layers_y.items()}
+
+
+@pytest.mark.unit
+def test_layer_sweep_matches_the_direct_computation_of_every_layer_pair(tmp_path):
+    """Every measure of every (layer of mx, layer of my) from one streamed pass (blocks of 50 rows, so that the
+    running update and the norm shifts run many times) equals the direct computation on the materialised rows of
+    the units both models have, to 1e-8; relative depths l / (L - 1); the best basis layer is the argmax."""
+    rng = np.random.default_rng(11)
+    path_x, path_y, xs, ys = sweep_models(tmp_path, rng)
+    x, y = sim.swept_model("mx", path_x, "example"), sim.swept_model("my", path_y, "example")
+    assert x.source.layers == (0, 1, 2, 3) and y.source.layers == (0, 1, 2)
+    sweep, counts = sim.compute_sweep_moments(x, y, "example", block_rows=50)
+    assert (counts.matched, counts.only_a, counts.only_b) == (295, 2, 3)
+    assert sweep.nbytes == sim.sweep_memory_bytes((5, 8), (4, 3))
+    sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
+    table = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), sim.MEASURES, 0.9, TOLERANCE)
+    assert len(table) == 4 * 3 * len(sim.MEASURES)
+    direct = {(a, b): direct_measures(xs[a], ys[b], variance=0.9) for a in xs for b in ys}
+    for row in table.itertuples():
+        value, kept_x, kept_y = direct[row.layer_a, row.layer_b][row.measure]
+        assert abs(row.value - value) < 1e-8, (row.measure, row.layer_a, row.layer_b)
+        assert (row.kept_a, row.kept_b, row.n_units) == (kept_x, kept_y, 295)
+        assert (row.depth_a, row.depth_b) == (row.layer_a / 3, row.layer_b / 2)
+    best = sim.best_matches(table)
+    cka = table[table["measure"] == "cka"]
+    for row in best[best["measure"] == "cka"].itertuples():
+        side, other = ("a", "b") if row.target == "mx" else ("b", "a")
+        candidates = cka[cka[f"layer_{side}"] == row.target_layer]
+        assert row.best_basis_layer == candidates.loc[candidates["value"].idxmax(), f"layer_{other}"]
+        assert row.depth_difference == pytest.approx(row.best_basis_depth - row.target_depth)
+    assert len(best[best["measure"] == "cka"]) == 4 + 3  # every layer of each model as the target once
+    # a selection of layers (negative from the end) sweeps only those
+    chosen = sim.swept_model("mx", path_x, "example", [0, -1])
+    assert chosen.source.layers == (0, 3) and list(chosen.depths()) == [0.0, 1.0]
+
+
+@pytest.mark.unit
+def test_layer_sweep_of_word_units_needs_the_stored_token_layers(tmp_path):
+    rows = factories.token_table([3, 2], lambda e, w: 1, lambda e: "train")
+    path = factories.write_tokens(tmp_path / "t.parquet", {2: np.ones((len(rows), 4))}, rows, model="mt", n_layers=4)
+    assert sim.swept_model("mt", str(path), "word").source.layers == (2,)  # every stored token layer
+    with pytest.raises(WorkflowInputError, match=r"layers \[2\] only.*\[3\].*extraction.token_layers"):
+        sim.swept_model("mt", str(path), "word", [-1])
+    with pytest.raises(WorkflowInputError, match=r"layer_sweep.measures \['cka', 'knn'\]"):
+        sim.check_sweep_measures(["cka", "knn"])
+
+
+# ------------------------------------------------------------------------------- mutual kNN
+def brute_force_knn(x, k):
+    """Each row's k nearest other rows by cosine similarity: numpy, float64, every pair (platonic-rep's rule)."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = xn @ xn.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1)[:, :k]
+
+
+def brute_force_mutual_knn(x, y, k):
+    a, b = brute_force_knn(x, k), brute_force_knn(y, k)
+    return np.mean([len(set(a[i]) & set(b[i])) / k for i in range(len(x))])
+
+
+@pytest.mark.unit
+def test_mutual_knn_equals_the_brute_force_score():
+    rng = np.random.default_rng(12)
+    x, y = latent_models(rng, 80, [6, 9], latent=3, noise=1.0)
+    found = sim.knn_indices(x, 7)
+    assert [set(row) for row in found] == [set(row) for row in brute_force_knn(x, 7)]
+    assert sim.mutual_knn_score(found, sim.knn_indices(y, 7)) == brute_force_mutual_knn(x, y, 7)
+    assert sim.direct_mutual_knn(x, y, 7) == brute_force_mutual_knn(x, y, 7)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))  # a rotation and a scaling keep every neighbourhood
+    assert sim.mutual_knn_score(found, sim.knn_indices(2.5 * x @ q, 7)) == 1.0
+    duplicated = np.vstack([x, x[:1]])  # a duplicate may outrank the row itself: still k other rows
+    assert all(i not in row for i, row in enumerate(sim.knn_indices(duplicated, 3)))
+    with pytest.raises(ValueError, match="1 <= k < n"):
+        sim.knn_indices(x[:5], 5)
+
+
+@pytest.mark.unit
+def test_mutual_knn_of_a_sweep_on_capped_units_equals_the_brute_force_score(tmp_path):
+    """Through the pooled files: the units both models have, capped at 120 by the seeded hash (the same units
+    for any pair), every layer pair's score equals the brute force on those units' vectors."""
+    rng = np.random.default_rng(13)
+    path_x, path_y, xs, ys = sweep_models(tmp_path, rng)
+    x, y = sim.swept_model("mx", path_x, "example", [1, -1]), sim.swept_model("my", path_y, "example")
+    table = sim.mutual_knn_table(x, y, "example", k=5, max_units=120, seed=3)
+    common = np.setdiff1d(np.arange(300), [4, 50, 51, 7, 199])
+    sample = sim.sample_keys(common, 120, 3)
+    assert sample.size == 120 and np.array_equal(sample, sim.sample_keys(common[::-1], 120, 3))
+    picked = np.searchsorted(common, sample)
+    assert len(table) == 2 * 3
+    for row in table.itertuples():
+        expected = brute_force_mutual_knn(xs[row.layer_a][picked], ys[row.layer_b][picked], 5)
+        assert row.value == expected, (row.layer_a, row.layer_b)
+        assert (row.n_units, row.kept_a, row.cut, row.measure) == (120, 5, 120.0, "mutual_knn")
+
+
+@pytest.mark.unit
+def test_word_units_across_two_tokenizers_sweep_and_mutual_knn_equal_the_direct_computation(tmp_path):
+    """Two token files that split the same words differently (one token per word against 1-3 tokens, and a
+    word only one model has), two stored layers each: the words are aligned by (example_id, word_id) and each word
+    is the mean of its tokens; every layer pair's sweep measures equal the direct computation on those word
+    vectors to 1e-8, and the mutual kNN score the brute force exactly."""
+    rng = np.random.default_rng(14)
+    words = [12, 9, 15, 11]
+    split_of = lambda e: "test" if e == 3 else "train"  # noqa: E731
+    rows_a = factories.token_table(words, lambda e, w: 1, split_of)
+    rows_b = factories.token_table(words, lambda e, w: 1 + (e + w) % 3, split_of)
+    rows_b = rows_b[~((rows_b["example_id"] == 1) & (rows_b["word_id"] == 4))]  # a word model b never saw
+    vectors_a = {layer: rng.normal(size=(len(rows_a), 6)) + layer for layer in (0, 1)}
+    vectors_b = {layer: rng.normal(size=(len(rows_b), 10)) - layer for layer in (0, 2)}
+    path_a = factories.write_tokens(tmp_path / "a.parquet", vectors_a, rows_a, model="wa", n_layers=2,
+                                    row_group_size=13)
+    path_b = factories.write_tokens(tmp_path / "b.parquet", vectors_b, rows_b, model="wb", n_layers=3,
+                                    row_group_size=17)
+
+    def word_means(rows, vectors):
+        frame = pd.DataFrame(vectors.astype(np.float32).astype(np.float64))
+        keep = rows["word_id"].to_numpy() >= 0
+        return frame[keep].groupby([rows["example_id"].to_numpy()[keep], rows["word_id"].to_numpy()[keep]]).mean()
+
+    a = {layer: word_means(rows_a, v) for layer, v in vectors_a.items()}
+    b = {layer: word_means(rows_b, v) for layer, v in vectors_b.items()}
+    shared = a[0].index.intersection(b[0].index)
+    assert len(shared) == sum(words) - 1
+    a, b = ({layer: m.loc[shared].to_numpy() for layer, m in side.items()} for side in (a, b))
+    x, y = sim.swept_model("wa", str(path_a), "word"), sim.swept_model("wb", str(path_b), "word")
+    assert (x.source.layers, y.source.layers) == ((0, 1), (0, 2))  # every stored token layer
+    sweep, counts = sim.compute_sweep_moments(x, y, "word", block_rows=10)
+    assert (counts.matched, counts.only_a, counts.only_b) == (len(shared), 1, 0)
+    sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
+    moments = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), ["cka", "cka_debiased", "procrustes"],
+                              0.99, TOLERANCE)
+    assert len(moments) == 2 * 2 * 3
+    for row in moments.itertuples():
+        assert abs(row.value - direct_measures(a[row.layer_a], b[row.layer_b])[row.measure][0]) < 1e-8, row
+    assert sorted(set(moments["depth_b"])) == [0.0, 1.0]  # layers 0 and 2 of a 3-layer model
+    table = sim.mutual_knn_table(x, y, "word", k=4, max_units=None, seed=0)
+    assert table["value"].tolist() == [brute_force_mutual_knn(a[i], b[j], 4) for i in (0, 1) for j in (0, 2)]
+    assert (table["n_units"] == len(shared)).all() and table["cut"].isna().all()
+
+
 # ------------------------------------------------------------------------- workflow, end to end
-from tests.conftest import copy_run, lmd_config, pending_jobs, run_workflow  # noqa: E402
+from tests.conftest import SWEEP_SECTION, copy_run, lmd_config, pending_jobs, run_workflow  # noqa: E402
 
 SIM_OUT = "results/analysis/similarity/toy/word/t-1_b-1"
 
@@ -289,12 +449,53 @@ def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_th
     assert "1 pair files in, 7 rows out" in log and f"on {len(shared)} units" in log
     assert (workdir / "results/benchmarks/similarity/toy/word/t-1_b-1.tsv").exists()
 
-    # a run of one measure, then the others added: only the similarity jobs are scheduled (no pair pass, no fit)
+    # a run of one measure, then the others added (and a measure added to the layer sweep): only the similarity jobs
+    # and the sweep's per-pair measure jobs and join are scheduled (no pair pass, no fit, no sweep pass, no kNN)
     scratch = copy_run(workdir, tmp_path / "measures")
     run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, similarity={"measures": ["cka"]}))
     assert pd.read_csv(scratch / SIM_OUT / "similarity.csv")["measure"].tolist() == ["cka"]
-    (scratch / "config.yaml").write_text(yaml.safe_dump(lmd_config(tiny_models, tiny_corpus), sort_keys=False))
+    sweep = SWEEP_SECTION["layer_sweep"]
+    config = lmd_config(tiny_models, tiny_corpus,
+                        similarity={"layer_sweep": {**sweep, "measures": [*sweep["measures"], "procrustes"]}})
+    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = pending_jobs(scratch)
-    assert jobs and {rule for rule, _ in jobs} == {"similarity"}, jobs
+    assert jobs and {rule for rule, _ in jobs} == {"similarity", "similarity_sweep_pair", "similarity_sweep"}, jobs
     assert {out for _, out in jobs if out.endswith("similarity.csv")} == {
         f"results/analysis/similarity/toy/{unit}/t-1_b-1/similarity.csv" for unit in ("example", "word")}
+    assert {out for rule, out in jobs if rule == "similarity_sweep_pair" and out.endswith(".csv")} == {
+        "results/analysis/similarity/toy/example/sweep/all/pairs/tiny-bert/tiny-roberta.csv"}
+
+
+@pytest.mark.workflow
+def test_workflow_layer_sweep_matches_the_pooled_files(lmd_run):
+    """The shared run's layer sweep (example units, every layer: tiny-bert 3 x 32, tiny-roberta 4 x 48; cka and
+    mutual_knn, conftest.SWEEP_SECTION): every value of every layer pair equals the direct computation on the pooled
+    files' rows (mutual kNN: the brute force on every example, fewer than knn_max_units); the best layers, the
+    figures. (A new sweep measure reruns no pass: test_workflow_table_matches_the_token_files_and_a_new_measure_...)"""
+    from lmcompare import hidden_states, paths
+
+    measures = SWEEP_SECTION["layer_sweep"]["measures"]
+
+    workdir, _ = lmd_run
+    sweep = workdir / "results/analysis/similarity/toy/example/sweep/all"
+    table = pd.read_csv(sweep / "sweep.csv")
+    states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
+              for m in ("tiny-bert", "tiny-roberta")}
+    rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
+    assert table["measure"].unique().tolist() == measures
+    assert len(table) == 3 * 4 * len(measures)
+    for row in table.itertuples():
+        x, y = rows["tiny-bert"][row.layer_a], rows["tiny-roberta"][row.layer_b]
+        expected = brute_force_mutual_knn(x, y, 3) if row.measure == "mutual_knn" else \
+            direct_measures(x, y)[row.measure][0]
+        assert abs(row.value - expected) < 1e-8, (row.measure, row.layer_a, row.layer_b)
+        assert (row.dataset, row.unit, row.model_a, row.model_b, row.n_units) == ("toy", "example", "tiny-bert",
+                                                                                  "tiny-roberta", len(x))
+        assert (row.depth_a, row.depth_b) == pytest.approx((row.layer_a / 2, row.layer_b / 3), abs=1e-9)
+    best = pd.read_csv(sweep / "best_layers.csv")
+    assert len(best) == len(measures) * (3 + 4)
+    figures = workdir / "results/figures/similarity/toy/example/sweep/all"
+    assert all((figures / f"tiny-bert/tiny-roberta/{m}.png").stat().st_size > 1000 for m in measures)
+    assert all((figures / f"best_layer_{m}.svg").stat().st_size > 1000 for m in measures)
+    log = (workdir / "results/logs/similarity/sweep/moments/toy/example/all/tiny-bert/tiny-roberta.log").read_text()
+    assert "MB of statistics" in log and f"units: {len(x)} aligned" in log

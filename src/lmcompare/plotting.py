@@ -35,25 +35,27 @@ def save_figure(fig, paths: Sequence[str]) -> None:
 
 
 def annotated_heatmap(values, labels: Sequence[str], *, title: str, colorbar_label: str, paths: Sequence[str],
-                      xlabel: str | None = None, ylabel: str | None = None) -> None:
-    """A labels x labels matrix as a cividis heatmap with each finite value printed in its cell (nan cells left
-    blank), from min(0, smallest value) to 1, saved to paths: the pairwise figures of the decomposition and of the
-    similarity measures."""
+                      xlabel: str | None = None, ylabel: str | None = None,
+                      column_labels: Sequence[str] | None = None) -> None:
+    """A labels x labels matrix (labels x column_labels when given: the layer sweep's layer x layer maps) as a
+    cividis heatmap with each finite value printed in its cell (nan cells left blank), from min(0, smallest value)
+    to 1, saved to paths: the pairwise figures of the decomposition and of the similarity measures."""
     import numpy as np
 
     plt = pyplot()
     labels = list(labels)
+    columns = labels if column_labels is None else list(column_labels)
     values = np.asarray(values, dtype=float)
-    size = max(4.0, 0.7 * len(labels) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    width, height = (max(4.0, 0.7 * count + 2.5) for count in (len(columns), len(labels)))
+    fig, ax = plt.subplots(figsize=(width + 1.2, height))
     low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
     image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=1.0)
     for i in range(len(labels)):
-        for j in range(len(labels)):
+        for j in range(len(columns)):
             if np.isfinite(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9,
                         color="black" if image.norm(values[i, j]) > 0.55 else "white")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     if xlabel:
         ax.set_xlabel(xlabel)

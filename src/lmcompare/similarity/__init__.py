@@ -9,7 +9,9 @@ docs/similarity.md. The modules:
 - cca: canonical correlations with a rank cut, PWCCA, SVCCA;
 - procrustes: the orthogonal Procrustes similarity;
 - table: every measure of every pair from the pair files (similarity_table, write_similarity);
-- figures: the symmetric heatmap per measure.
+- figures: the symmetric heatmap per measure, the layer sweep's layer x layer heatmap and best-layer figure;
+- sweep: the layer sweep (every layer of one model against every layer of the other) from one streamed pass;
+- knn: mutual k-nearest-neighbour alignment (Huh et al. 2024) of every swept layer pair, from the vectors.
 
     >>> from lmcompare import similarity
     >>> stats = similarity.PairStatistics.from_rows(x, y)
@@ -21,14 +23,21 @@ from lmcompare.exports import lazy_exports
 # name -> module of this package that defines it (imported on first use, lmcompare/exports.py)
 _API = {
     **dict.fromkeys(["MEASURES", "RANK_CUT_MEASURES", "VARIANCE_CUT_MEASURES", "DEFAULT_SVCCA_VARIANCE",
-                     "DEFAULT_CCA_RANK_TOLERANCE"], "tags"),
+                     "DEFAULT_CCA_RANK_TOLERANCE", "SWEEP_MEASURES", "DEFAULT_SWEEP_MEASURES", "KNN_MEASURE",
+                     "SWEEP_FORMAT", "sweep_memory_bytes", "selection_tag", "selection_from_tag"], "tags"),
     "PairStatistics": "statistics",
     **dict.fromkeys(["linear_cka", "debiased_cka", "unbiased_hsic_scaled"], "cka"),
     **dict.fromkeys(["CanonicalCorrelations", "spectrum", "canonical_correlations", "retained_directions", "pwcca",
                      "principal_projection", "svcca"], "cca"),
     "procrustes_similarity": "procrustes",
     **dict.fromkeys(["check_measures", "measure_pair", "similarity_table", "write_similarity"], "table"),
-    **dict.fromkeys(["similarity_matrix", "plot_similarity"], "figures"),
+    **dict.fromkeys(["similarity_matrix", "plot_similarity", "sweep_matrix", "plot_sweep", "plot_best_layers"],
+                    "figures"),
+    **dict.fromkeys(["SweepMoments", "SweepFile", "SweptModel", "swept_model", "compute_sweep_moments", "save_sweep",
+                     "sweep_table", "best_matches",
+                     "check_sweep_measures", "write_sweep_moments", "write_sweep_pair", "write_sweep_join"], "sweep"),
+    **dict.fromkeys(["knn_indices", "mutual_knn_score", "sample_keys", "mutual_knn_table", "write_mutual_knn",
+                     "direct_knn", "direct_mutual_knn"], "knn"),
 }
 
 __all__ = sorted(name for name in _API if not name.startswith("_"))

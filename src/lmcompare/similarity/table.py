@@ -37,12 +37,14 @@ def check_measures(measures: Sequence[str]) -> list[str]:
 
 def measure_pair(stats: PairStatistics, measures: Sequence[str] = MEASURES,
                  svcca_variance: float = DEFAULT_SVCCA_VARIANCE,
-                 rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE) -> list[dict]:
-    """The measures of one pair: a dict per measure with measure, value, kept_a, kept_b and cut."""
+                 rank_tolerance: float = DEFAULT_CCA_RANK_TOLERANCE, spectra=None) -> list[dict]:
+    """The measures of one pair: a dict per measure with measure, value, kept_a, kept_b and cut. spectra:
+    (spectrum(sxx), spectrum(syy)) when already computed (a layer sweep computes each layer's once)."""
     measures = check_measures(measures)
     dx, dy = stats.dims
     # each side's eigendecomposition, once for the CCA measures and SVCCA
-    spectra = (spectrum(stats.sxx), spectrum(stats.syy)) if set(measures) & {*RANK_CUT_MEASURES, "svcca"} else None
+    if spectra is None and set(measures) & {*RANK_CUT_MEASURES, "svcca"}:
+        spectra = (spectrum(stats.sxx), spectrum(stats.syy))
     cca = canonical_correlations(stats.sxx, stats.syy, stats.sxy, rank_tolerance, spectra) \
         if set(measures) & set(RANK_CUT_MEASURES) else None
     rows = []
