@@ -282,13 +282,10 @@ SWEEP_COLUMNS = ("model_a", "model_b", "layer_a", "layer_b", "depth_a", "depth_b
 
 
 def check_sweep_measures(measures: Sequence[str]) -> list[str]:
+    from lmcompare.similarity.table import check_measures
     from lmcompare.similarity.tags import SWEEP_MEASURES
 
-    unknown = [m for m in measures if m not in SWEEP_MEASURES]
-    if unknown or not measures:
-        raise WorkflowInputError(f"similarity.layer_sweep.measures {list(measures)}: each must be one of "
-                                 f"{list(SWEEP_MEASURES)} (and at least one); fix it in the config.")
-    return list(dict.fromkeys(measures))
+    return check_measures(measures, SWEEP_MEASURES, "similarity.layer_sweep.measures")
 
 
 def sweep_table(sweep: SweepFile, measures: Sequence[str], svcca_variance: float, rank_tolerance: float):

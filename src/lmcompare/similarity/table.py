@@ -27,11 +27,13 @@ from lmcompare.similarity.tags import (DEFAULT_CCA_RANK_TOLERANCE, DEFAULT_SVCCA
 LOG = logging.getLogger("workflow")
 
 
-def check_measures(measures: Sequence[str]) -> list[str]:
-    unknown = [m for m in measures if m not in MEASURES]
+def check_measures(measures: Sequence[str], known: Sequence[str] = MEASURES,
+                   key: str = "similarity.measures") -> list[str]:
+    """The configured measures, each once, in their order; an unknown one or none is an error naming `key`."""
+    unknown = [m for m in measures if m not in known]
     if unknown or not measures:
-        raise WorkflowInputError(f"similarity.measures {list(measures)}: each must be one of {list(MEASURES)} "
-                                 f"(and at least one); fix similarity.measures in the config.")
+        raise WorkflowInputError(f"{key} {list(measures)}: each must be one of {list(known)} "
+                                 f"(and at least one); fix {key} in the config.")
     return list(dict.fromkeys(measures))
 
 
