@@ -171,7 +171,7 @@ rule similarity_knn:
         mem_mb=lambda wc: int(1000 + (SIM["knn_max_units"] or 200000) * (768 * 8 * 3 + 40 * SIM["knn_k"] * 8) / 1e6),
         runtime=LMD["runtime_minutes"],
     conda:
-        "../envs/workflow.yaml"
+        "../envs/geometry.yaml"  # faiss
     script:
         "../workflow_scripts/similarity_knn.py"
 

@@ -55,10 +55,12 @@ def run_extract(model_dir, dataset, out, **overrides):
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
+    import torch
     from lmcompare.extraction import partial
     from lmcompare.extraction.extract import ExtractionSettings, extract
 
     model, dataset, out, where, k = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    torch.set_num_threads(int(sys.argv[6]))  # the rerun's thread count: it is part of the resume fingerprint
     commit, write_part = partial.PartialWindows.commit, partial.PartialWindows.write_part
 
     def killing_commit(self, index, counts):
@@ -79,8 +81,14 @@ CHILD = textwrap.dedent("""
 
 
 def killed_run(model_dir, dataset, out, where, k):
+    """The child killed at window k, with this process's torch thread count (the in-process rerun's: a job requeued
+    with another thread count starts afresh, since its vectors may differ in the last bits; another test of this
+    worker may have changed the count)."""
+    import torch
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT / "src"), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), str(dataset), str(out), where, str(k)],
+    result = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), str(dataset), str(out), where, str(k),
+                             str(torch.get_num_threads())],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
