@@ -30,18 +30,33 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `path`, on failure delete it.
 
-    A file under its final name is therefore always complete.
+    A file under its final name is therefore always complete. `durable`: the file is fsynced before the rename and
+    its folder after it, so the file survives a crash of the machine, not only of the process (checkpoints and the
+    extraction's finished windows, which a rerun resumes from).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, final)
+        if durable:
+            fsync_path(final.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -60,8 +75,8 @@ def write_table(frame, path) -> None:
     LOG.info("wrote %s (%d rows)", path, len(frame))
 
 
-def write_json(obj, path) -> None:
-    with atomic_path(path) as tmp:
+def write_json(obj, path, durable: bool = False) -> None:
+    with atomic_path(path, durable) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -277,7 +277,8 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
             raise WorkflowInputError(
                 f"every example of {dataset_name!r} had non-finite hidden states in {model_name!r}; nothing was kept.")
         # the final files whole from the parts (row counts are in the footers), renamed into place: both or neither
-        with files.atomic_path(pooled_out) as pooled_tmp, files.atomic_path(tokens_out) as tokens_tmp:
+        with files.atomic_path(pooled_out, durable=True) as pooled_tmp, \
+                files.atomic_path(tokens_out, durable=True) as tokens_tmp:
             partial.assemble("pooled", pooled_tmp, pooled_schema)
             partial.assemble("tokens", tokens_tmp, tokens_schema)
     except WorkflowInputError:
@@ -399,4 +400,3 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     counts.tokens += int(sum(lengths[i] for i in keep))
     counts.truncated += int(sum(truncated[i] for i in keep))
     return pooled, tokens
-

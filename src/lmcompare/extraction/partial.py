@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lmcompare.code_digest import code_digest
-from lmcompare.files import file_sha256
+from lmcompare.files import atomic_path, file_sha256, write_json
 from lmcompare.models.loading import environment_summary, weights_sha256
 
 LOG = logging.getLogger("workflow")
@@ -49,21 +48,6 @@ def partial_dir(pooled_out) -> Path:
 
 def fingerprint(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fsync_path(path) -> None:
-    """fsync a file or a folder (a folder's fsync makes the renames inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _durable_replace(tmp: Path, final: Path) -> None:
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(final.parent)
 
 
 class PartialWindows:
@@ -91,7 +75,7 @@ class PartialWindows:
                 shutil.rmtree(self.folder)
         if not self.folder.exists():
             self.folder.mkdir(parents=True)
-            self._write_json(manifest, {"fingerprint": self.key, "description": self.description})
+            write_json({"fingerprint": self.key, "description": self.description}, manifest, durable=True)
             return 0
         self.records = []
         while True:
@@ -137,30 +121,24 @@ class PartialWindows:
         return record
 
     # ------------------------------------------------------------------------------------------ write
-    def _write_json(self, path: Path, obj: dict) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(obj, sort_keys=True, default=str) + "\n")
-        _durable_replace(tmp, path)
-
     def write_part(self, kind: str, index: int, table, schema, row_group_size=None) -> None:
         """One window's rows of `kind`, in the final file's schema and row groups, fsynced and renamed."""
-        final = self.part(kind, index)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with pq.ParquetWriter(tmp, schema, compression="none") as writer:
-            writer.write_table(table, row_group_size=row_group_size)
-        _durable_replace(tmp, final)
+        with atomic_path(self.part(kind, index), durable=True) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression="none") as writer:
+                writer.write_table(table, row_group_size=row_group_size)
 
     def commit(self, index: int, counts: dict) -> None:
         """Record window `index` as finished (after both its parts are written): its counts and row numbers."""
         record = {"fingerprint": self.key, "index": index, **counts,
                   **{f"{kind}_rows": pq.read_metadata(self.part(kind, index)).num_rows for kind in KINDS}}
-        self._write_json(self.folder / f"window-{index:06d}.json", record)
+        write_json(record, self.folder / f"window-{index:06d}.json", durable=True)
         self.records.append(record)
 
     # ------------------------------------------------------------------------------------------ finish
     def assemble(self, kind: str, out_path, schema) -> int:
         """Concatenate the parts of `kind`, window by window and row group by row group (one row group in
-        memory at a time), into `out_path` (a temporary name: the caller renames it). Returns the row count."""
+        memory at a time), into `out_path` (a temporary name: the caller renames it, durably). Returns the row
+        count."""
         rows = 0
         with pq.ParquetWriter(out_path, schema, compression="none") as writer:
             for index in range(len(self.records)):
@@ -169,7 +147,6 @@ class PartialWindows:
                         table = part.read_row_group(group)
                         writer.write_table(table, row_group_size=max(table.num_rows, 1))
                         rows += table.num_rows
-        fsync_path(out_path)
         return rows
 
     def remove(self) -> None:

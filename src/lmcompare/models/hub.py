@@ -115,7 +115,7 @@ def classify(err: Exception, api, repo_id: str, revision, repo_type=None) -> Hub
         if refs is None:
             return HubFailure("repo", detail)
         return HubFailure("revision", detail, branches=refs[0], tags=refs[1])
-    if isinstance(err, (errors.HfHubHTTPError,)) and status is not None:
+    if isinstance(err, errors.HfHubHTTPError) and status is not None:
         return HubFailure("other", detail)
     if isinstance(err, (ConnectionError, TimeoutError, OSError)) or "connect" in type(err).__name__.lower() \
             or "incomplete" in type(err).__name__.lower() or "protocol" in type(err).__name__.lower() \

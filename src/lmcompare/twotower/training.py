@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import shutil
 import time
@@ -112,11 +111,8 @@ def load_checkpoint(path, device=None) -> dict:
 
 
 def _atomic_torch_save(obj, path) -> None:
-    with files.atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with files.atomic_path(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def snapshot_name(step: int) -> str:
