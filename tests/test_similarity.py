@@ -275,11 +275,20 @@ def test_layer_sweep_matches_the_direct_computation_of_every_layer_pair(tmp_path
     path_x, path_y, xs, ys = sweep_models(tmp_path, rng)
     x, y = sim.swept_model("mx", path_x, "example"), sim.swept_model("my", path_y, "example")
     assert x.source.layers == (0, 1, 2, 3) and y.source.layers == (0, 1, 2)
-    sweep, counts = sim.compute_sweep_moments(x, y, "example", block_rows=50)
+    parts, counts = sim.compute_sweep_moments(x, y, "example", block_rows=50, validation_fraction=0.25)
     assert (counts.matched, counts.only_a, counts.only_b) == (295, 2, 3)
-    assert sweep.nbytes == sim.sweep_memory_bytes((5, 8), (4, 3))
-    sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
-    table = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), sim.MEASURES, 0.9, TOLERANCE)
+    assert all(part.nbytes == sim.sweep_memory_bytes((5, 8), (4, 3)) for part in parts.values())
+    assert sum(part.n for part in parts.values()) == 295 and min(part.n for part in parts.values()) > 30
+    assert all(part.groups == part.n for part in parts.values())  # example units: one example each
+    sim.save_sweep(tmp_path / "sweep.npz", x, y, parts, {}, (0.25, 0))
+    # the parts merged (in memory, or read block by block from the memory-mapped file) are every unit
+    lazy = sim.SweepFile.load(tmp_path / "sweep.npz", lazy=True)
+    assert isinstance(lazy.parts["fit"].cross, np.memmap) and lazy.validation == (0.25, 0)
+    whole = lazy.all_units()
+    eager = sim.SweepFile.load(tmp_path / "sweep.npz").all_units()
+    assert whole.n == 295  # (memory-mapped operands can take other SIMD paths: equal to rounding, not bitwise)
+    assert all(np.allclose(getattr(whole, a), getattr(eager, a), rtol=1e-13, atol=0) for a in sim.sweep.ARRAYS)
+    table = sim.sweep_table(lazy, sim.MEASURES, 0.9, TOLERANCE)
     assert len(table) == 4 * 3 * len(sim.MEASURES)
     direct = {(a, b): direct_measures(xs[a], ys[b], variance=0.9) for a in xs for b in ys}
     for row in table.itertuples():
@@ -298,6 +307,120 @@ def test_layer_sweep_matches_the_direct_computation_of_every_layer_pair(tmp_path
     # a selection of layers (negative from the end) sweeps only those
     chosen = sim.swept_model("mx", path_x, "example", [0, -1])
     assert chosen.source.layers == (0, 3) and list(chosen.depths()) == [0.0, 1.0]
+
+
+def split_rows(ids, split, fraction, seed=0):
+    """Masks of the fit, valid and test parts of units (example ids, their split), as the pair files cut them."""
+    from lmcompare.decomposition.validation_split import validation_mask
+
+    valid = (split == "train") & validation_mask(ids, fraction, seed)
+    return {"fit": (split == "train") & ~valid, "valid": valid, "test": split == "test"}
+
+
+def direct_fit(u, z, masks, alpha, grid=lmd.DEFAULT_ALPHA_GRID):
+    """decomposition.fit.scored_fit on statistics of the materialised rows of each split (no streaming)."""
+    from lmcompare.decomposition.fit import scored_fit
+
+    stats = {split: lmd.SplitStats.from_rows(u[mask], z[mask]) for split, mask in masks.items()}
+    train = masks["fit"] | masks["valid"]
+    stats["train"] = lmd.SplitStats.from_rows(u[train], z[train])
+    return scored_fit(stats, alpha, list(grid), "paper", "direct", 5, 5, 0.3, log=False)
+
+
+def swept_files(tmp_path, rng, n=240, drop=None):
+    """Three pooled models of different depth and width sharing a latent (mx 4 layers x 5, my 3 x 8, mz 2 x 4; every
+    unit in all three unless `drop`: model -> ids it lacks), their sweep files (validation fraction 0.3) and rows."""
+    tmp_path.mkdir(exist_ok=True)
+    ids = np.arange(n)
+    split = np.where(rng.random(n) < 0.35, "test", "train")
+    shared = rng.normal(size=(n, 3))
+    shapes = {"mx": (4, 5), "my": (3, 8), "mz": (2, 4)}
+    rows, paths = {}, {}
+    for model, (layers, dims) in shapes.items():
+        keep = ~np.isin(ids, (drop or {}).get(model, []))
+        vectors = {layer: shared @ rng.normal(size=(3, dims)) + (0.4 + 0.5 * layer) * rng.normal(size=(n, dims)) + 2.0
+                   for layer in range(layers)}
+        paths[model] = write_model(tmp_path, model, ids[keep], split[keep], {k: v[keep] for k, v in vectors.items()},
+                                   41 + 7 * layers)
+        rows[model] = {k: np.where(keep[:, None], v.astype(np.float32).astype(np.float64), np.nan)
+                       for k, v in vectors.items()}
+    sweeps = {}
+    for a, b in lmd.model_pairs(sorted(shapes)):
+        x, y = sim.swept_model(a, paths[a], "example"), sim.swept_model(b, paths[b], "example")
+        parts, _ = sim.compute_sweep_moments(x, y, "example", block_rows=60, validation_fraction=0.3)
+        sim.save_sweep(tmp_path / f"{a}-{b}.npz", x, y, parts, {}, (0.3, 0))
+        sweeps[(a, b)] = sim.SweepFile.load(tmp_path / f"{a}-{b}.npz", lazy=True)
+    return sweeps, rows, ids, split
+
+
+@pytest.mark.unit
+def test_r2_of_every_layer_pair_equals_the_fit_on_the_materialised_rows(tmp_path):
+    """The decomposition's R² of every layer of mx from every layer of my and back, from the sweep file's parts, equals
+    scored_fit on each split's materialised rows to 1e-8 (a fixed alpha and the validation choice: the same chosen
+    alpha), and scikit-learn's Ridge scored with the variance-weighted R² (the decomposition's definition)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(21)
+    sweeps, rows, ids, split = swept_files(tmp_path, rng, drop={"my": [3, 77]})
+    masks = split_rows(ids, split, 0.3)
+    common = np.isfinite(rows["mx"][0][:, 0]) & np.isfinite(rows["my"][0][:, 0])
+    masks = {name: mask & common for name, mask in masks.items()}
+    settings = sim.fit_settings(["paper"], [1e-6, "validation"])
+    table = sim.pair_layer_fits(sweeps[("mx", "my")], settings, lmd.DEFAULT_ALPHA_GRID, 5, 5)
+    assert len(table) == 2 * 2 * 4 * 3 and set(table["alpha_setting"]) == {"paper_alpha-1e-06", "paper_alpha-validation"}
+    for row in table.itertuples():
+        u, z = rows[row.target][row.target_layer], rows[row.basis][row.basis_layer]
+        expected = direct_fit(u, z, masks, 1e-6 if row.alpha_choice == "fixed" else "validation")
+        for column in ("r2_train", "r2_test", "alpha"):
+            assert abs(getattr(row, column) - expected[column]) < 1e-8, (row, column)
+        assert row.r2_valid == pytest.approx(expected["r2_valid"], abs=1e-8, nan_ok=True)
+        assert (row.n_train, row.n_test) == (int((masks["fit"] | masks["valid"]).sum()), int(masks["test"].sum()))
+        assert (row.target_depth, row.basis_depth) == pytest.approx(
+            (row.target_layer / (row.n_layers_target - 1), row.basis_layer / (row.n_layers_basis - 1)))
+    row = table[(table["target"] == "my") & (table["target_layer"] == 2) & (table["basis_layer"] == 1)
+                & (table["alpha_choice"] == "fixed")].iloc[0]
+    train, test = masks["fit"] | masks["valid"], masks["test"]
+    u, z = rows["my"][2], rows["mx"][1]
+    ridge = Ridge(alpha=(train.sum() - 1) * 1e-6).fit(z[train], u[train])
+    assert row.r2_test == pytest.approx(r2_score(u[test], ridge.predict(z[test]), multioutput="variance_weighted"),
+                                        abs=1e-8)
+    best = sim.best_r2_layers(table)
+    assert len(best) == 2 * (4 + 3)  # per setting, every layer of each model as the target once
+    for b in best.itertuples():
+        candidates = table[(table["alpha_setting"] == b.alpha_setting) & (table["target"] == b.target)
+                           & (table["target_layer"] == b.target_layer)]
+        assert b.best_basis_layer == candidates.loc[candidates["r2_test"].idxmax(), "basis_layer"]
+
+
+@pytest.mark.unit
+def test_group_r2_per_target_layer_equals_the_fit_on_the_depth_matched_basis_rows(tmp_path):
+    """Every layer of each of three models from the other two, each at its layer of the nearest relative depth (a
+    tie to the deeper layer), from the three sweep files, equals scored_fit on the concatenated materialised basis
+    rows to 1e-8; units missing from one model make the estimate pairwise-complete, and say so."""
+    assert sim.matched_layer([0, 1, 2, 3], 4, 0.5) == 2 and sim.matched_layer([0, 1, 2], 3, 1 / 3) == 1
+    assert sim.matched_layer([0, 2], 3, 0.5) == 2 and sim.matched_layer([0, 1], 2, 0.49) == 0
+    rng = np.random.default_rng(22)
+    sweeps, rows, ids, split = swept_files(tmp_path, rng)
+    masks = split_rows(ids, split, 0.3)
+    settings = sim.fit_settings(["paper"], [1e-3, "validation"])
+    table = sim.group_layer_fits(sweeps, ["mx", "my", "mz"], settings, lmd.DEFAULT_ALPHA_GRID, 5, 5)
+    assert len(table) == 2 * (4 + 3 + 2) and (table["joint_covariance"] == "from_pairs").all()
+    n_layers = {"mx": 4, "my": 3, "mz": 2}
+    for row in table.itertuples():
+        basis = list(zip(row.basis_models.split(";"), (int(k) for k in row.basis_layers.split(";"))))
+        depth = row.target_layer / (n_layers[row.target] - 1)
+        assert basis == [(m, sim.matched_layer(list(range(n_layers[m])), n_layers[m], depth))
+                         for m in ("mx", "my", "mz") if m != row.target]
+        z = np.hstack([rows[m][k] for m, k in basis])
+        expected = direct_fit(rows[row.target][row.target_layer], z, masks, 1e-3 if row.alpha_choice == "fixed"
+                              else "validation")
+        for column in ("r2_train", "r2_test", "alpha"):
+            assert abs(getattr(row, column) - expected[column]) < 1e-8, (row, column)
+        assert row.basis_dims == z.shape[1]
+    partial, _, _, _ = swept_files(tmp_path / "partial", np.random.default_rng(23), drop={"mz": [5]})
+    table = sim.group_layer_fits(partial, ["mx", "my", "mz"], settings[:1], lmd.DEFAULT_ALPHA_GRID, 5, 5)
+    assert (table["joint_covariance"] == "pairwise_complete").all()
 
 
 @pytest.mark.unit
@@ -391,9 +514,13 @@ def test_word_units_across_two_tokenizers_sweep_and_mutual_knn_equal_the_direct_
     a, b = ({layer: m.loc[shared].to_numpy() for layer, m in side.items()} for side in (a, b))
     x, y = sim.swept_model("wa", str(path_a), "word"), sim.swept_model("wb", str(path_b), "word")
     assert (x.source.layers, y.source.layers) == ((0, 1), (0, 2))  # every stored token layer
-    sweep, counts = sim.compute_sweep_moments(x, y, "word", block_rows=10)
+    parts, counts = sim.compute_sweep_moments(x, y, "word", block_rows=10, validation_fraction=0.6)
     assert (counts.matched, counts.only_a, counts.only_b) == (len(shared), 1, 0)
-    sim.save_sweep(tmp_path / "sweep.npz", x, y, sweep, {})
+    # the words of an example (cut across row groups) count it once, in one part: 3 train reviews (2 of them in the
+    # validation part at this fraction and seed), 1 test review
+    assert (parts["fit"].groups, parts["valid"].groups, parts["test"].groups) == (1, 2, 1)
+    assert parts["test"].n == words[3] and parts["fit"].n > 0 and parts["valid"].n > 0
+    sim.save_sweep(tmp_path / "sweep.npz", x, y, parts, {})
     moments = sim.sweep_table(sim.SweepFile.load(tmp_path / "sweep.npz"), ["cka", "cka_debiased", "procrustes"],
                               0.99, TOLERANCE)
     assert len(moments) == 2 * 2 * 3

@@ -35,14 +35,15 @@ def check_units(n_train: int, n_test: int, what: str, min_train: int, min_test: 
         )
 
 
-def fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str, what: str):
-    """Fit on the whole train split with a fixed alpha, score train and test."""
+def fit_and_score(train: SplitStats, test: SplitStats, alpha: float, mode: str, what: str, log: bool = True):
+    """Fit on the whole train split with a fixed alpha, score train and test. log: warn about an underdetermined
+    fit here (False: the caller reports the `underdetermined` scores of many fits at once)."""
     fit = fit_ridge(train, alpha, mode, what=what)
     r2_train = r_squared(fit, train, mode)[0]
     r2_test, mse, sst = r_squared(fit, test, mode)
     dims = train.cov_zz.shape[0]
     underdetermined = is_underdetermined(train.n, train.groups, dims)
-    if underdetermined:
+    if underdetermined and log:
         share = "" if not np.isfinite(train.between_share) else (
             f"; {100 * train.between_share:.0f} % of the target's train variance lies between examples")
         LOG.warning(
@@ -67,21 +68,24 @@ def check_validation_split(fit_part: SplitStats, valid_part: SplitStats, what: s
         )
 
 
-def scored_fit(stats: dict, alpha, grid, mode: str, what: str, min_train: int, min_test: int, fraction: float):
-    """Scores of one fit (group target or pair) with a fixed alpha or the validation choice."""
+def scored_fit(stats: dict, alpha, grid, mode: str, what: str, min_train: int, min_test: int, fraction: float,
+               log: bool = True):
+    """Scores of one fit (group target or pair) with a fixed alpha or the validation choice. log: log the
+    validation path and warn here (False: for the layer sweep's many fits, which report in aggregate)."""
     check_units(stats["train"].n, stats["test"].n, what, min_train, min_test)
     extra = {"alpha_choice": "fixed", "r2_valid": float("nan"), "n_valid": 0}
     if alpha == VALIDATION:
         check_validation_split(stats["fit"], stats["valid"], what, min_train, min_test, fraction)
         started = time.perf_counter()
         alpha, r2_valid, scores = choose_alpha(stats["fit"], stats["valid"], grid, mode, what)
-        LOG.info("%s: validation R2 per alpha %s -> alpha %g (validation R2 %.4f; %d fit / %d validation units, "
-                 "%.1f s)", what, ", ".join(f"{a:g}: {r:.4f}" for a, r in zip(grid, scores)), alpha, r2_valid,
-                 stats["fit"].n, stats["valid"].n, time.perf_counter() - started)
-        if alpha in (min(grid), max(grid)) and len(grid) > 1:
+        if log:
+            LOG.info("%s: validation R2 per alpha %s -> alpha %g (validation R2 %.4f; %d fit / %d validation units, "
+                     "%.1f s)", what, ", ".join(f"{a:g}: {r:.4f}" for a, r in zip(grid, scores)), alpha, r2_valid,
+                     stats["fit"].n, stats["valid"].n, time.perf_counter() - started)
+        if log and alpha in (min(grid), max(grid)) and len(grid) > 1:
             LOG.warning("%s: the chosen alpha %g is at the edge of decomposition.alpha_grid; widen the grid.", what, alpha)
         extra = {"alpha_choice": VALIDATION, "r2_valid": r2_valid, "n_valid": stats["valid"].n}
-    _, scores = fit_and_score(stats["train"], stats["test"], alpha, mode, what)
+    _, scores = fit_and_score(stats["train"], stats["test"], alpha, mode, what, log)
     return {"alpha": alpha, **extra, **scores}
 
 

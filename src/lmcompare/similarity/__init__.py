@@ -10,7 +10,9 @@ docs/similarity.md. The modules:
 - procrustes: the orthogonal Procrustes similarity;
 - table: every measure of every pair from the pair files (similarity_table, write_similarity);
 - figures: the symmetric heatmap per measure, the layer sweep's layer x layer heatmap and best-layer figure;
-- sweep: the layer sweep (every layer of one model against every layer of the other) from one streamed pass;
+- sweep: the layer sweep (every layer of one model against every layer of the other) from one streamed pass, per
+  split part of the decomposition;
+- layer_fits: the decomposition's R² of every swept layer pair and the group R² per target layer, from sweep files;
 - knn: mutual k-nearest-neighbour alignment (Huh et al. 2024) of every swept layer pair, from the vectors.
 
     >>> from lmcompare import similarity
@@ -34,8 +36,11 @@ _API = {
     **dict.fromkeys(["similarity_matrix", "plot_similarity", "sweep_matrix", "plot_sweep", "plot_best_layers"],
                     "figures"),
     **dict.fromkeys(["SweepMoments", "SweepFile", "SweptModel", "swept_model", "compute_sweep_moments", "save_sweep",
+                     "merged",
                      "sweep_table", "best_matches",
                      "check_sweep_measures", "write_sweep_moments", "write_sweep_pair", "write_sweep_join"], "sweep"),
+    **dict.fromkeys(["SweepLookup", "merged_block", "matched_layer", "fit_settings", "setting_tag", "pair_layer_fits",
+                     "group_layer_fits", "best_r2_layers"], "layer_fits"),
     **dict.fromkeys(["knn_indices", "mutual_knn_score", "sample_keys", "mutual_knn_table", "write_mutual_knn",
                      "direct_knn", "direct_mutual_knn"], "knn"),
 }

@@ -1,8 +1,11 @@
 r"""Layer sweeps: every swept layer of model X against every swept layer of model Y, from one streamed pass per
 model pair (docs/similarity.md, "Layer sweeps").
 
-The pass accumulates, over every aligned unit of the pair (train and test together, as the similarity table),
-the statistics every moment-based measure of a layer pair (l, m) is a function of (statistics.PairStatistics):
+The pass accumulates, per stored split of the decomposition (the train split's fit and valid parts and the test
+split, cut as the pair files cut them: decomposition.validation_split), the statistics every moment-based measure
+of a layer pair (l, m) is a function of (statistics.PairStatistics) and every ridge fit of one layer from the other
+(layer_fits): the similarity measures use the parts merged (every aligned unit, as the similarity table), the R²
+fits train (fit + valid) and test apart. Per part:
 
 - n and the mean of every swept layer of both models;
 - per layer, its own co-moment Sxx_l (L_x blocks of d_x x d_x; L_y blocks of d_y x d_y for Y);
@@ -10,17 +13,18 @@ the statistics every moment-based measure of a layer pair (l, m) is a function o
 - the norm sums of the debiased CKA, sum a_l², sum b_m², sum a_l b_m with a_l(i) = ||x_il - mean||², and the
   third-order sums that moving the centre needs: sum a_l r_xl, sum b_m r_xl (and Y's).
 
-No co-moment between two layers of the same model is kept (no measure needs it): memory is
+No co-moment between two layers of the same model is kept (no measure and no fit needs it): memory per part is
 8 (L_x d_x² + L_y d_y² + L_x L_y d_x d_y) bytes plus small terms, e.g. 13 x 13 layers of 768 dims: 797 MB of cross
-co-moments and 2 x 61 MB of own co-moments; it never grows with the number of units. (A Moments of the
-concatenation of all layers would hold (L_x d_x + L_y d_y)² numbers: 3.2 GB there.)
+co-moments and 2 x 61 MB of own co-moments, three parts 2.8 GB; it never grows with the number of units. (A Moments
+of the concatenation of all layers would hold (L_x d_x + L_y d_y)² numbers: 3.2 GB per part there.)
 
 Update per block of rows (exact, the batch form of Welford's update, equal to Chan et al.'s pairwise merge that
 decomposition.moments uses): with the running mean m, the block's rows X (and Y), the new mean m' and
 C the co-moment, C' = C + (X - m)^T (Y - m'): one GEMM straight into the accumulator, no block-sized copy of the
 cross co-moment. The norm sums are moved from m to m' with the expansions of Moments._shifted_norms restricted to
 the block pairs kept here (a layer with itself, a layer of X with a layer of Y), then the block's own sums about
-m' are added.
+m' are added. Parts merge exactly (SweepMoments.merge: Chan et al.'s update of the co-moments, the norm sums moved
+to the merged mean first).
 """
 
 import logging
@@ -33,7 +37,9 @@ import scipy.linalg
 
 from lmcompare import __version__, files, hidden_states
 from lmcompare.decomposition.alignment import AlignmentCounts, align_streams
-from lmcompare.decomposition.units import ModelLayers, iter_units
+from lmcompare.decomposition.moments import STORED_SPLITS
+from lmcompare.decomposition.units import ModelLayers, iter_units, unit_example_ids
+from lmcompare.decomposition.validation_split import VALID_CODE, mark_validation
 from lmcompare.errors import WorkflowInputError
 from lmcompare.similarity.statistics import PairStatistics
 from lmcompare.similarity.tags import SWEEP_FORMAT, sweep_memory_bytes
@@ -48,6 +54,7 @@ class SweepMoments:
     dims: tuple  # (d_x, d_y)
     counts: tuple  # (L_x, L_y): swept layers of each side
     n: int = 0
+    groups: int = 0  # the examples the n units come from (n for example units; reviews for word units)
     mean: np.ndarray = field(default=None)  # (L_x d_x + L_y d_y,): X's layers, then Y's
     own_x: np.ndarray = field(default=None)  # (L_x, d_x, d_x)
     own_y: np.ndarray = field(default=None)  # (L_y, d_y, d_y)
@@ -117,6 +124,39 @@ class SweepMoments:
             self.cross = np.ascontiguousarray(out.T)
         self.mean, self.n = new, total
 
+    def merge(self, other: "SweepMoments") -> None:
+        """Add another part's statistics (disjoint units), exactly: both parts' norm sums moved to the merged mean
+        with their own co-moments (_shift_norms), then the co-moments merged by Chan et al.'s update,
+        C = C_self + C_other + (n_self n_other / n) (mean_other - mean_self)(...)^T per kept block."""
+        if other.n == 0:
+            return
+        if (other.dims, other.counts) != (self.dims, self.counts):
+            raise ValueError(f"a sweep part of {other.dims} dims x {other.counts} layers cannot be merged into one of "
+                             f"{self.dims} x {self.counts}")
+        if self.n == 0:
+            for name in ARRAYS:
+                setattr(self, name, np.array(getattr(other, name), dtype=np.float64))
+            self.n, self.groups = other.n, other.groups
+            return
+        (dx, dy), (lx, ly) = self.dims, self.counts
+        total = self.n + other.n
+        delta = np.asarray(other.mean) - self.mean
+        mean = self.mean + delta * (other.n / total)
+        moved = SweepMoments(self.dims, self.counts, other.n, other.groups,
+                             **{name: getattr(other, name) for name in ARRAYS})  # a view: _shift_norms reassigns
+        moved._shift_norms(moved.mean - mean)
+        self._shift_norms(self.mean - mean)
+        for name in NORM_ARRAYS:
+            setattr(self, name, getattr(self, name) + getattr(moved, name))
+        weight = self.n * other.n / total
+        width = lx * dx
+        delta_x, delta_y = delta[:width].reshape(lx, dx), delta[width:].reshape(ly, dy)
+        self.own_x += np.asarray(other.own_x) + weight * np.einsum("li,lj->lij", delta_x, delta_x)
+        self.own_y += np.asarray(other.own_y) + weight * np.einsum("li,lj->lij", delta_y, delta_y)
+        self.cross += np.asarray(other.cross)
+        self.cross += weight * np.outer(delta[:width], delta[width:])
+        self.mean, self.n, self.groups = mean, total, self.groups + other.groups
+
     def _shift_norms(self, shift: np.ndarray) -> None:
         """The norm sums about (mean - shift) instead of the mean (Moments._shifted_norms, restricted to the block
         pairs kept): with s the shift and r the rows about the mean, a' = a + 2 s.r + ||s||² per layer."""
@@ -148,8 +188,19 @@ class SweepMoments:
                               float(self.norm_y[layer_y]), float(self.norm_xy[layer_x, layer_y]))
 
 
-ARRAYS = ("mean", "own_x", "own_y", "cross", "norm_x", "norm_y", "norm_xy", "weighted_x", "weighted_y", "weighted_xy",
-          "weighted_yx")
+NORM_ARRAYS = ("norm_x", "norm_y", "norm_xy", "weighted_x", "weighted_y", "weighted_xy", "weighted_yx")
+ARRAYS = ("mean", "own_x", "own_y", "cross", *NORM_ARRAYS)
+# The arrays a sweep file's parts are memory-mapped for (SweepFile.load(lazy=True)): the ones that grow with d².
+LARGE_ARRAYS = ("own_x", "own_y", "cross")
+
+
+def merged(parts) -> SweepMoments:
+    """The parts (disjoint units) merged into one in-memory SweepMoments (every unit)."""
+    parts = list(parts)
+    total = SweepMoments(parts[0].dims, parts[0].counts)
+    for part in parts:
+        total.merge(part)
+    return total
 
 
 # ----------------------------------------------------------------------------------- the swept layers
@@ -191,51 +242,105 @@ def swept_model(model: str, hidden_file: str, unit: str, layers=None) -> SweptMo
 
 
 def compute_sweep_moments(x: SweptModel, y: SweptModel, unit: str, pooling: str = "mean",
-                          chunk_tokens: int | None = None, block_rows: int = 2048
-                          ) -> tuple[SweepMoments, AlignmentCounts]:
-    """One streamed pass over both models' files, joined on the units both have: the SweepMoments of every swept
-    layer pair. Rows are gathered into blocks of about block_rows (memory: block_rows x all swept columns)."""
-    sweep = SweepMoments((x.source.hidden_size, y.source.hidden_size),
-                         (len(x.source.layers), len(y.source.layers)))
+                          chunk_tokens: int | None = None, block_rows: int = 2048, validation_fraction: float = 0.2,
+                          validation_seed: int = 0) -> tuple[dict, AlignmentCounts]:
+    """One streamed pass over both models' files, joined on the units both have: per stored split (STORED_SPLITS:
+    the train split's fit and valid parts, cut by the decomposition's seeded hash of example_id, and test) the
+    SweepMoments of every swept layer pair. Rows are gathered into blocks of about block_rows per part (memory:
+    block_rows x all swept columns per part)."""
+    parts = {split: SweepMoments((x.source.hidden_size, y.source.hidden_size),
+                                 (len(x.source.layers), len(y.source.layers))) for split in STORED_SPLITS}
     counts = AlignmentCounts()
-    stream = align_streams(iter_units(x.source, unit, pooling, chunk_tokens),
-                           iter_units(y.source, unit, pooling, chunk_tokens), counts,
-                           (x.source.model, y.source.model))
-    pending, pending_rows = [], 0
-    for _, rows_x, rows_y in stream:
-        pending.append((rows_x, rows_y))
-        pending_rows += rows_x.shape[0]
-        if pending_rows >= block_rows:
-            sweep.update(np.vstack([p[0] for p in pending]), np.vstack([p[1] for p in pending]))
-            pending, pending_rows = [], 0
-    if pending:
-        sweep.update(np.vstack([p[0] for p in pending]), np.vstack([p[1] for p in pending]))
-    return sweep, counts
+    stream = align_streams(
+        mark_validation(iter_units(x.source, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed),
+        mark_validation(iter_units(y.source, unit, pooling, chunk_tokens), unit, validation_fraction, validation_seed),
+        counts, (x.source.model, y.source.model), with_keys=True)
+    code_of = {"fit": 0, "valid": VALID_CODE, "test": 1}
+    pending = {split: [] for split in STORED_SPLITS}
+    pending_rows = dict.fromkeys(STORED_SPLITS, 0)
+    last_example = dict.fromkeys(STORED_SPLITS)  # units arrive in key order: an example's units are contiguous
+
+    def flush(split):
+        if pending[split]:
+            parts[split].update(np.vstack([p[0] for p in pending[split]]), np.vstack([p[1] for p in pending[split]]))
+            pending[split], pending_rows[split] = [], 0
+
+    for keys, codes, rows_x, rows_y in stream:
+        examples = unit_example_ids(keys, unit)
+        for split, code in code_of.items():
+            mask = codes == code
+            if not mask.any():
+                continue
+            pending[split].append((rows_x[mask], rows_y[mask]))
+            pending_rows[split] += int(mask.sum())
+            ids = np.unique(examples[mask])
+            parts[split].groups += int(ids.size) - int(ids[0] == last_example[split])
+            last_example[split] = ids[-1]
+            if pending_rows[split] >= block_rows:
+                flush(split)
+    for split in STORED_SPLITS:
+        flush(split)
+    return parts, counts
 
 
 # ------------------------------------------------------------------------------------- the sweep file
-def save_sweep(path, x: SweptModel, y: SweptModel, sweep: SweepMoments, info: dict) -> None:
-    arrays = {name: getattr(sweep, name) for name in ARRAYS}
+def save_sweep(path, x: SweptModel, y: SweptModel, parts: dict, info: dict, validation=(0.2, 0)) -> None:
+    """The sweep file: an uncompressed .npz with every part's arrays under '{split}.{array}' (so that the large ones
+    can be memory-mapped, SweepFile.load(lazy=True)), the models, their swept layers and depths, and the
+    validation cut (fraction, seed) the parts were made with."""
+    arrays = {f"{split}.{name}": getattr(part, name) for split, part in parts.items() for name in ARRAYS}
+    arrays.update({f"{split}.{name}": np.array(getattr(part, name)) for split, part in parts.items()
+                   for name in ("n", "groups")})
+    first = next(iter(parts.values()))
     arrays.update({"format": np.array(SWEEP_FORMAT), "models": np.array([x.source.model, y.source.model]),
-                   "dims": np.array(sweep.dims), "n": np.array(sweep.n),
+                   "dims": np.array(first.dims), "splits": np.array(list(parts)),
                    "layers_x": np.array(x.source.layers), "layers_y": np.array(y.source.layers),
-                   "n_layers": np.array([x.n_layers, y.n_layers]), "info": np.array(repr(info))})
+                   "n_layers": np.array([x.n_layers, y.n_layers]), "validation": np.array(validation, dtype=np.float64),
+                   "info": np.array(repr(info))})
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
 
+def _memory_mapped(path, names) -> dict:
+    """Read-only memory maps of the named members of an uncompressed .npz (np.savez): each member is a .npy file
+    stored as is in the zip, so its data start at a fixed offset after the member's local header and .npy header."""
+    import struct
+    import zipfile
+
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for name in names:
+            info = archive.getinfo(name + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"member {name} is compressed")
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            handle.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
+                                     order="F" if fortran else "C") if int(np.prod(shape)) else np.zeros(shape, dtype)
+    return arrays
+
+
 @dataclass
 class SweepFile:
-    """A sweep file as read: the models, their swept layers and depths, and the SweepMoments."""
+    """A sweep file as read: the models, their swept layers and depths, the validation cut and the SweepMoments of
+    each stored split (parts)."""
 
     models: tuple
     layers: tuple  # per model: the swept (resolved) layers
     n_layers: tuple  # per model: its hidden-state layers
-    moments: SweepMoments
+    parts: dict  # STORED_SPLITS -> SweepMoments
+    validation: tuple  # (fraction, seed) of the fit / valid cut
 
     @classmethod
-    def load(cls, path) -> "SweepFile":
+    def load(cls, path, lazy: bool = False) -> "SweepFile":
+        """Read a sweep file; lazy: the co-moment arrays memory-mapped (read block by block when used) instead of
+        read whole."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 if "format" not in data or int(data["format"]) != SWEEP_FORMAT:
@@ -244,36 +349,57 @@ class SweepFile:
                         f"{int(data['format']) if 'format' in data else '?'}, this code reads {SWEEP_FORMAT}); delete "
                         f"it and re-run the workflow.")
                 layers = (tuple(int(v) for v in data["layers_x"]), tuple(int(v) for v in data["layers_y"]))
-                moments = SweepMoments(tuple(int(d) for d in data["dims"]), (len(layers[0]), len(layers[1])),
-                                       int(data["n"]), **{name: data[name] for name in ARRAYS})
-                return cls(tuple(str(m) for m in data["models"]), layers,
-                           tuple(int(v) for v in data["n_layers"]), moments)
+                dims = tuple(int(d) for d in data["dims"])
+                splits = [str(split) for split in data["splits"]]
+                mapped = _memory_mapped(path, [f"{split}.{name}" for split in splits for name in LARGE_ARRAYS]) \
+                    if lazy else {}
+                parts = {split: SweepMoments(dims, (len(layers[0]), len(layers[1])), int(data[f"{split}.n"]),
+                                             int(data[f"{split}.groups"]),
+                                             **{name: mapped.get(f"{split}.{name}", None) if lazy and name in LARGE_ARRAYS
+                                                else data[f"{split}.{name}"] for name in ARRAYS})
+                         for split in splits}
+                fraction, seed = (float(v) for v in data["validation"])
+                return cls(tuple(str(m) for m in data["models"]), layers, tuple(int(v) for v in data["n_layers"]),
+                           parts, (fraction, int(seed)))
         except (OSError, ValueError, KeyError) as err:
             raise WorkflowInputError(f"{path} is not a readable sweep file ({err}); delete it and re-run.") from err
+
+    @property
+    def n(self) -> int:
+        """Every unit of the pair (all parts)."""
+        return sum(part.n for part in self.parts.values())
+
+    def all_units(self) -> SweepMoments:
+        """Every part merged (in memory): the statistics of every aligned unit, train and test."""
+        return merged(self.parts.values())
 
     def depth(self, side: int, layer: int) -> float:
         return layer / max(self.n_layers[side] - 1, 1)
 
 
 def write_sweep_moments(path, model_a: str, hidden_file_a: str, model_b: str, hidden_file_b: str, *, dataset: str,
-                        unit: str, layers, pooling: str | None, chunk_tokens: int | None,
-                        block_rows: int = 2048) -> None:
+                        unit: str, layers, pooling: str | None, chunk_tokens: int | None, block_rows: int = 2048,
+                        validation_fraction: float = 0.2, validation_seed: int = 0) -> None:
     """The sweep-moments rule: one streamed pass over both models' files, the sweep file written atomically."""
     x, y = swept_model(model_a, hidden_file_a, unit, layers), swept_model(model_b, hidden_file_b, unit, layers)
-    need = sweep_memory_bytes((x.source.hidden_size, y.source.hidden_size), (len(x.source.layers), len(y.source.layers)))
-    LOG.info("layer sweep of (%s layers %s of %d, %s layers %s of %d), unit %s, dataset %s: %.1f MB of statistics",
-             x.source.model, list(x.source.layers), x.n_layers, y.source.model, list(y.source.layers), y.n_layers, unit,
-             dataset, need / 1e6)
+    need = len(STORED_SPLITS) * sweep_memory_bytes((x.source.hidden_size, y.source.hidden_size),
+                                                   (len(x.source.layers), len(y.source.layers)))
+    LOG.info("layer sweep of (%s layers %s of %d, %s layers %s of %d), unit %s, dataset %s: %.1f MB of statistics "
+             "(%d parts: %s)", x.source.model, list(x.source.layers), x.n_layers, y.source.model, list(y.source.layers),
+             y.n_layers, unit, dataset, need / 1e6, len(STORED_SPLITS), ", ".join(STORED_SPLITS))
     started = time.perf_counter()
-    sweep, counts = compute_sweep_moments(x, y, unit, pooling or "mean", chunk_tokens, block_rows)
-    LOG.info("units: %d aligned; dropped %d only in %s, %d only in %s; %.1f s", counts.matched, counts.only_a,
-             model_a, counts.only_b, model_b, time.perf_counter() - started)
+    parts, counts = compute_sweep_moments(x, y, unit, pooling or "mean", chunk_tokens, block_rows, validation_fraction,
+                                          validation_seed)
+    LOG.info("units: %d aligned (%s); dropped %d only in %s, %d only in %s; %.1f s", counts.matched,
+             ", ".join(f"{split} {part.n}" for split, part in parts.items()), counts.only_a, model_a, counts.only_b,
+             model_b, time.perf_counter() - started)
     if counts.matched < 4:
         raise WorkflowInputError(
             f"models {model_a!r} and {model_b!r} share {counts.matched} {unit!r} units on dataset {dataset!r}; the "
             f"layer sweep needs at least 4 (check that both were extracted from the same dataset version).")
-    save_sweep(path, x, y, sweep, {"dataset": dataset, "unit": unit, "pooling": pooling, "chunk_tokens": chunk_tokens,
-                                   "only_a": counts.only_a, "only_b": counts.only_b, "code_version": __version__})
+    save_sweep(path, x, y, parts, {"dataset": dataset, "unit": unit, "pooling": pooling, "chunk_tokens": chunk_tokens,
+                                   "only_a": counts.only_a, "only_b": counts.only_b, "code_version": __version__},
+               (validation_fraction, validation_seed))
 
 
 # ------------------------------------------------------------------------------------------- the tables
@@ -289,8 +415,9 @@ def check_sweep_measures(measures: Sequence[str]) -> list[str]:
 
 
 def sweep_table(sweep: SweepFile, measures: Sequence[str], svcca_variance: float, rank_tolerance: float):
-    """Every moment-based measure of every (layer of model_a, layer of model_b) of a sweep file, as a DataFrame
-    with SWEEP_COLUMNS; measure_pair on each layer pair's statistics, each layer's spectrum computed once."""
+    """Every moment-based measure of every (layer of model_a, layer of model_b) of a sweep file on every unit (its
+    parts merged), as a DataFrame with SWEEP_COLUMNS; measure_pair on each layer pair's statistics, each layer's
+    spectrum computed once."""
     import pandas as pd
 
     from lmcompare.similarity.cca import spectrum
@@ -300,7 +427,7 @@ def sweep_table(sweep: SweepFile, measures: Sequence[str], svcca_variance: float
     measures = [m for m in measures if m != "mutual_knn"]
     if not measures:
         return pd.DataFrame(columns=SWEEP_COLUMNS)
-    moments = sweep.moments
+    moments = sweep.all_units()
     spectra_needed = bool(set(measures) & {*RANK_CUT_MEASURES, "svcca"})
     spectra_x = [spectrum(moments.own_x[k]) if spectra_needed else None for k in range(moments.counts[0])]
     spectra_y = [spectrum(moments.own_y[k]) if spectra_needed else None for k in range(moments.counts[1])]
@@ -362,7 +489,7 @@ def write_sweep_pair(path_table, sweep_path, knn_path, *, measures: Sequence[str
     table.insert(0, "dataset", dataset)
     files.write_table(table, path_table)
     LOG.info("%s ~ %s: %d x %d layers on %d units, %d measures: %d rows out (%.1f s)", *sweep.models,
-             len(sweep.layers[0]), len(sweep.layers[1]), sweep.moments.n, len(measures), len(table),
+             len(sweep.layers[0]), len(sweep.layers[1]), sweep.n, len(measures), len(table),
              time.perf_counter() - started)
     for measure, paths in figure_paths.items():
         plot_sweep(table, measure, paths, where=f"{dataset}, unit {unit}")

@@ -12,7 +12,7 @@ VARIANCE_CUT_MEASURES = ("svcca",)
 DEFAULT_SVCCA_VARIANCE = 0.99
 DEFAULT_CCA_RANK_TOLERANCE = 1e-10
 # The layer sweep's file format (similarity/sweep.py), a parameter of its moments rule: other formats are recomputed.
-SWEEP_FORMAT = 1
+SWEEP_FORMAT = 2
 # Mutual k-nearest-neighbour alignment (similarity/knn.py): a measure of the layer sweep, from the vectors.
 KNN_MEASURE = "mutual_knn"
 # What a layer sweep can compute: the moment-based measures and the mutual kNN (default: the measures that mean
