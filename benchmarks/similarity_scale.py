@@ -9,8 +9,10 @@ the wall times depend on the load, the CPU times less), one after the other:
 
 - pass:          the pair pass the similarity stage reads (decomposition.compute_pair_moments, one layer per model,
                  with the norm statistics), then every one of the seven measures from the saved pair file;
-- sweep:         the layer sweep's pass (similarity.compute_sweep_moments, every layer of both models), then the
-                 default sweep measures (cka, cka_debiased, procrustes) of every layer pair;
+- sweep:         the layer sweep's pass (similarity.compute_sweep_moments, every layer of both models, per split
+                 part), then the default sweep measures (cka, cka_debiased, procrustes) of every layer pair and the
+                 decomposition's R² of every layer pair in both directions (a fixed alpha; the validation choice
+                 over a 6-alpha grid);
 - knn:           mutual kNN of every layer pair (faiss, the units capped at --knn-cap);
 - materialised:  both models' vectors read into numpy (float64), then the measures directly: linear CKA in feature
                  space (Kornblith et al.'s feature_space_linear_cka), CCA / SVCCA / PWCCA from QR and SVD of the
@@ -84,20 +86,26 @@ def run_case(case, args, folder):
     elif case == "sweep":
         x, y = (sim.swept_model(f"m{k}", files[k], "example") for k in range(2))
         started = time.perf_counter()
-        sweep, counts = sim.compute_sweep_moments(x, y, "example", block_rows=args.block_rows)
+        parts, counts = sim.compute_sweep_moments(x, y, "example", block_rows=args.block_rows)
         out["pass_s"] = time.perf_counter() - started
-        out["statistics_mb"] = sweep.nbytes / 1e6
-        sim.save_sweep(Path(folder) / "sweep.npz", x, y, sweep, {})
-        del sweep
+        out["statistics_mb"] = sum(part.nbytes for part in parts.values()) / 1e6
+        sim.save_sweep(Path(folder) / "sweep.npz", x, y, parts, {})
+        del parts
+        out["units"] = counts.matched
         if args.skip_sweep_measures:
-            out["units"] = counts.matched
             return finish(out)
         started = time.perf_counter()
-        table = sim.sweep_table(sim.SweepFile.load(Path(folder) / "sweep.npz"), ["cka", "cka_debiased", "procrustes"],
-                                0.99, 1e-10)
+        table = sim.sweep_table(sim.SweepFile.load(Path(folder) / "sweep.npz", lazy=True),
+                                ["cka", "cka_debiased", "procrustes"], 0.99, 1e-10)
         out["measures_s"] = time.perf_counter() - started
         out["layer_pairs"] = len(table) // 3
-        out["units"] = counts.matched
+        # the decomposition's R² of every layer pair, both directions (similarity_sweep_fits), per alpha choice
+        for alpha in (1e-6, "validation"):
+            started = time.perf_counter()
+            fits = sim.pair_layer_fits(sim.SweepFile.load(Path(folder) / "sweep.npz", lazy=True),
+                                       sim.fit_settings(["paper"], [alpha]), (1e-6, 1e-4, 1e-2, 1.0, 100.0, 1e4), 2, 2)
+            out[f"fits_{'validation' if alpha == 'validation' else 'fixed'}_s"] = time.perf_counter() - started
+            out["fits_per_setting"] = len(fits)
     elif case == "knn":
         x, y = (sim.swept_model(f"m{k}", files[k], "example") for k in range(2))
         started = time.perf_counter()

@@ -68,13 +68,22 @@ def similarity_targets():
 
 # ---------------------------------------------------------------------------------------------- layer sweeps
 # Every swept layer of one model against every swept layer of the other (docs/similarity.md, "Layer sweeps"): per
-# unordered model pair one streamed pass (similarity_sweep_moments, the cached sweep file), the mutual kNN from the
-# vectors (similarity_knn, when listed), the measures from the sweep file (similarity_sweep_pair: a new measure
-# reruns this job only), then the join over pairs (similarity_sweep). Adding a model adds its pairs and the join.
+# unordered model pair one streamed pass (similarity_sweep_moments, the cached sweep file, per split part), the mutual
+# kNN from the vectors (similarity_knn, when listed), the measures from the sweep file (similarity_sweep_pair: a new
+# measure reruns this job only), then the join over pairs (similarity_sweep). The decomposition's R² of every layer
+# pair (similarity_sweep_fits, per pair, from the sweep file) and the group R² per target layer
+# (similarity_sweep_fits_join, from every sweep file): a new alpha or mode reruns these only. Adding a model adds its
+# pairs and the joins.
+from lmcompare.decomposition.tags import alpha_tag
 from lmcompare.similarity import SWEEP_FORMAT, KNN_MEASURE
 from lmcompare.similarity.tags import selection_tag, sweep_memory_bytes
 
 SWEEP = SIM["layer_sweep"]
+LMD_ALPHA_VALUES = LMD["alpha"] if isinstance(LMD["alpha"], list) else [LMD["alpha"]]
+# the R² fits' settings, one per decomposition mode and alpha choice (their tag: layer_fits.setting_tag)
+SWEEP_SETTINGS = [f"{mode}_{alpha_tag(alpha)}" for mode in LMD["modes"] for alpha in LMD_ALPHA_VALUES]
+SWEEP_FIT_PARAMS = dict(modes=LMD["modes"], alphas=LMD_ALPHA_VALUES, alpha_grid=LMD["alpha_grid"],
+                        min_train=LMD["min_train_units"], min_test=LMD["min_test_units"], settings=SWEEP_SETTINGS)
 SWEEP_TAG = selection_tag(SWEEP["layers"])
 SWEEP_DIR = SIM_DIR + "/{dataset}/{unit}/sweep/{sweep}"
 SWEEP_FIG_DIR = SIM_FIG_DIR + "/{dataset}/{unit}/sweep/{sweep}"
@@ -94,14 +103,21 @@ def sweep_jobs():
 
 
 def _sweep_mem_mb(wildcards):
-    """similarity.layer_sweep.mem_mb, or the statistics of two 768-dimensional models with the configured number of
-    swept layers (13, a base model's, when every layer is swept) twice (sweep.sweep_memory_bytes; the job logs the
-    actual size), a block of rows and its temporaries, and 1 GB."""
+    """similarity.layer_sweep.mem_mb, or, for two 768-dimensional models with the configured number of swept layers
+    (13, a base model's, when every layer is swept): the statistics of the three split parts and once more for the
+    norm shifts' temporaries (sweep.sweep_memory_bytes; the job logs the actual size), a pending block of rows per
+    part and twice one block for the update's temporaries, and 1 GB (6.3 GB at 13 layers)."""
     if SWEEP["mem_mb"]:
         return SWEEP["mem_mb"]
     layers = len(SWEEP["layers"] or []) or 13
-    block = SWEEP["block_rows"] * 2 * 768 * layers * 8 * 3
-    return int(1000 + (2 * sweep_memory_bytes((768, 768), (layers, layers)) + block) / 1e6)
+    block = SWEEP["block_rows"] * 2 * 768 * layers * 8
+    return int(1000 + (4 * sweep_memory_bytes((768, 768), (layers, layers)) + 5 * block) / 1e6)
+
+
+def _sweep_file_mem_mb(wc, input):
+    """A job that merges a sweep file's parts in memory (one part's size) and reads them memory-mapped."""
+    size = os.path.getsize(input.moments) if os.path.exists(input.moments) else 3 * 1e9
+    return int(1000 + 1.5 * size / 1e6)
 
 
 def _sweep_pooling(wc):
@@ -130,6 +146,8 @@ rule similarity_sweep_moments:
         pooling=_sweep_pooling,
         chunk_tokens=_sweep_chunk_tokens,
         block_rows=SWEEP["block_rows"],
+        validation_fraction=LMD["validation_fraction"],  # the decomposition's cut of the train split
+        validation_seed=LMD["validation_seed"],
         format=SWEEP_FORMAT,  # a new file format changes the params: old files are recomputed
     log:
         "results/logs/similarity/sweep/moments/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.log",
@@ -202,9 +220,7 @@ rule similarity_sweep_pair:
         "results/benchmarks/similarity/sweep/pairs/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.tsv"
     threads: RES["threads"]
     resources:
-        # the sweep file, read whole
-        mem_mb=lambda wc, input: int(1000 + 2 * os.path.getsize(input.moments) / 1e6) if os.path.exists(input.moments)
-                                 else 3000,
+        mem_mb=_sweep_file_mem_mb,
         runtime=LMD["runtime_minutes"],
     conda:
         "../envs/workflow.yaml"
@@ -241,6 +257,87 @@ rule similarity_sweep:
         "../workflow_scripts/similarity_sweep.py"
 
 
+# ------------------------------------------------------------------------- the decomposition's R² across depth
+def _sweep_r2_figure(stem, setting, ext, caption=None, label=None):
+    """A figure of one fit setting; the png registered in the report under the layer sweeps."""
+    path = f"{SWEEP_FIG_DIR}/{stem}r2_{setting}.{ext}"
+    if ext != "png":
+        return path
+    return report(path, caption=caption, category="Layer sweeps", subcategory="{dataset} / {unit} units / layers {sweep}",
+                  labels={"pair": label, "measure": f"R² {setting}"})
+
+
+rule similarity_sweep_fits:
+    input:
+        moments=SWEEP_DIR + "/moments/{model_a}/{model_b}.npz",
+    output:
+        table=SWEEP_DIR + "/r2/{model_a}/{model_b}.csv",
+        png=[_sweep_r2_figure("{model_a}/{model_b}/", s, "png", "../report/similarity_sweep_r2.rst",
+                              "{model_a} ~ {model_b}") for s in SWEEP_SETTINGS],
+        svg=[_sweep_r2_figure("{model_a}/{model_b}/", s, "svg") for s in SWEEP_SETTINGS],
+    wildcard_constraints:
+        **_SWEEP_CONSTRAINTS,
+    params:
+        code=library_code("similarity_sweep_fits"),
+        **SWEEP_FIT_PARAMS,
+    log:
+        "results/logs/similarity/sweep/fits/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.log",
+    benchmark:
+        "results/benchmarks/similarity/sweep/fits/{dataset}/{unit}/{sweep}/{model_a}/{model_b}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=_sweep_file_mem_mb,
+        runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_sweep_fits.py"
+
+
+def _sweep_fits_join_mem_mb(wildcards):
+    """The group fits' joint matrices (fit, valid, train, test, and a factorisation) of all other models' bases, at
+    768 dimensions each."""
+    basis = 768 * (len(LMD_MODELS) - 1)
+    return int(1000 + 5 * 8 * basis * basis / 1e6)
+
+
+rule similarity_sweep_fits_join:
+    input:
+        fits=lambda wc: [SWEEP_DIR.format(**wc) + f"/r2/{a}/{b}.csv" for a, b in model_pairs(LMD_MODELS)],
+        moments=lambda wc: [SWEEP_DIR.format(**wc) + f"/moments/{a}/{b}.npz" for a, b in model_pairs(LMD_MODELS)],
+    output:
+        table=SWEEP_DIR + "/r2.csv",
+        best=SWEEP_DIR + "/r2_best_layers.csv",
+        group=SWEEP_DIR + "/group_r2.csv",
+        best_png=[_sweep_r2_figure("best_layer_", s, "png", "../report/similarity_best_layers.rst",
+                                   "best-matching layers") for s in SWEEP_SETTINGS],
+        best_svg=[_sweep_r2_figure("best_layer_", s, "svg") for s in SWEEP_SETTINGS],
+        group_png=[_sweep_r2_figure("group_", s, "png", "../report/similarity_group_r2.rst", "group R² per layer")
+                   for s in SWEEP_SETTINGS],
+        group_svg=[_sweep_r2_figure("group_", s, "svg") for s in SWEEP_SETTINGS],
+    wildcard_constraints:
+        unit="|".join(UNITS),
+        sweep=_SWEEP_CONSTRAINTS["sweep"],
+    params:
+        code=library_code("similarity_sweep_fits_join"),
+        models=LMD_MODELS,
+        pairs=model_pairs(LMD_MODELS),
+        model_index=model_index(LMD_MODELS),
+        **SWEEP_FIT_PARAMS,
+    log:
+        "results/logs/similarity/sweep/fits_join/{dataset}/{unit}/{sweep}.log",
+    benchmark:
+        "results/benchmarks/similarity/sweep/fits_join/{dataset}/{unit}/{sweep}.tsv"
+    threads: RES["threads"]
+    resources:
+        mem_mb=_sweep_fits_join_mem_mb,
+        runtime=LMD["runtime_minutes"],
+    conda:
+        "../envs/workflow.yaml"
+    script:
+        "../workflow_scripts/similarity_sweep_fits_join.py"
+
+
 def sweep_targets():
     """The layer sweep's joined table, best layers and figures of every (dataset, unit) (none when off)."""
     targets = []
@@ -251,4 +348,10 @@ def sweep_targets():
                     for ext in ("png", "svg")]
         targets += [f"{SIM_FIG_DIR}/{stem}/{a}/{b}/{measure}.{ext}" for a, b in model_pairs(LMD_MODELS)
                     for measure in SWEEP["measures"] for ext in ("png", "svg")]
+        if SWEEP["r2"]:
+            targets += [f"{SIM_DIR}/{stem}/{name}.csv" for name in ("r2", "r2_best_layers", "group_r2")]
+            targets += [f"{SIM_FIG_DIR}/{stem}/{kind}r2_{setting}.{ext}" for kind in ("best_layer_", "group_")
+                        for setting in SWEEP_SETTINGS for ext in ("png", "svg")]
+            targets += [f"{SIM_FIG_DIR}/{stem}/{a}/{b}/r2_{setting}.{ext}" for a, b in model_pairs(LMD_MODELS)
+                        for setting in SWEEP_SETTINGS for ext in ("png", "svg")]
     return targets

@@ -496,7 +496,7 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
     assert {rule for rule, _ in jobs} == {"materialise_model", "extract_hidden_states", "decomposition_moments",
                                           "decomposition_fit", "decomposition_figures", "similarity",
                                           "similarity_sweep_moments", "similarity_knn", "similarity_sweep_pair",
-                                          "similarity_sweep"}, jobs
+                                          "similarity_sweep", "similarity_sweep_fits", "similarity_sweep_fits_join"}, jobs
     assert not any("tiny-bert/tiny-roberta" in out for _, out in jobs)  # existing pair: not recomputed
     assert sum(rule == "decomposition_fit" for rule, _ in jobs) == 3 * 2 * 2  # 3 tables x 2 units x 2 alphas
     # the similarity join: one job per unit (its table and the 7 measures' png and svg)
@@ -509,6 +509,12 @@ def test_adding_a_model_computes_only_its_pairs(lmd_run, tiny_models, tiny_corpu
     assert sum(rule == "similarity_knn" for rule, _ in jobs) == 2
     assert sum(rule == "similarity_sweep_pair" for rule, _ in jobs) == 2 * (1 + 2 * 2)
     assert sum(rule == "similarity_sweep" for rule, _ in jobs) == 2 + 2 * 2
+    # the sweep's R²: the new pairs' fits (a table and, per fit setting (2 alphas), a heatmap's png and svg), and the
+    # join (its three tables, and per setting the best-layer and group figures' png and svg)
+    assert sorted(out for rule, out in jobs if rule == "similarity_sweep_fits" and out.endswith(".csv")) == [
+        f"{sweep}/r2/{a}/{b}.csv" for a, b in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-roberta"))]
+    assert sum(rule == "similarity_sweep_fits" for rule, _ in jobs) == 2 * (1 + 2 * 2)
+    assert sum(rule == "similarity_sweep_fits_join" for rule, _ in jobs) == 3 + 2 * 2 * 2
 
 
 @pytest.mark.workflow
@@ -576,25 +582,29 @@ def test_changing_alpha_refits_without_recomputing_moments(lmd_run, tiny_models,
     scratch = copy_run(lmd_run[0], tmp_path / "alpha")
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha": [0.5, "validation"]}))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
-    assert all("/alpha-0.5/" in out for _, out in jobs), jobs  # the validated tables are left alone
+    # (and the layer sweep's R² of every layer pair, per pair and joined, from the sweep files: no pass)
+    fit_rules = {"decomposition_fit", "decomposition_figures", "similarity_sweep_fits", "similarity_sweep_fits_join"}
+    assert {rule for rule, _ in jobs} == fit_rules, jobs
+    lmd_jobs = [out for rule, out in jobs if not rule.startswith("similarity")]
+    assert all("/alpha-0.5/" in out for out in lmd_jobs), jobs  # the validated tables are left alone
     # a new grid re-runs only the validated fits
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"alpha_grid": [1e-3, 1.0]}))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
-    assert jobs and all("/alpha-validation/" in out for _, out in jobs), jobs
+    assert {rule for rule, _ in jobs} == fit_rules, jobs
+    assert jobs and all("/alpha-validation/" in out for rule, out in jobs if not rule.startswith("similarity")), jobs
     # a second mode fits into its own folder: only its fits and figures, the pair files and paper tables stay
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, section={"modes": ["paper", "uncentred"]}))
     jobs = pending_jobs(scratch)
-    assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures"}, jobs
-    assert len(jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for _, out in jobs), jobs  # units x alphas
+    assert {rule for rule, _ in jobs} == fit_rules, jobs
+    lmd_jobs = [out for rule, out in jobs if not rule.startswith("similarity")]
+    assert len(lmd_jobs) == 2 * 2 * (3 + 4) and all("/uncentred/" in out for out in lmd_jobs), jobs  # units x alphas
     # another model order: the fits (the order of the basis columns and of the tables), the similarity
-    # heatmaps (the order of their rows and columns) and the layer sweep's best-layer figures (each model's colour
-    # follows its configured index), but no pair file, no sweep pass and no per-pair sweep job
+    # heatmaps (the order of their rows and columns) and the layer sweep's joins (each model's colour follows its
+    # configured index), but no pair file, no sweep pass and no per-pair sweep job
     write_config(scratch, lmd_config(tiny_models, tiny_corpus, models=("roberta", "bert")))
     jobs = pending_jobs(scratch)
     assert {rule for rule, _ in jobs} == {"decomposition_fit", "decomposition_figures", "similarity",
-                                          "similarity_sweep"}, jobs
+                                          "similarity_sweep", "similarity_sweep_fits_join"}, jobs
     lmd_jobs = [out for rule, out in jobs if not rule.startswith("similarity")]
     assert len(lmd_jobs) == 2 * 2 * (3 + 4) and all("/paper/" in out for out in lmd_jobs), jobs
 

@@ -283,7 +283,7 @@ def test_layer_sweep_matches_the_direct_computation_of_every_layer_pair(tmp_path
     sim.save_sweep(tmp_path / "sweep.npz", x, y, parts, {}, (0.25, 0))
     # the parts merged (in memory, or read block by block from the memory-mapped file) are every unit
     lazy = sim.SweepFile.load(tmp_path / "sweep.npz", lazy=True)
-    assert isinstance(lazy.parts["fit"].cross, np.memmap) and lazy.validation == (0.25, 0)
+    assert isinstance(lazy.parts["fit"].cross.base, np.memmap) and lazy.validation == (0.25, 0)
     whole = lazy.all_units()
     eager = sim.SweepFile.load(tmp_path / "sweep.npz").all_units()
     assert whole.n == 295  # (memory-mapped operands can take other SIMD paths: equal to rounding, not bitwise)
@@ -625,4 +625,52 @@ def test_workflow_layer_sweep_matches_the_pooled_files(lmd_run):
     assert all((figures / f"tiny-bert/tiny-roberta/{m}.png").stat().st_size > 1000 for m in measures)
     assert all((figures / f"best_layer_{m}.svg").stat().st_size > 1000 for m in measures)
     log = (workdir / "results/logs/similarity/sweep/moments/toy/example/all/tiny-bert/tiny-roberta.log").read_text()
-    assert "MB of statistics" in log and f"units: {len(x)} aligned" in log
+    assert "MB of statistics (3 parts: fit, valid, test)" in log and f"units: {len(x)} aligned" in log
+
+
+@pytest.mark.workflow
+def test_workflow_r2_of_every_layer_pair_matches_the_pooled_files_and_the_decomposition(lmd_run):
+    """The shared run's layer-sweep R² (both alphas of LMD_SECTION): every layer pair, both directions, equals
+    scored_fit on the pooled files' rows split as the pair files split them, to 1e-8; the last layers' cell equals the
+    decomposition's pairwise R² of the same units, the group R² at the last layer its group R²; figures and logs."""
+    from lmcompare import hidden_states, paths
+
+    workdir, _ = lmd_run
+    sweep = workdir / "results/analysis/similarity/toy/example/sweep/all"
+    fits = pd.read_csv(sweep / "r2.csv")
+    states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
+              for m in ("tiny-bert", "tiny-roberta")}
+    rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
+    import pyarrow.parquet as pq
+
+    keys = {m: pq.read_table(s.path, columns=["example_id", "split"]).to_pandas() for m, s in states.items()}
+    assert keys["tiny-bert"].equals(keys["tiny-roberta"])  # the same examples in the same order
+    ids, split = keys["tiny-bert"]["example_id"].to_numpy(), keys["tiny-bert"]["split"].to_numpy()
+    masks = split_rows(ids, split, 0.2)
+    assert len(fits) == 2 * 2 * 3 * 4 and set(fits["alpha_setting"]) == {"paper_alpha-1e-06", "paper_alpha-validation"}
+    for row in fits.itertuples():
+        expected = direct_fit(rows[row.target][row.target_layer], rows[row.basis][row.basis_layer], masks,
+                              1e-6 if row.alpha_choice == "fixed" else "validation")
+        assert abs(row.r2_test - expected["r2_test"]) < 1e-8 and row.alpha == pytest.approx(expected["alpha"]), row
+    decomposition = workdir / "results/analysis/decomposition/toy/example/t-1_b-1/paper"
+    group = pd.read_csv(sweep / "group_r2.csv")
+    assert len(group) == 2 * (3 + 4) and (group["joint_covariance"] == "from_pairs").all()
+    for tag in ("alpha-1e-06", "alpha-validation"):
+        pairwise = pd.read_csv(decomposition / tag / "pairwise.csv")
+        for target, basis, last, basis_last in (("tiny-bert", "tiny-roberta", 2, 3), ("tiny-roberta", "tiny-bert", 3, 2)):
+            cell = fits[(fits["alpha_setting"] == f"paper_{tag}") & (fits["target"] == target)
+                        & (fits["target_layer"] == last) & (fits["basis_layer"] == basis_last)].iloc[0]
+            reference = pairwise[(pairwise["model"] == target) & (pairwise["basis_model"] == basis)].iloc[0]
+            assert abs(cell.r2_test - reference.r2_test) < 1e-8 and cell.n_test == reference.n_test
+            top = group[(group["alpha_setting"] == f"paper_{tag}") & (group["target"] == target)
+                        & (group["target_layer"] == last)].iloc[0]
+            assert abs(top.r2_test - reference.r2_test) < 1e-8  # two models: the group basis is the other model
+            assert str(top.basis_layers) == str(basis_last)
+    best = pd.read_csv(sweep / "r2_best_layers.csv")
+    assert len(best) == 2 * (3 + 4)
+    figures = workdir / "results/figures/similarity/toy/example/sweep/all"
+    for tag in ("alpha-1e-06", "alpha-validation"):
+        assert (figures / f"tiny-bert/tiny-roberta/r2_paper_{tag}.png").stat().st_size > 1000
+        assert all((figures / f"{kind}r2_paper_{tag}.svg").stat().st_size > 1000 for kind in ("group_", "best_layer_"))
+    log = (workdir / "results/logs/similarity/sweep/fits/toy/example/all/tiny-bert/tiny-roberta.log").read_text()
+    assert "3 x 4 layers, both directions, 2 settings" in log and "48 fits" in log

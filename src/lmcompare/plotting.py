@@ -40,14 +40,21 @@ def annotated_heatmap(values, labels: Sequence[str], *, title: str, colorbar_lab
     """A labels x labels matrix (labels x column_labels when given: the layer sweep's layer x layer maps) as a
     cividis heatmap with each finite value printed in its cell (nan cells left blank), from min(0, smallest value)
     to 1, saved to paths: the pairwise figures of the decomposition and of the similarity measures."""
-    import numpy as np
-
     plt = pyplot()
-    labels = list(labels)
-    columns = labels if column_labels is None else list(column_labels)
-    values = np.asarray(values, dtype=float)
+    columns = list(labels) if column_labels is None else list(column_labels)
     width, height = (max(4.0, 0.7 * count + 2.5) for count in (len(columns), len(labels)))
     fig, ax = plt.subplots(figsize=(width + 1.2, height))
+    heatmap_on(ax, values, labels, columns, title=title, colorbar_label=colorbar_label, xlabel=xlabel, ylabel=ylabel)
+    save_figure(fig, paths)
+
+
+def heatmap_on(ax, values, labels: Sequence[str], column_labels: Sequence[str], *, title: str, colorbar_label: str,
+               xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """annotated_heatmap's drawing on one axis of a figure (for figures of several heatmaps)."""
+    import numpy as np
+
+    labels, columns = list(labels), list(column_labels)
+    values = np.asarray(values, dtype=float)
     low = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
     image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=1.0)
     for i in range(len(labels)):
@@ -62,8 +69,7 @@ def annotated_heatmap(values, labels: Sequence[str], *, title: str, colorbar_lab
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=colorbar_label)
-    save_figure(fig, paths)
+    ax.figure.colorbar(image, ax=ax, label=colorbar_label)
 
 
 # model -> its index in the run's full configured model list (set by a figure job from its `model_index` param),

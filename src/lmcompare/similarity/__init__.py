@@ -40,7 +40,8 @@ _API = {
                      "sweep_table", "best_matches",
                      "check_sweep_measures", "write_sweep_moments", "write_sweep_pair", "write_sweep_join"], "sweep"),
     **dict.fromkeys(["SweepLookup", "merged_block", "matched_layer", "fit_settings", "setting_tag", "pair_layer_fits",
-                     "group_layer_fits", "best_r2_layers"], "layer_fits"),
+                     "group_layer_fits", "best_r2_layers", "write_pair_layer_fits", "write_layer_fits_join"],
+                    "layer_fits"),
     **dict.fromkeys(["knn_indices", "mutual_knn_score", "sample_keys", "mutual_knn_table", "write_mutual_knn",
                      "direct_knn", "direct_mutual_knn"], "knn"),
 }

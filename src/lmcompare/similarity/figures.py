@@ -1,4 +1,5 @@
-"""The stage's figure: per measure, a symmetric models x models heatmap of the similarity table."""
+"""The stage's figures: per measure, a symmetric models x models heatmap of the similarity table; the layer sweep's
+layer x layer heatmaps, best-matching layers, R² of every layer pair and group R² per target layer."""
 
 from typing import Sequence
 
@@ -68,11 +69,12 @@ def plot_sweep(table, measure: str, paths: Sequence[str], where: str) -> None:
                                      f"units{extra})")
 
 
-def plot_best_layers(best, measure: str, paths: Sequence[str]) -> None:
+def plot_best_layers(best, measure: str, paths: Sequence[str], title: str | None = None) -> None:
     """Per target model (a panel), per basis model (a line): the relative depth of the best-matching basis layer
-    against the target layer's relative depth; the diagonal is depth-for-depth correspondence."""
+    against the target layer's relative depth; the diagonal is depth-for-depth correspondence. best: rows of one
+    measure (best_layers.csv's, or the R² fits' best layers with `title` naming the setting)."""
     plt = plotting.pyplot()
-    rows = best[best["measure"] == measure]
+    rows = best[best["measure"] == measure] if "measure" in best else best
     targets = sorted(rows["target"].unique())
     columns = min(3, max(len(targets), 1))
     lines = -(-max(len(targets), 1) // columns)
@@ -89,6 +91,56 @@ def plot_best_layers(best, measure: str, paths: Sequence[str]) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(targets):]:
         ax.set_visible(False)
-    fig.suptitle(f"best-matching basis layer per target layer by {TITLES[measure]}")
+    fig.suptitle(title or f"best-matching basis layer per target layer by {TITLES[measure]}")
+    fig.tight_layout()
+    plotting.save_figure(fig, paths)
+
+
+def plot_r2_sweep(fits, setting: str, paths: Sequence[str], where: str) -> None:
+    """The R² of every layer pair of one model pair by one fit setting: two heatmaps side by side, each model as the
+    target (rows: its layers; columns: the other model's layers, the basis), test R²."""
+    plt = plotting.pyplot()
+    rows = fits[fits["alpha_setting"] == setting]
+    targets = sorted(rows["target"].unique())
+    shapes = [(rows[rows["target"] == t]["target_layer"].nunique(), rows[rows["target"] == t]["basis_layer"].nunique())
+              for t in targets]
+    width = sum(max(4.0, 0.7 * columns + 2.5) + 1.2 for _, columns in shapes)
+    height = max(max(4.0, 0.7 * lines + 2.5) for lines, _ in shapes)
+    fig, axes = plt.subplots(1, len(targets), figsize=(width, height), squeeze=False)
+    for ax, target in zip(axes.flat, targets):
+        part = rows[rows["target"] == target]
+        layers, basis_layers = sorted(part["target_layer"].unique()), sorted(part["basis_layer"].unique())
+        matrix = part.pivot(index="target_layer", columns="basis_layer", values="r2_test").reindex(
+            index=layers, columns=basis_layers).to_numpy(dtype=float)
+        depth = dict(zip(part["target_layer"], part["target_depth"]))
+        basis_depth = dict(zip(part["basis_layer"], part["basis_depth"]))
+        basis = part["basis"].iloc[0]
+        plotting.heatmap_on(ax, matrix, [f"{k} ({depth[k]:.2f})" for k in layers],
+                            [f"{k} ({basis_depth[k]:.2f})" for k in basis_layers], colorbar_label="test R²",
+                            title=f"target {target} <- basis {basis}", xlabel=f"{basis} layer (relative depth)",
+                            ylabel=f"{target} layer (relative depth)")
+    first = rows.iloc[0]
+    fig.suptitle(f"decomposition R² of every layer pair ({setting}; {where}; {int(first['n_train'])} train / "
+                 f"{int(first['n_test'])} test units)")
+    fig.tight_layout()
+    plotting.save_figure(fig, paths)
+
+
+def plot_group_r2(group, setting: str, paths: Sequence[str]) -> None:
+    """Group R² per target layer: a line per target model, its test R² from all other models (each at its layer of
+    the nearest relative depth) against the target layer's relative depth."""
+    plt = plotting.pyplot()
+    rows = group[group["alpha_setting"] == setting]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for index, (target, part) in enumerate(rows.groupby("target", sort=True)):
+        colour, marker = plotting.model_style(target, index)
+        part = part.sort_values("target_depth")
+        ax.plot(part["target_depth"], part["r2_test"], marker=marker, color=colour, label=target)
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set(xlim=(-0.05, 1.05), xlabel="target layer, relative depth", ylabel="group R² (test)",
+           title=f"group R² per target layer, basis: every other model at the nearest relative depth\n({setting}; "
+                 f"{int(rows['n_train'].min()) if len(rows) else 0} train / "
+                 f"{int(rows['n_test'].min()) if len(rows) else 0} test units)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     plotting.save_figure(fig, paths)

@@ -224,19 +224,19 @@ def group_layer_fits(sweeps: dict, models: Sequence[str], settings: Sequence, al
     for mode, alpha in settings:
         for target in models:
             others = [m for m in models if m != target]
-            depths_of = {m: lookup.n_layers[m] for m in models}
+            n_layers = lookup.n_layers
             for layer in lookup.layers[target]:
-                depth = layer / max(depths_of[target] - 1, 1)
-                basis = [(m, matched_layer(lookup.layers[m], depths_of[m], depth)) for m in others]
+                depth = layer / max(n_layers[target] - 1, 1)
+                basis = [(m, matched_layer(lookup.layers[m], n_layers[m], depth)) for m in others]
                 what = f"target {target!r} layer {layer}, basis {basis}"
                 started = time.perf_counter()
                 stats, scores, consistent = _score(lookup, (target, layer), basis, mode, alpha, grid,
                                                    (min_train, min_test), next(iter(sweeps.values())).validation[0],
                                                    what)
                 rows.append({"target": target, "target_layer": layer, "target_depth": depth,
-                             "n_layers_target": depths_of[target], "basis_models": ";".join(m for m, _ in basis),
+                             "n_layers_target": n_layers[target], "basis_models": ";".join(m for m, _ in basis),
                              "basis_layers": ";".join(str(k) for _, k in basis),
-                             "basis_depths": ";".join(f"{k / max(depths_of[m] - 1, 1):.4f}" for m, k in basis),
+                             "basis_depths": ";".join(f"{k / max(n_layers[m] - 1, 1):.4f}" for m, k in basis),
                              **_row_scores(stats, scores, mode, alpha),
                              "joint_covariance": "from_pairs" if consistent else "pairwise_complete"})
                 LOG.info("group %s (%s): %s layer %d (depth %.2f) <- %s: alpha %g, R2 train %.4f test %.4f (n %d/%d, "
@@ -268,3 +268,65 @@ def best_r2_layers(pair_fits):
                      "n_test": int(best["n_test"])})
     return pd.DataFrame(rows, columns=["alpha_setting", "target", "basis", "target_layer", "target_depth",
                                        "best_basis_layer", "best_basis_depth", "r2_test", "depth_difference", "n_test"])
+
+
+# ------------------------------------------------------------------------------------------------- the jobs
+def _settings(modes: Sequence[str], alphas: Sequence) -> list:
+    settings = fit_settings(modes, alphas)
+    if not settings:
+        raise WorkflowInputError("the layer sweep's R² needs at least one decomposition mode and alpha.")
+    return settings
+
+
+def write_pair_layer_fits(path, sweep_path, *, modes: Sequence[str], alphas: Sequence, alpha_grid: Sequence[float],
+                          min_train: int, min_test: int, dataset: str, unit: str, figure_paths: dict) -> None:
+    """The sweep-pair rule's R² part: every layer pair's fits in both directions from the sweep file (memory-mapped,
+    read block by block), the table and, per setting (figure_paths: setting tag -> [png, svg]), its heatmaps."""
+    from lmcompare import files
+    from lmcompare.similarity.figures import plot_r2_sweep
+
+    started = time.perf_counter()
+    sweep = SweepFile.load(sweep_path, lazy=True)
+    fits = pair_layer_fits(sweep, _settings(modes, alphas), alpha_grid, min_train, min_test)
+    fits.insert(0, "unit", unit)
+    fits.insert(0, "dataset", dataset)
+    files.write_table(fits, path)
+    LOG.info("R² of %s ~ %s: %d x %d layers, both directions, %d settings (%s): %d fits; %d train / %d test units "
+             "(%.1f s)", *sweep.models, len(sweep.layers[0]), len(sweep.layers[1]), len(figure_paths),
+             ", ".join(figure_paths), len(fits), fits["n_train"].max(), fits["n_test"].max(),
+             time.perf_counter() - started)
+    for setting, paths in figure_paths.items():
+        plot_r2_sweep(fits, setting, paths, where=f"{dataset}, unit {unit}")
+
+
+def write_layer_fits_join(fits_path, best_path, group_path, pair_fits: Sequence, sweep_files: Sequence, pairs: Sequence,
+                          models: Sequence[str], *, modes: Sequence[str], alphas: Sequence,
+                          alpha_grid: Sequence[float], min_train: int, min_test: int, dataset: str, unit: str,
+                          best_figures: dict, group_figures: dict, model_index=None) -> None:
+    """The sweep join's R² part: every pair's layer-pair fits in one table, the best basis layer per target layer,
+    the group R² per target layer from the sweep files (sweep_files[i] of pairs[i], memory-mapped), and per setting
+    (setting tag -> [png, svg]) the best-layer and group figures."""
+    import pandas as pd
+
+    from lmcompare import files, plotting
+    from lmcompare.similarity.figures import plot_best_layers, plot_group_r2
+
+    plotting.use_model_order(model_index)
+    started = time.perf_counter()
+    fits = pd.concat([pd.read_csv(path) for path in pair_fits], ignore_index=True)
+    files.write_table(fits, fits_path)
+    best = best_r2_layers(fits)
+    files.write_table(best, best_path)
+    sweeps = {tuple(pair): SweepFile.load(path, lazy=True) for pair, path in zip(pairs, sweep_files)}
+    group = group_layer_fits(sweeps, list(models), _settings(modes, alphas), alpha_grid, min_train, min_test)
+    group.insert(0, "unit", unit)
+    group.insert(0, "dataset", dataset)
+    files.write_table(group, group_path)
+    LOG.info("%d pair fit tables in, %d rows out; %d best-layer rows; group R² of %d target layers x %d settings from "
+             "%d sweep files (%.1f s)", len(pair_fits), len(fits), len(best), len(group) // max(len(group_figures), 1),
+             len(group_figures), len(sweep_files), time.perf_counter() - started)
+    for setting, paths in best_figures.items():
+        plot_best_layers(best[best["alpha_setting"] == setting], "r2", paths,
+                         title=f"best-matching basis layer per target layer by test R² ({setting})")
+    for setting, paths in group_figures.items():
+        plot_group_r2(group, setting, paths)

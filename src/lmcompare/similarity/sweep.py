@@ -303,12 +303,15 @@ def save_sweep(path, x: SweptModel, y: SweptModel, parts: dict, info: dict, vali
 
 
 def _memory_mapped(path, names) -> dict:
-    """Read-only memory maps of the named members of an uncompressed .npz (np.savez): each member is a .npy file
-    stored as is in the zip, so its data start at a fixed offset after the member's local header and .npy header."""
+    """Read-only memory-mapped arrays of the named members of an uncompressed .npz (np.savez): each member is a .npy
+    file stored as is in the zip, so its data start at a fixed offset after the member's local header and .npy
+    header. One map of the whole file (one file descriptor per sweep file, however many arrays), the arrays views
+    of it."""
     import struct
     import zipfile
 
     arrays = {}
+    whole = np.memmap(path, dtype=np.uint8, mode="r")
     with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
         for name in names:
             info = archive.getinfo(name + ".npy")
@@ -321,8 +324,7 @@ def _memory_mapped(path, names) -> dict:
             version = np.lib.format.read_magic(handle)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(handle)
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
-                                     order="F" if fortran else "C") if int(np.prod(shape)) else np.zeros(shape, dtype)
+            arrays[name] = np.ndarray(shape, dtype, buffer=whole, offset=handle.tell(), order="F" if fortran else "C")
     return arrays
 
 
@@ -475,7 +477,7 @@ def write_sweep_pair(path_table, sweep_path, knn_path, *, measures: Sequence[str
 
     measures = check_sweep_measures(measures)
     started = time.perf_counter()
-    sweep = SweepFile.load(sweep_path)
+    sweep = SweepFile.load(sweep_path, lazy=True)
     table = sweep_table(sweep, measures, svcca_variance, rank_tolerance)
     if "mutual_knn" in measures:
         if knn_path is None:
