@@ -190,8 +190,8 @@ def test_float16_storage_overflow_fails_naming_the_layer_or_is_dropped(tiny_mode
     assert bad
     forward = extract_module.forward_batch
 
-    def loud_forward(model, input_ids, pad_id, device):
-        hidden, mask = forward(model, input_ids, pad_id, device)
+    def loud_forward(model, input_ids, pad_id, device, **options):
+        hidden, mask = forward(model, input_ids, pad_id, device, **options)
         rows = torch.tensor([loud in ids for ids in input_ids])
         scaled = torch.where(rows[:, None, None], hidden[1] * 1e6, hidden[1])
         return (hidden[0], scaled, *hidden[2:]), mask
