@@ -160,3 +160,19 @@ def test_position_ids_give_each_token_its_unpadded_position():
     # RoBERTa-style: counted from the pad index (create_position_ids_from_input_ids), pads at the pad index
     assert pooling.position_ids("roberta", mask, 1).tolist() == [[1, 1, 2, 3, 4], [2, 3, 4, 5, 6]]
     assert pooling.position_ids("xlnet", mask, 5) is None
+
+
+def test_the_per_model_setting_is_in_the_schema_and_derived_models_take_their_base_s():
+    from lmcompare.config import check_schema
+    from tests.conftest import PROJECT
+
+    models = [{"name": "enc", "source": "local", "path": "x", "summary_token": "last"},
+              {"name": "noisy", "source": "perturb", "base": "enc", "alpha": 0.1},
+              {"name": "tuned", "source": "finetune", "base": "noisy", "dataset": "d", "summary_token": "first"},
+              {"name": "plain", "source": "local", "path": "y"}]
+    check_schema({"models": models, "datasets": [{"name": "d", "source": "file", "path": "d.csv"}]},
+                 PROJECT / "schemas" / "config.schema.yaml")
+    assert [pooling.configured_summary_token(models, m["name"]) for m in models] == ["last", "last", "first", "auto"]
+    with pytest.raises(WorkflowInputError, match=r"models\[0\].summary_token: 'middle' is not one of"):
+        check_schema({"models": [{**models[0], "summary_token": "middle"}], "datasets": []},
+                     PROJECT / "schemas" / "config.schema.yaml")

@@ -131,3 +131,16 @@ def position_ids(model_type: str, mask, pad_token_id):
         padding_idx = 1 if pad_token_id is None else int(pad_token_id)
         return count + padding_idx
     return (count - 1).clamp(min=0)
+
+
+def configured_summary_token(models: list[dict], name: str) -> str:
+    """A configured model's summary_token: its own, else (a perturb or finetune model) its base's, else auto."""
+    by_name = {entry["name"]: entry for entry in models}
+    seen = set()
+    while name in by_name and name not in seen:
+        seen.add(name)
+        entry = by_name[name]
+        if entry.get("summary_token") not in (None, "auto"):
+            return entry["summary_token"]
+        name = entry.get("base") if entry.get("source") in ("perturb", "finetune") else None
+    return "auto"
