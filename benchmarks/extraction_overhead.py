@@ -46,9 +46,9 @@ def run(model_dir, dataset, out: Path, store_dtype: str, token_layers) -> tuple[
     methods = {name: getattr(partial.PartialWindows, name) for name in ("write_part", "commit", "assemble")}
     fixed_size_list = hidden_states.fixed_size_list
 
-    def forward(model, input_ids, pad_id, device):
+    def forward(model, input_ids, pad_id, device, **options):
         tic = time.perf_counter()
-        hidden, mask = originals["forward_batch"](model, input_ids, pad_id, device)
+        hidden, mask = originals["forward_batch"](model, input_ids, pad_id, device, **options)
         seconds["forward pass"] += time.perf_counter() - tic
         tic = time.perf_counter()
         for states in hidden:  # the non-finite check, as extract_window runs it (timed once more here)

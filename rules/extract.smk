@@ -1,4 +1,5 @@
 # Extract every layer's hidden states per (dataset, model): a GPU rule that runs on the CPU when there is none.
+from lmcompare.extraction.pooling import configured_summary_token
 
 
 def extraction_mem_mb(wildcards, attempt):
@@ -15,14 +16,19 @@ def extraction_runtime(wildcards, attempt):
     return int(max(30, examples * model_weights_mb(wildcards.model) / 20_000) * attempt)
 
 
+def model_extraction_settings(model, **overrides):
+    """The extraction section with the model's summary token (models[].summary_token, a derived model's base's)."""
+    return {**config["extraction"], "summary_token": configured_summary_token(config["models"], model), **overrides}
+
+
 def extraction_settings(wildcards):
     """The extraction section; a chunks dataset is read as the LMD release reads it: every model's input
     truncated at the chunk length T, special tokens included (docs/decomposition.md)."""
     entry = DATASETS[wildcards.dataset]
     if entry["source"] != "chunks":
-        return config["extraction"]
+        return model_extraction_settings(wildcards.model)
     T = int(entry["chunk_tokens"])
-    return {**config["extraction"], "max_length": T, "truncation_note": (
+    return {**model_extraction_settings(wildcards.model), "max_length": T, "truncation_note": (
         f"dataset {wildcards.dataset!r} is a chunks dataset: its inputs are truncated at chunk_tokens = {T} "
         f"(special tokens included), as the LMD release does; extraction.max_length does not apply to it")}
 

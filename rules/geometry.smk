@@ -7,7 +7,7 @@ use rule extract_hidden_states as geometry_family_extract with:
     wildcard_constraints:
         model=name_regex(FAMILY_NAMES),
     params:
-        extraction={**config["extraction"], "token_layers": [GEOMETRY["layer"]]},
+        extraction=lambda wildcards: model_extraction_settings(wildcards.model, token_layers=[GEOMETRY["layer"]]),
 
 
 # ------------------------------------------------------------------ geometry analysis

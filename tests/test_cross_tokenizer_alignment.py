@@ -1,6 +1,9 @@
 """The default's two tokenizers (MiniLM's uncased WordPiece, distilbert-cased's cased WordPiece) split real reviews
 differently, and the word ids of both still point at the same characters: the word alignment of the decomposition
-has work to do on real models (benchmarks/word_alignment.py counts it on a run's tokens.parquet)."""
+has work to do on real models (benchmarks/word_alignment.py counts it on a run's tokens.parquet). And every
+tokenizer family of the papers' models (WordPiece, byte-level BPE, Unigram/Metaspace, tests/tokenizer_families.py)
+puts each word's tokens on the word's characters, through punctuation, accents, non-ASCII letters and runs of
+spaces."""
 import importlib.util
 from pathlib import Path
 
@@ -56,3 +59,59 @@ def test_cased_and_uncased_tokenizers_split_reviews_differently_onto_the_same_wo
                 assert a[word][1:] == b[word][1:] == (starts[word], ends[word]), (text[starts[word]:ends[word]])
     assert shared > 5000
     assert 0.01 < differing / shared < 0.2, (differing, shared)
+
+
+# Texts with punctuation runs, accents and other non-ASCII letters, CJK, runs of spaces, tabs, contractions, digits.
+HARD_TEXTS = [
+    "Café naïve résumé: über straße, déjà vu.",
+    "Hi,  it's   fine... isn't it?",
+    "i bought 3 boxes (12 oz each) for $9.99 - not bad",
+    "Ünïcödé words: señor, garçon, smörgåsbord & naïveté",
+    "well -- honestly?! it was \"okay\", I guess",
+    "Tokyo 東京 and Zürich are cities",
+    "shipping took a week;   the package was\ttorn",
+]
+
+
+def test_every_tokenizer_family_maps_its_tokens_onto_the_characters_of_the_dataset_words():
+    """WordPiece (uncased, cased), byte-level BPE (`Ġ`: GPT-2, RoBERTa) and Unigram/Metaspace (`▁`: XLNet, ALBERT,
+    XLM-R), each built with its transformers tokenizer class: every token's word id names the dataset word that
+    holds the token's first non-space character; the tokens given a word cover exactly that word's characters (a
+    word that no token starts in lies inside a token of an earlier word, e.g. byte-level BPE's `'s`), so that all
+    families put a word's vectors on the same characters."""
+    from tests.tokenizer_families import FAMILIES, TOKENIZERS
+
+    merged = {}
+    for family, name in FAMILIES.items():
+        tokenizer = TOKENIZERS[name]()
+        merged[family] = []
+        for text in HARD_TEXTS:
+            starts, ends = word_offsets(text)
+            encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+            offsets, special = encoded["offset_mapping"], encoded["special_tokens_mask"]
+            ids = word_ids_for_tokens(offsets, special, text, starts, ends)
+            covered = {}  # word -> the non-space characters its tokens cover
+            for word, (start, end), is_special in zip(ids, offsets, special):
+                chars = {c for c in range(start, end) if not text[c].isspace()}
+                if is_special or not chars:
+                    assert word == -1, (family, text, start, end)
+                    continue
+                assert word >= 0, (family, text, text[start:end])
+                assert starts[word] <= min(chars) < ends[word], (family, text, text[start:end])
+                covered.setdefault(int(word), set()).update(chars)
+            for word, (w_start, w_end) in enumerate(zip(starts, ends)):
+                own = set(range(w_start, w_end))
+                if word in covered:
+                    # its tokens cover all of it; a token running past its end covers the following words whole
+                    assert own <= covered[word], (family, text, text[w_start:w_end])
+                    beyond = covered[word] - own
+                    assert all(any(s <= c < e for s, e in zip(starts, ends)) for c in beyond), (family, text)
+                else:
+                    merged[family].append(text[w_start:w_end])
+                    assert any(own <= chars for w, chars in covered.items() if w < word), (family, text, word)
+    # WordPiece cuts every word at its edges; Unigram merges punctuation runs (its `..` piece), byte-level BPE also
+    # a contraction's letter after the apostrophe (`'s`, `'t`)
+    assert merged["wordpiece uncased"] == merged["wordpiece cased"] == [], merged
+    assert all(not word.isalnum() for family in FAMILIES if family.startswith("unigram")
+               for word in merged[family]), merged
+    assert set(merged["byte-level BPE (GPT-2)"]) <= {"s", "t", ".", "!", ","}, merged

@@ -45,6 +45,7 @@ def test_vectors_equal_a_direct_forward_pass_on_each_text_alone(name, tiny_model
     n_layers = model.config.num_hidden_layers + 1
     assert meta["n_layers"] == n_layers and meta["hidden_size"] == model.config.hidden_size
     assert meta["token_layers"] == [0, n_layers - 1]
+    assert meta["summary_token"]["rule"] == ("last" if name == "gpt2" else "cls")
     pooled = pq.read_table(pooled_path)
     tokens = pq.read_table(tokens_path).to_pandas()
     assert pooled.column("example_id").to_pylist() == frame["example_id"].tolist()
@@ -58,11 +59,14 @@ def test_vectors_equal_a_direct_forward_pass_on_each_text_alone(name, tiny_model
         mine = tokens[tokens["example_id"] == row]
         assert mine["token_id"].tolist() == enc["input_ids"][0].tolist()
         assert mine["is_special"].tolist() == special.tolist()
+        # the summary token: [CLS] / <s> at position 0 of the encoders, the last token of GPT-2 (a decoder)
+        summary = len(special) - 1 if name == "gpt2" else 0
+        assert pooled.column("summary_position")[row].as_py() == summary
         for layer in range(n_layers):
             reference = hidden[layer][0]
             first = hidden_states.vectors(pooled.slice(row, 1), hidden_states.pooled_column(layer, "first"))[0]
             mean = hidden_states.vectors(pooled.slice(row, 1), hidden_states.pooled_column(layer, "mean"))[0]
-            np.testing.assert_allclose(first, reference[0].numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(first, reference[summary].numpy(), rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(mean, reference[~special].mean(0).numpy(), rtol=1e-4, atol=1e-5)
         for layer in (0, n_layers - 1):
             stored = np.stack(mine[hidden_states.token_column(layer)].to_numpy())
@@ -190,8 +194,8 @@ def test_float16_storage_overflow_fails_naming_the_layer_or_is_dropped(tiny_mode
     assert bad
     forward = extract_module.forward_batch
 
-    def loud_forward(model, input_ids, pad_id, device):
-        hidden, mask = forward(model, input_ids, pad_id, device)
+    def loud_forward(model, input_ids, pad_id, device, **options):
+        hidden, mask = forward(model, input_ids, pad_id, device, **options)
         rows = torch.tensor([loud in ids for ids in input_ids])
         scaled = torch.where(rows[:, None, None], hidden[1] * 1e6, hidden[1])
         return (hidden[0], scaled, *hidden[2:]), mask

@@ -3,8 +3,12 @@ metadata, layer resolution, the check that a file belongs to its (dataset, model
 reader that hands an analysis a layer's vectors with their labels and splits.
 
 Two files per (dataset, model) (docs/ARCHITECTURE.md):
-- pooled.parquet: one row per example; example_id, split, label, n_tokens, n_content_tokens, truncated, and per
-  layer `layer_LL_first` and `layer_LL_mean` (FixedSizeList<float, hidden_size>);
+- pooled.parquet: one row per example; example_id, split, label, n_tokens, n_content_tokens, truncated,
+  summary_position, and per layer `layer_LL_first` and `layer_LL_mean` (FixedSizeList<float, hidden_size>).
+  `first` is the summary token's vector: the tokenizer's classification token wherever it stands (position 0 for
+  BERT-style encoders, the last position for XLNet), or the last token for decoders (GPT-2, Llama, ...); the
+  metadata's `summary_token` names the rule, `summary_position` the token's position per example
+  (extraction/pooling.py). `mean` is the mean over the non-special tokens;
 - tokens.parquet: one row per token; example_id, split, position, token_id, word_id, is_special, char_start,
   char_end, and per stored layer `layer_LL`.
 Both carry the extraction's metadata as JSON under the schema key `hidden_states` (model, dataset, n_layers,
@@ -38,7 +42,8 @@ METADATA_KEY = b"hidden_states"
 
 
 def pooled_column(layer: int, kind: str) -> str:
-    """Column of the pooled file holding one layer's vectors. kind: 'first' ([CLS]/first token) or 'mean'."""
+    """Column of the pooled file holding one layer's vectors. kind: 'first' (the summary token: the classification
+    token, or the last token of a decoder; the file's metadata `summary_token` says which) or 'mean'."""
     if kind not in ("first", "mean"):
         raise ValueError(f"pooling kind must be 'first' or 'mean', got {kind!r}")
     return f"layer_{layer:02d}_{kind}"
@@ -64,7 +69,8 @@ def resolve_layer(layer: int, n_layers: int, what: str = "layer") -> int:
 def pooled_schema(n_layers, width, value_type, metadata):
     """Schema of pooled.parquet: one row per example, two pooled vectors per layer."""
     fields = [("example_id", pa.int64()), ("split", pa.string()), ("label", pa.string()),
-              ("n_tokens", pa.int32()), ("n_content_tokens", pa.int32()), ("truncated", pa.bool_())]
+              ("n_tokens", pa.int32()), ("n_content_tokens", pa.int32()), ("truncated", pa.bool_()),
+              ("summary_position", pa.int32())]
     for layer in range(n_layers):
         for kind in POOLINGS:
             fields.append((pooled_column(layer, kind), pa.list_(value_type, width)))
@@ -222,6 +228,8 @@ class HiddenStates:
         self.dataset = self.metadata.get("dataset")
         self.n_layers = int(self.metadata["n_layers"])
         self.hidden_size = int(self.metadata["hidden_size"])
+        # which token the `first` columns hold (extraction/pooling.py); None in a file of an older extraction
+        self.summary_token = self.metadata.get("summary_token")
 
     def __repr__(self) -> str:
         return (f"HiddenStates({self.path!r}: model {self.model!r} on {self.dataset!r}, {self.n_layers} layers x "

@@ -1,6 +1,8 @@
 """Extract every layer's hidden states of one model on one dataset, streamed to Parquet.
 
-pooled.parquet: one row per example; per layer the first-token vector and the mean over non-special tokens.
+pooled.parquet: one row per example; per layer the summary token's vector (column kind `first`: the classification
+token wherever the tokenizer puts it, or the last token for decoders; extraction/pooling.py) and the mean over
+non-special tokens.
 tokens.parquet: one row per token for the configured layers, with the dataset word each token belongs to.
 
 Examples are processed in windows of `sort_window`: inside a window they are sorted by length and packed into
@@ -9,6 +11,7 @@ Memory is bounded by the window, never by the corpus.
 """
 
 import dataclasses
+import inspect
 import logging
 import math
 import sys
@@ -24,6 +27,7 @@ import lmcompare
 from lmcompare import files, hidden_states
 from lmcompare.extraction.checks import check_float16_range
 from lmcompare.extraction.partial import PartialWindows, partial_dir, resume_description
+from lmcompare.extraction.pooling import RELATIVE_POSITION_TYPES, choose_summary_token, position_ids, summary_position
 from lmcompare.models.loading import (dtype_label, environment_summary, load_model, load_tokenizer,
                                             pick_device, pick_dtype, read_provenance)
 from lmcompare.errors import WorkflowInputError
@@ -45,6 +49,8 @@ class ExtractionSettings:
     compute_dtype: str = "float32"
     device: str = "auto"
     nonfinite: str = "fail"
+    summary_token: str = "auto"  # per model (models[].summary_token): auto | cls | last | first (extraction/pooling.py)
+    padding_side: str = "right"  # right | left: where forward_batch pads a batch (results are the same; tested)
     truncation_note: str = ""  # set for datasets whose truncation is the protocol (chunks datasets)
 
     @classmethod
@@ -131,17 +137,47 @@ def plan_batches(lengths, batch_tokens: int, min_length_ratio: float = MIN_LENGT
 
 
 # ---------------------------------------------------------------------------------------- forward
-def forward_batch(model, input_ids, pad_id, device):
-    """Right-padded forward pass; returns the tuple of hidden states (n_layers, each (B, T, d)) and the mask."""
+PADDING_SIDES = ("right", "left")
+
+
+def accepts_position_ids(model) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def check_padding_side(model, padding_side: str, model_name: str = "model") -> None:
+    """Left padding shifts the real tokens of the shorter inputs: it is exact only where the model takes position
+    ids (forward_batch passes each token's position in its input alone) or has no absolute positions."""
+    if padding_side not in PADDING_SIDES:
+        raise WorkflowInputError(f"padding_side {padding_side!r} is not one of {list(PADDING_SIDES)}.")
+    model_type = model.config.model_type
+    if padding_side == "left" and not accepts_position_ids(model) and model_type not in RELATIVE_POSITION_TYPES:
+        raise WorkflowInputError(
+            f"model {model_name!r} ({type(model).__name__}, model_type {model_type!r}) takes no position ids, so "
+            f"left padding would shift the positions of its shorter inputs; pad on the right (padding_side: right).")
+
+
+def forward_batch(model, input_ids, pad_id, device, padding_side: str = "right"):
+    """Padded forward pass; returns the tuple of hidden states (n_layers, each (B, T, d)) and the mask (B, T).
+
+    Right padding (the default) puts each input at positions 0..n-1 of its row; left padding puts it at the end of
+    its row and passes position ids that give every real token the position it has in its input alone
+    (extraction/pooling.position_ids), so that both give the vectors of an unpadded forward pass."""
     import torch
 
     longest = max(len(ids) for ids in input_ids)
     ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
     for row, seq in enumerate(input_ids):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    outputs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        start = longest - len(seq) if padding_side == "left" else 0
+        ids[row, start: start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, start: start + len(seq)] = 1
+    extra = {}
+    if padding_side == "left":
+        check_padding_side(model, padding_side)
+        positions = position_ids(model.config.model_type, mask, getattr(model.config, "pad_token_id", None))
+        if positions is not None:
+            extra["position_ids"] = positions.to(device)
+    outputs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, **extra)
     hidden = outputs.hidden_states if getattr(outputs, "hidden_states", None) is not None else outputs[-1]
     return hidden, mask
 
@@ -152,9 +188,11 @@ def mean_pool(states, content):
     integers exactly only up to 256, so a count in the hidden-state dtype mis-scales longer inputs."""
     import torch
 
-    weights = content.to(dtype=torch.float32)
     n_content = content.to(dtype=torch.int64).sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
-    return (states.to(torch.float32) * weights.unsqueeze(-1)).sum(dim=1) / n_content
+    # a select, not a product with the mask: a pad row's state may be non-finite (a left-padded decoder's pad
+    # queries see no key) and 0 x nan is nan
+    kept = torch.where(content.bool().unsqueeze(-1), states.to(torch.float32), 0.0)
+    return kept.sum(dim=1) / n_content
 
 
 def encoder_of(model):
@@ -199,9 +237,14 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
                                   trust_remote_code=bool(provenance.get("trust_remote_code", False))))
     n_layers = model.config.num_hidden_layers + 1
     width = model.config.hidden_size
+    summary = choose_summary_token(model.config.model_type, tokenizer, settings.summary_token, model_name=model_name,
+                                   setting=f"summary_token of model {model_name!r} (its models[] entry)")
+    check_padding_side(model, settings.padding_side, model_name)
     token_layers = sorted({hidden_states.resolve_layer(layer, n_layers, "extraction.token_layers entry")
                            for layer in settings.token_layers})
-    max_positions = getattr(model.config, "max_position_embeddings", None) or settings.max_length
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is None or max_positions <= 0:  # XLNet: -1, no limit (relative positions)
+        max_positions = settings.max_length
     max_length = min(settings.max_length, max_positions - (2 if model.config.model_type in ("roberta", "xlm-roberta",
                                                                                                "longformer", "mpnet")
                                                            else 0))
@@ -220,10 +263,13 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
         "max_length": max_length, "token_layers": token_layers, "code_version": lmcompare.__version__,
         "weights_sha256": provenance.get("weights_sha256"), "architecture": type(model).__name__,
         "attn_implementation": getattr(model.config, "_attn_implementation", None), "device": str(device),
+        "model_type": model.config.model_type, "summary_token": summary.metadata(),
+        "padding_side": settings.padding_side,
     }
     LOG.info("model %s (%s, %d layers incl. embeddings, hidden %d, %s on %s, attention %s); dataset %s: %d examples",
              model_name, metadata["architecture"], n_layers, width, metadata["compute_dtype"], device,
              metadata["attn_implementation"], dataset_name, n)
+    LOG.info("pooled `first` vectors: %s", summary.describe())
     LOG.info("environment: %s", environment_summary())
 
     counts = ExtractionCounts()
@@ -261,7 +307,7 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
             pooled_batch, tokens_batch = extract_window(
                 model, tokenizer, window, settings, window_counts, pad_id=pad_id, device=device, n_layers=n_layers,
                 width=width, token_layers=token_layers, max_length=max_length, store_np=store_np,
-                store_type=store_type, model_name=model_name)
+                store_type=store_type, model_name=model_name, summary=summary)
             partial.write_part("pooled", window_index, pa.Table.from_pydict(pooled_batch, schema=pooled_schema),
                                pooled_schema)
             partial.write_part("tokens", window_index, pa.Table.from_pydict(tokens_batch, schema=tokens_schema),
@@ -303,7 +349,7 @@ def extract(model_dir, dataset_path, pooled_out, tokens_out, settings: Extractio
 
 
 def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device, n_layers, width, token_layers,
-                   max_length, store_np, store_type, model_name):
+                   max_length, store_np, store_type, model_name, summary):
     """Run one window of examples; returns column dicts for pooled and tokens, in example order."""
     import torch
 
@@ -315,16 +361,26 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
     token_vectors = {}
     finite = np.ones(m, dtype=bool)
     lengths = [len(ids) for ids in input_ids]
+    example_ids = window["example_id"].to_numpy()
+    # the summary token's position in each unpadded input (the numbering of tokens.parquet's `position`)
+    positions = np.array([summary_position(summary, input_ids[i], special[i], model_name=model_name,
+                                           example_id=int(example_ids[i])) for i in range(m)], dtype=np.int32)
     for batch in plan_batches(lengths, settings.batch_tokens):
         batch_ids = [input_ids[i] for i in batch]
+        longest = max(lengths[i] for i in batch)
+        # where each input starts in its padded row
+        starts = [longest - lengths[i] if settings.padding_side == "left" else 0 for i in batch]
         tic = time.perf_counter()
         # float16 storage: an overflow in the cast is checked after it (check_float16_range), not warned about
         with torch.inference_mode(), np.errstate(over="ignore"):
-            hidden, mask = forward_batch(model, batch_ids, pad_id, device)
+            hidden, mask = forward_batch(model, batch_ids, pad_id, device, padding_side=settings.padding_side)
             content = mask.clone()
             for row, i in enumerate(batch):
-                content[row, : lengths[i]] &= ~torch.tensor(special[i], dtype=torch.bool).to(torch.long)
+                content[row, starts[row]: starts[row] + lengths[i]] &= \
+                    ~torch.tensor(special[i], dtype=torch.bool).to(torch.long)
             content = content.to(device=device)
+            rows = torch.arange(len(batch), device=device)
+            summary_at = torch.tensor([starts[row] + positions[i] for row, i in enumerate(batch)], device=device)
             valid = mask.to(device=device, dtype=torch.bool)
             for layer, states in enumerate(hidden):
                 states = states.float()
@@ -337,15 +393,16 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
                 if bad.any():
                     for row in torch.nonzero(bad.any(dim=1)).flatten().tolist():
                         finite[batch[row]] = False
-                first[layer, batch] = states[:, 0, :].cpu().numpy()
+                first[layer, batch] = states[rows, summary_at, :].cpu().numpy()
                 mean[layer, batch] = mean_pool(states, content).cpu().numpy()
                 if layer in token_layers:
                     cpu_states = states.cpu().numpy()
                     for row, i in enumerate(batch):
-                        token_vectors[(layer, i)] = cpu_states[row, : lengths[i]].astype(store_np, copy=False)
+                        token_vectors[(layer, i)] = cpu_states[row, starts[row]: starts[row] + lengths[i]].astype(
+                            store_np, copy=False)
         counts.forward_seconds += time.perf_counter() - tic
         counts.batches += 1
-        counts.padded_tokens += len(batch) * max(lengths[i] for i in batch)
+        counts.padded_tokens += len(batch) * longest
 
     if not finite.all():
         bad_ids = window["example_id"].to_numpy()[~finite]
@@ -364,7 +421,6 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
         check_float16_range(first, mean, token_vectors, finite, window, settings, counts, model_name)
 
     keep = np.flatnonzero(finite)
-    example_ids = window["example_id"].to_numpy()
     splits = window["split"].tolist()
     labels = [value if isinstance(value, str) else None for value in window["label"].tolist()]  # null, not NaN
     pooled = {
@@ -372,6 +428,7 @@ def extract_window(model, tokenizer, window, settings, counts, *, pad_id, device
         "n_tokens": np.array([lengths[i] for i in keep], dtype=np.int32),
         "n_content_tokens": np.array([lengths[i] - sum(special[i]) for i in keep], dtype=np.int32),
         "truncated": np.array([truncated[i] for i in keep], dtype=bool),
+        "summary_position": positions[keep],
     }
     for layer in range(n_layers):
         pooled[hidden_states.pooled_column(layer, "first")] = hidden_states.fixed_size_list(first[layer, keep], store_type)
