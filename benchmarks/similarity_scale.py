@@ -56,7 +56,8 @@ def write_pooled(path, rng, n, d, n_layers, model, shared=None, row_group=512):
             columns = {"example_id": pa.array(np.arange(start, stop), pa.int64()),
                        "split": pa.array(np.where(np.arange(start, stop) % 5 == 0, "test", "train"), pa.string()),
                        "label": pa.array([None] * m, pa.string()), "n_tokens": pa.array(np.full(m, 20), pa.int32()),
-                       "n_content_tokens": pa.array(np.full(m, 18), pa.int32()), "truncated": pa.array(np.zeros(m, bool))}
+                       "n_content_tokens": pa.array(np.full(m, 18), pa.int32()), "truncated": pa.array(np.zeros(m, bool)),
+                       "summary_position": pa.array(np.zeros(m, np.int32))}
             for layer in range(n_layers):
                 values = shared[start:stop] @ mixes[layer] + rng.normal(size=(m, d)).astype(np.float32) + 3.0
                 for kind in hidden_states.POOLINGS:

@@ -2,7 +2,8 @@
 # one job per (dataset, unit, layers) of the decomposition, no pass over the hidden states. See docs/similarity.md.
 validate_section("similarity")
 
-from lmcompare.similarity import MEASURES
+from lmcompare.similarity import KNN_MEASURE, MEASURES
+from lmcompare.similarity.tags import selection_from_tag, selection_tag
 
 SIM = config["similarity"]
 SIM_DIR = "results/analysis/similarity"
@@ -23,9 +24,19 @@ def _sim_figure(measure, ext):
                   subcategory="{dataset} / {unit} units / {layers}", labels={"figure": measure, "layers": "{layers}"})
 
 
+def _table_knn_files(wc):
+    """With mutual_knn in similarity.measures: the kNN table of every pair at the decomposition's target layer (the
+    layer sweep's kNN rule on the layer selection [target_layer])."""
+    if KNN_MEASURE not in SIM["measures"]:
+        return []
+    folder = f"{SIM_DIR}/{wc.dataset}/{wc.unit}/sweep/{selection_tag([LMD['target_layer']])}/knn"
+    return [f"{folder}/{a}/{b}.csv" for a, b in model_pairs(LMD_MODELS)]
+
+
 rule similarity:
     input:
         moments=_lmd_pair_files,
+        knn=_table_knn_files,
     output:
         table=SIM_DIR + "/{dataset}/{unit}/{layers}/similarity.csv",
         png=[_sim_figure(measure, "png") for measure in SIM["measures"]],
@@ -75,8 +86,8 @@ def similarity_targets():
 # (similarity_sweep_fits_join, from every sweep file): a new alpha or mode reruns these only. Adding a model adds its
 # pairs and the joins.
 from lmcompare.decomposition.tags import alpha_tag
-from lmcompare.similarity import SWEEP_FORMAT, KNN_MEASURE
-from lmcompare.similarity.tags import selection_tag, sweep_memory_bytes
+from lmcompare.similarity import SWEEP_FORMAT
+from lmcompare.similarity.tags import sweep_memory_bytes
 
 SWEEP = SIM["layer_sweep"]
 LMD_ALPHA_VALUES = LMD["alpha"] if isinstance(LMD["alpha"], list) else [LMD["alpha"]]
@@ -173,7 +184,7 @@ rule similarity_knn:
         **_SWEEP_CONSTRAINTS,
     params:
         code=library_code("similarity_knn"),
-        layers=SWEEP["layers"],
+        layers=lambda wc: selection_from_tag(wc.sweep),  # the sweep's layers, or the table's [target_layer]
         pooling=_sweep_pooling,
         chunk_tokens=_sweep_chunk_tokens,
         k=SIM["knn_k"],

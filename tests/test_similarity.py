@@ -443,6 +443,15 @@ def brute_force_knn(x, k):
     return np.argsort(-similarity, axis=1)[:, :k]
 
 
+def near_ties(x, k, resolution=1e-7):
+    """Units whose k-th and (k+1)-th nearest cosines differ by less than `resolution` (float32 cannot order them)."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = xn @ xn.T
+    np.fill_diagonal(similarity, -np.inf)
+    top = -np.sort(-similarity, axis=1)[:, k - 1:k + 1]
+    return int(np.sum(top[:, 0] - top[:, 1] < resolution))
+
+
 def brute_force_mutual_knn(x, y, k):
     a, b = brute_force_knn(x, k), brute_force_knn(y, k)
     return np.mean([len(set(a[i]) & set(b[i])) / k for i in range(len(x))])
@@ -581,6 +590,19 @@ def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_th
     scratch = copy_run(workdir, tmp_path / "measures")
     run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, similarity={"measures": ["cka"]}))
     assert pd.read_csv(scratch / SIM_OUT / "similarity.csv")["measure"].tolist() == ["cka"]
+    # mutual kNN in the single-layer table: from the vectors of the target layers (the kNN rule of the layer
+    # selection [-1]), equal to the brute force on the word vectors both tokenizers cover, but for units whose k-th
+    # and (k+1)-th cosines tie within float32's resolution (faiss's inner products are float32): measured here, 3 of
+    # 717 words differ (e.g. cosines 0.99999671 and 0.99999669); 9 units have such a tie within 1e-7, each can move
+    # the score by 1 / (k n)
+    run_workflow(scratch, lmd_config(tiny_models, tiny_corpus, similarity={"measures": ["mutual_knn", "cka"]}))
+    knn = pd.read_csv(scratch / SIM_OUT / "similarity.csv")
+    assert knn["measure"].tolist() == ["mutual_knn", "cka"]
+    row = knn.iloc[0]
+    ties = near_ties(x, 3) + near_ties(y, 3)
+    assert abs(row.value - brute_force_mutual_knn(x, y, 3)) <= ties / (3 * len(x)) + 1e-12
+    assert (row.n_units, row.kept_a, row.cut) == (len(shared), 3, 10000)
+    assert (scratch / "results/analysis/similarity/toy/word/sweep/l-1/knn/tiny-bert/tiny-roberta.csv").exists()
     sweep = SWEEP_SECTION["layer_sweep"]
     config = lmd_config(tiny_models, tiny_corpus,
                         similarity={"layer_sweep": {**sweep, "measures": [*sweep["measures"], "procrustes"]}})

@@ -69,15 +69,16 @@ def check_validation_split(fit_part: SplitStats, valid_part: SplitStats, what: s
 
 
 def scored_fit(stats: dict, alpha, grid, mode: str, what: str, min_train: int, min_test: int, fraction: float,
-               log: bool = True):
+               log: bool = True, basis=None):
     """Scores of one fit (group target or pair) with a fixed alpha or the validation choice. log: log the
-    validation path and warn here (False: for the layer sweep's many fits, which report in aggregate)."""
+    validation path and warn here (False: for the layer sweep's many fits, which report in aggregate). basis: the
+    basis's solvers.BasisPath of the fit and valid parts, when already computed (shared by the fits of one basis)."""
     check_units(stats["train"].n, stats["test"].n, what, min_train, min_test)
     extra = {"alpha_choice": "fixed", "r2_valid": float("nan"), "n_valid": 0}
     if alpha == VALIDATION:
         check_validation_split(stats["fit"], stats["valid"], what, min_train, min_test, fraction)
         started = time.perf_counter()
-        alpha, r2_valid, scores = choose_alpha(stats["fit"], stats["valid"], grid, mode, what)
+        alpha, r2_valid, scores = choose_alpha(stats["fit"], stats["valid"], grid, mode, what, basis)
         if log:
             LOG.info("%s: validation R2 per alpha %s -> alpha %g (validation R2 %.4f; %d fit / %d validation units, "
                      "%.1f s)", what, ", ".join(f"{a:g}: {r:.4f}" for a, r in zip(grid, scores)), alpha, r2_valid,

@@ -1,4 +1,5 @@
-"""Ridge from per-split statistics: the solvers of the two fit modes, R² from moments, the alpha grid's path.
+"""Ridge from per-split statistics: the solvers of the two fit modes, R² from moments, the alpha grid's
+validation path.
 
 Mode ``paper`` is the released code (haozhg/lmd, PyPI ``nlp.lmd`` 0.2.0, ``lmd/cli.py``
 ``LanguageModelDecomposition``; the published .743-.930 come from it):
@@ -119,8 +120,8 @@ def solve_spd(matrix: np.ndarray, rhs: np.ndarray, what: str = "basis") -> tuple
     return solution, "eigh_fallback", condition
 
 
-def _normal_equations(train: SplitStats, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(lhs, rhs) of W (lhs + alpha I) = rhs, on the scale the mode's alpha is defined on.
+def _normal_equations(train: SplitStats, mode: str, rhs: bool = True):
+    """(lhs, rhs) of W (lhs + alpha I) = rhs, on the scale the mode's alpha is defined on (lhs alone: rhs=False).
 
     paper (nlp.lmd 0.2.0): the sample covariances of torch.cov, divided by n - 1;
     uncentred (haozhg/lmd at 1eae068): raw second moments Z Z^T / d_z and U Z^T / d_z (d_z = basis dims, the
@@ -131,11 +132,12 @@ def _normal_equations(train: SplitStats, mode: str) -> tuple[np.ndarray, np.ndar
         if n < 2:
             raise WorkflowInputError(f"a fit needs at least 2 train units, got {n}.")
         scale = n / (n - 1)
-        return train.cov_zz * scale, train.cov_uz * scale
+        lhs = train.cov_zz * scale
+        return (lhs, train.cov_uz * scale) if rhs else lhs
     if mode == "uncentred":
         scale = n / train.cov_zz.shape[0]
-        return ((train.cov_zz + np.outer(train.mean_z, train.mean_z)) * scale,
-                (train.cov_uz + np.outer(train.mean_u, train.mean_z)) * scale)
+        lhs = (train.cov_zz + np.outer(train.mean_z, train.mean_z)) * scale
+        return (lhs, (train.cov_uz + np.outer(train.mean_u, train.mean_z)) * scale) if rhs else lhs
     raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
 
 
@@ -168,27 +170,57 @@ def r_squared(fit: Fit, stats: SplitStats, mode: str = "paper") -> tuple[float, 
     return r2, mse, sst
 
 
-def ridge_path(train: SplitStats, alphas: Sequence[float], mode: str = "paper") -> list[Fit]:
-    """Ridge fits for several alphas from one eigendecomposition of the (unpenalised) basis matrix.
+@dataclass
+class BasisPath:
+    """What a validation path needs of the basis alone (no target): the fit part's basis matrix lhs = V diag(l) V^T
+    of the mode's normal equations, and the valid part's basis covariance and means in that eigenbasis. A layer
+    sweep computes it once per basis layer and shares it across every target layer."""
 
-    lhs = V diag(l) V^T, so W(alpha) = rhs V diag(1 / (l + alpha)) V^T: one O(d_z^3) decomposition, then a
-    matrix product per alpha. Eigenvalues that rounding pushed below zero are clipped to zero (the matrix is
-    positive semi-definite); every alpha in the grid is > 0, so the system is always solvable.
-    """
-    lhs, rhs = _normal_equations(train, mode)
+    values: np.ndarray  # l, clipped at 0 (the matrix is positive semi-definite)
+    vectors: np.ndarray  # V
+    valid_zz: np.ndarray  # V^T Cov_valid(z, z) V
+    mean_shift: np.ndarray  # V^T (mean_valid(z) - mean_fit(z)) for mode paper, V^T mean_valid(z) for uncentred
+
+
+def basis_path(fit_part: SplitStats, valid_part: SplitStats, mode: str = "paper") -> BasisPath:
+    lhs = _normal_equations(fit_part, mode, rhs=False)
     values, vectors = scipy.linalg.eigh(lhs, check_finite=False)
-    values = np.clip(values, 0.0, None)
-    projected = rhs @ vectors  # (d_u, d_z)
-    fits = []
+    shift = valid_part.mean_z - fit_part.mean_z if mode == "paper" else valid_part.mean_z
+    return BasisPath(np.clip(values, 0.0, None), vectors, vectors.T @ valid_part.cov_zz @ vectors, vectors.T @ shift)
+
+
+def validation_path(fit_part: SplitStats, valid_part: SplitStats, alphas: Sequence[float], mode: str = "paper",
+                    basis: BasisPath | None = None) -> list[float]:
+    """The validation R² of the ridge fitted on fit_part, for each alpha, from one eigendecomposition of the basis
+    matrix, without forming any W (r_squared's formula in the eigenbasis).
+
+    With lhs = V diag(l) V^T, P = rhs V and D = diag(1 / (l + alpha)), W(alpha) = P D V^T, and on the valid part
+        tr(W Sigma_zu) = sum_j D_j g_j,          g_j = sum_i P_ij (Cov(u, z) V)_ij
+        tr(W Sigma_zz W^T) = D^T (B o Q) D,      B = V^T Cov(z, z) V, Q = P^T P
+        offset = shift_u - P (D o V^T shift_z)   (the intercept's: fit means for mode paper, none for uncentred)
+    so one target costs three d_u x d_z x d_z products and each alpha O(d_z²), where building W and scoring it
+    costs two such products per alpha. Exact: equal to r_squared(fit_ridge(...)) up to rounding (tested).
+    """
+    basis = basis or basis_path(fit_part, valid_part, mode)
+    _, rhs = _normal_equations(fit_part, mode)
+    projected = rhs @ basis.vectors  # P (d_u, d_z)
+    g = np.einsum("ij,ij->j", projected, valid_part.cov_uz @ basis.vectors)
+    weights = basis.valid_zz * (projected.T @ projected)  # B o Q
+    shift_u = valid_part.mean_u - fit_part.mean_u if mode == "paper" else valid_part.mean_u
+    sst = valid_part.cov_uu_trace if mode == "paper" else valid_part.cov_uu_trace + float(valid_part.mean_u @ valid_part.mean_u)
+    scores = []
     for alpha in alphas:
-        W = (projected / (values + alpha)) @ vectors.T
-        fits.append(Fit(W, _intercept(train, W, mode), "eigh", float("nan")))
-    return fits
+        d = 1.0 / (basis.values + alpha)
+        offset = shift_u - projected @ (d * basis.mean_shift)
+        mse = max(valid_part.cov_uu_trace - 2.0 * float(d @ g) + float(d @ weights @ d) + float(offset @ offset), 0.0)
+        scores.append(1.0 - mse / sst if sst > 0 else float("nan"))
+    return scores
 
 
 def choose_alpha(fit_part: SplitStats, valid_part: SplitStats, grid: Sequence[float], mode: str = "paper",
-                 what: str = "basis") -> tuple[float, float, list[float]]:
-    """The alpha of `grid` with the best validation R² (fit on `fit_part`, R² on `valid_part`).
+                 what: str = "basis", basis: BasisPath | None = None) -> tuple[float, float, list[float]]:
+    """The alpha of `grid` with the best validation R² (fit on `fit_part`, R² on `valid_part`; validation_path,
+    with the basis's precomputed BasisPath when given).
 
     Ties (R² equal to 1e-12) go to the larger alpha (the more regularised fit). Returns (alpha, its validation
     R², the validation R² of every grid alpha in grid order).
@@ -201,7 +233,7 @@ def choose_alpha(fit_part: SplitStats, valid_part: SplitStats, grid: Sequence[fl
         )
     if any(not np.isfinite(a) or a <= 0 for a in grid):
         raise WorkflowInputError(f"{what}: decomposition.alpha_grid holds {grid}; every alpha must be a finite number > 0.")
-    scores = [r_squared(fit, valid_part, mode)[0] for fit in ridge_path(fit_part, grid, mode)]
+    scores = validation_path(fit_part, valid_part, grid, mode, basis)
     best = max(scores)
     tolerance = 1e-12 * max(1.0, abs(best))
     chosen = max(a for a, r2 in zip(grid, scores) if r2 >= best - tolerance)

@@ -34,7 +34,8 @@ def similarity_matrix(table, measure: str, models: Sequence[str]) -> np.ndarray:
 def plot_similarity(table, measure: str, models: Sequence[str], paths: Sequence[str], where: str) -> None:
     """The heatmap of one measure (similarity_matrix), saved to paths."""
     models = list(models)
-    n_units = int(table["n_units"].min()) if len(table) else 0
+    rows = table[table["measure"] == measure]
+    n_units = int(rows["n_units"].min()) if len(rows) else 0  # mutual kNN: the units its neighbour lists used
     plotting.annotated_heatmap(similarity_matrix(table, measure, models), models, colorbar_label=measure, paths=paths,
                                title=f"{TITLES[measure]}\n({where}; {n_units} units; diagonal: each model with itself, 1)")
 

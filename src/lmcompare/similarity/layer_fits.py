@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from lmcompare.decomposition.fit import scored_fit
-from lmcompare.decomposition.solvers import SplitStats
+from lmcompare.decomposition.solvers import SplitStats, basis_path
 from lmcompare.decomposition.tags import VALIDATION, alpha_tag, canonical_pair, parse_alpha
 from lmcompare.errors import WorkflowInputError
 from lmcompare.similarity.sweep import SweepFile
@@ -154,13 +154,21 @@ def setting_tag(mode: str, alpha) -> str:
     return f"{mode}_{alpha_tag(alpha)}"
 
 
-def _score(lookup: SweepLookup, target, basis, mode, alpha, grid, limits, fraction, what):
+def _score(lookup: SweepLookup, target, basis, mode, alpha, grid, limits, fraction, what, paths=None):
+    """Statistics and scores of one fit; paths: a dict caching the BasisPath of each basis (one eigendecomposition
+    per basis layer, shared by the target layers fitted from it)."""
     splits = VALIDATION_SPLITS if alpha == VALIDATION else FIXED_SPLITS
     stats, consistent = {}, True
     for split in splits:
         stats[split], same = lookup.split_stats(split, target, basis)
         consistent &= same
-    scores = scored_fit(stats, alpha, grid, mode, what, *limits, fraction, log=False)
+    path = None
+    if alpha == VALIDATION and paths is not None and stats["fit"].n >= 2:
+        key = (mode, tuple(basis))
+        if key not in paths:
+            paths[key] = basis_path(stats["fit"], stats["valid"], mode)
+        path = paths[key]
+    scores = scored_fit(stats, alpha, grid, mode, what, *limits, fraction, log=False, basis=path)
     return stats, scores, consistent
 
 
@@ -192,17 +200,21 @@ def pair_layer_fits(sweep: SweepFile, settings: Sequence, alpha_grid: Sequence[f
     for mode, alpha in settings:
         for side in (0, 1):
             target, basis = sweep.models[side], sweep.models[1 - side]
-            for layer in sweep.layers[side]:
-                for basis_layer in sweep.layers[1 - side]:
+            for basis_layer in sweep.layers[1 - side]:
+                paths = {}  # the basis layer's eigendecomposition, shared by every target layer
+                for layer in sweep.layers[side]:
                     what = f"target {target!r} layer {layer}, basis {basis!r} layer {basis_layer}"
                     stats, scores, _ = _score(lookup, (target, layer), [(basis, basis_layer)], mode, alpha, grid,
-                                              (min_train, min_test), sweep.validation[0], what)
+                                              (min_train, min_test), sweep.validation[0], what, paths)
                     rows.append({"target": target, "basis": basis, "target_layer": layer, "basis_layer": basis_layer,
                                  "target_depth": sweep.depth(side, layer),
                                  "basis_depth": sweep.depth(1 - side, basis_layer),
                                  "n_layers_target": sweep.n_layers[side], "n_layers_basis": sweep.n_layers[1 - side],
                                  **_row_scores(stats, scores, mode, alpha)})
+    order = {setting_tag(mode, alpha): k for k, (mode, alpha) in enumerate(settings)}
     frame = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    frame = frame.sort_values(["alpha_setting", "target", "target_layer", "basis_layer"], kind="stable",
+                              key=lambda c: c.map(order) if c.name == "alpha_setting" else c).reset_index(drop=True)
     _report_underdetermined(frame, f"{sweep.models[0]} ~ {sweep.models[1]}")
     return frame
 

@@ -18,6 +18,9 @@ KNN_MEASURE = "mutual_knn"
 # What a layer sweep can compute: the moment-based measures and the mutual kNN (default: the measures that mean
 # something at any number of units; the CCA family saturates at 1 when units are fewer than d_x + d_y).
 SWEEP_MEASURES = (*MEASURES, KNN_MEASURE)
+# What the single-layer table can compute: the moment-based measures (the default) and, from the vectors of the
+# target layers (the kNN rule of the layer selection [target_layer]), the mutual kNN.
+TABLE_MEASURES = (*MEASURES, KNN_MEASURE)
 DEFAULT_SWEEP_MEASURES = ("cka", "cka_debiased", "procrustes", KNN_MEASURE)
 
 
