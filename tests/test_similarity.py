@@ -615,22 +615,31 @@ def test_workflow_table_matches_the_token_files_and_a_new_measure_reruns_only_th
         "results/analysis/similarity/toy/example/sweep/all/pairs/tiny-bert/tiny-roberta.csv"}
 
 
+def pooled_rows(workdir):
+    """The shared run's pooled mean vectors per model and layer (float64) and each file's (example_id, split)."""
+    import pyarrow.parquet as pq
+
+    from lmcompare import hidden_states, paths
+
+    states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
+              for m in ("tiny-bert", "tiny-roberta")}
+    rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
+    keys = {m: pq.read_table(s.path, columns=["example_id", "split"]).to_pandas() for m, s in states.items()}
+    return rows, keys
+
+
 @pytest.mark.workflow
 def test_workflow_layer_sweep_matches_the_pooled_files(lmd_run):
     """The shared run's layer sweep (example units, every layer: tiny-bert 3 x 32, tiny-roberta 4 x 48; cka and
     mutual_knn, conftest.SWEEP_SECTION): every value of every layer pair equals the direct computation on the pooled
     files' rows (mutual kNN: the brute force on every example, fewer than knn_max_units); the best layers, the
     figures. (A new sweep measure reruns no pass: test_workflow_table_matches_the_token_files_and_a_new_measure_...)"""
-    from lmcompare import hidden_states, paths
-
     measures = SWEEP_SECTION["layer_sweep"]["measures"]
 
     workdir, _ = lmd_run
     sweep = workdir / "results/analysis/similarity/toy/example/sweep/all"
     table = pd.read_csv(sweep / "sweep.csv")
-    states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
-              for m in ("tiny-bert", "tiny-roberta")}
-    rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
+    rows, _ = pooled_rows(workdir)
     assert table["measure"].unique().tolist() == measures
     assert len(table) == 3 * 4 * len(measures)
     for row in table.itertuples():
@@ -655,17 +664,10 @@ def test_workflow_r2_of_every_layer_pair_matches_the_pooled_files_and_the_decomp
     """The shared run's layer-sweep R² (both alphas of LMD_SECTION): every layer pair, both directions, equals
     scored_fit on the pooled files' rows split as the pair files split them, to 1e-8; the last layers' cell equals the
     decomposition's pairwise R² of the same units, the group R² at the last layer its group R²; figures and logs."""
-    from lmcompare import hidden_states, paths
-
     workdir, _ = lmd_run
     sweep = workdir / "results/analysis/similarity/toy/example/sweep/all"
     fits = pd.read_csv(sweep / "r2.csv")
-    states = {m: hidden_states.load_hidden_states(workdir / paths.pooled_path("toy", m))
-              for m in ("tiny-bert", "tiny-roberta")}
-    rows = {m: {layer: s["mean", layer].astype(np.float64) for layer in range(s.n_layers)} for m, s in states.items()}
-    import pyarrow.parquet as pq
-
-    keys = {m: pq.read_table(s.path, columns=["example_id", "split"]).to_pandas() for m, s in states.items()}
+    rows, keys = pooled_rows(workdir)
     assert keys["tiny-bert"].equals(keys["tiny-roberta"])  # the same examples in the same order
     ids, split = keys["tiny-bert"]["example_id"].to_numpy(), keys["tiny-bert"]["split"].to_numpy()
     masks = split_rows(ids, split, 0.2)
