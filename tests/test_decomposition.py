@@ -638,10 +638,11 @@ def test_validation_path_equals_fitting_and_scoring_each_alpha(mode):
         z = rng.normal(size=(n, d_z)) @ rng.normal(size=(d_z, d_z)) + 3.0
         us = [z @ rng.normal(size=(d_z, d_u)) + rng.normal(size=(n, d_u)) - 1.0 for _ in range(2)]
         cut = int(0.7 * n)
-        for k, u in enumerate(us):
+        shared = None  # the first target's BasisPath, reused for the second (it depends on the basis alone)
+        for u in us:
             fit_part = lmd.SplitStats.from_rows(u[:cut], z[:cut])
             valid_part = lmd.SplitStats.from_rows(u[cut:], z[cut:])
-            shared = lmd.basis_path(fit_part, valid_part, mode) if k == 0 else shared
+            shared = shared or lmd.basis_path(fit_part, valid_part, mode)
             direct = [lmd.r_squared(lmd.fit_ridge(fit_part, a, mode), valid_part, mode)[0] for a in grid]
             for scores in (lmd.validation_path(fit_part, valid_part, grid, mode),
                            lmd.validation_path(fit_part, valid_part, grid, mode, shared)):
