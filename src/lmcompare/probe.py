@@ -35,9 +35,22 @@ convergence error differs): damped Newton with the exact Hessian and Armijo back
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from threadpoolctl import ThreadpoolController
+
+# The solver runs its BLAS and LAPACK calls (numpy's and scipy's OpenBLAS, both loaded by now) on one thread:
+# OpenBLAS's float32 products, Cholesky and QR give different bits on one thread and on two, and the probe's
+# results are to be the same on every machine (tested). One thread also avoids OpenBLAS's slow multi-threaded
+# small factorisations on a loaded machine (measured: a 1538-square Cholesky 0.1 s on one thread, 1 s on two).
+_BLAS = ThreadpoolController()
+
+
+def _one_blas_thread():
+    return _BLAS.limit(limits=1, user_api="blas")
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 TOL = 1e-8
+KEEP = (0.25, 0.9)  # chord steps while max |gradient| falls to this fraction: small Hessians, large ones
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ class _Problem:
         self.onehot[np.arange(n), codes] = 1.0
         self.penalty = np.ones((self.p, 1))
         self.penalty[-1] = 0.0  # intercept unpenalised
-        self.x32t = self.x32 = None
+        self.x32t = None
 
     def to_full(self, theta: np.ndarray) -> np.ndarray:
         """(d + 1) x m parameters in the original features."""
@@ -156,62 +169,89 @@ class _Problem:
     def gradient(self, theta, proba, C):
         return C * (self.x.T @ ((proba - self.onehot) @ self.basis)) + self.penalty * theta
 
-    def hessian(self, proba, C):
-        """The Hessian of the objective in vec order (class block j, then feature): C x^T S_jl x per block, with
-        S_jl,i = (U^T (diag p_i - p_i p_i^T) U)_jl, plus the penalty on the diagonal. The products are taken in
-        float32: the Hessian only steers the step, the objective and gradient are float64, so the optimum is
-        unaffected. Upper block triangle only (the Cholesky factorisation reads no more)."""
+    def curvature(self, proba) -> np.ndarray:
+        """The C-independent part A of the Hessian H = C A + diag(penalty), in vec order (class block j, then
+        feature): block (j, l) = x^T diag(S_jl) x with S_jl,i = (U^T (diag p_i - p_i p_i^T) U)_jl. Products in
+        float32 (the Hessian only steers the step; the objective and the gradient are float64, so the optimum
+        is unaffected), in 256-column tiles of each symmetric block's upper triangle: the upper triangle of A is
+        set and so is every off-diagonal block (what the upper Cholesky factorisation reads)."""
         if self.x32t is None:
             self.x32t = np.ascontiguousarray(self.x.T, dtype=np.float32)  # p x n
-            self.x32 = self.x32t.T
+        x32 = self.x32t.T
         pu = proba @ self.basis  # n x m
         weights = np.einsum("ik,kj,kl->ijl", proba, self.basis, self.basis) - pu[:, :, None] * pu[:, None, :]
-        weights = (C * weights).astype(np.float32)
+        weights = weights.astype(np.float32)
         p, m = self.p, self.m
-        h = np.zeros((m * p, m * p))
+        edges = list(range(0, p, 256)) + [p]
+        tiles = list(zip(edges[:-1], edges[1:]))
+        a = np.zeros((m * p, m * p))
         for j in range(m):
             for l in range(j, m):
-                block = (self.x32t * weights[:, j, l]) @ self.x32
-                h[j * p:(j + 1) * p, l * p:(l + 1) * p] = block
-        h[np.diag_indices_from(h)] += np.tile(self.penalty[:, 0], m)
-        return h
+                scaled = self.x32t * weights[:, j, l]
+                block = np.zeros((p, p), dtype=np.float32)
+                for t, (r0, r1) in enumerate(tiles):
+                    for c0, c1 in tiles[t:]:
+                        block[r0:r1, c0:c1] = scaled[r0:r1] @ x32[:, c0:c1]
+                if j != l:
+                    block = np.triu(block) + np.triu(block, 1).T
+                a[j * p:(j + 1) * p, l * p:(l + 1) * p] = block
+        return a
 
 
-def _newton(problem: _Problem, C: float, theta: np.ndarray, *, tol: float, max_iter: int):
-    """Damped Newton from theta until max |gradient| <= tol * C * n; returns (theta, objective, iterations)."""
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+def _newton(problem: _Problem, C: float, theta: np.ndarray, *, tol: float, max_iter: int, curvature=None):
+    """Damped Newton from theta until max |gradient| <= tol * C * n.
 
+    The Hessian's factorisation is kept for the next step while a full step cut max |gradient| to at most 0.9
+    of its value (0.25 when m (d + 1) < 256, where a Hessian is cheap) (a chord step: the gradient is exact, so the optimum is not changed, only the rate), and
+    recomputed otherwise, or when the kept one gives no descent. `curvature`: `problem.curvature` at (or near)
+    theta for the first factorisation (the C path: the last one of the previous C). Returns (theta, objective,
+    iterations, the last curvature)."""
     value, proba = problem.loss(theta, C)
     threshold = tol * C * problem.n
-    iterations = 0
+    diagonal = np.tile(problem.penalty[:, 0], problem.m)
+    iterations, factor, fresh, keep, previous = 0, None, False, False, None
+    cut = KEEP[problem.m * problem.p >= 256]  # a Hessian costs about m p / 2 gradients: keep large ones longer
     while iterations < max_iter:
         grad = problem.gradient(theta, proba, C)
-        if not np.abs(grad).max() > threshold:
+        largest = float(np.abs(grad).max())
+        if not largest > threshold:
             break
+        if previous is not None:
+            keep = keep and largest <= cut * previous
+        previous = largest
         iterations += 1
         g = grad.T.ravel()
-        h = problem.hessian(proba, C)
-        try:
-            step = -cho_solve(cho_factor(h, lower=False, check_finite=False), g, check_finite=False)
-        except (LinAlgError, ValueError):  # numerically singular (extreme separation): a ridge on the diagonal
-            h = np.triu(h) + np.triu(h, 1).T
-            h[np.diag_indices_from(h)] += 1e-10 * max(1.0, float(np.trace(h)) / len(h))
-            step = -np.linalg.solve(h, g)
-        slope = float(g @ step)
-        if not slope < 0:
-            break  # not a descent direction at working precision
-        direction = step.reshape(problem.m, problem.p).T
-        t = 1.0
-        for _ in range(60):  # Armijo backtracking
-            candidate = theta + t * direction
-            new_value, new_proba = problem.loss(candidate, C)
-            if new_value <= value + 1e-4 * t * slope:
+        for _ in range(2):
+            if factor is None or not keep:
+                if curvature is None or factor is not None or iterations > 1:
+                    curvature, fresh = problem.curvature(proba), True
+                h = C * curvature
+                h[np.diag_indices_from(h)] += diagonal
+                try:
+                    factor = cho_factor(h, lower=False, check_finite=False)
+                except (LinAlgError, ValueError):  # numerically singular (extreme separation): a ridge
+                    h[np.diag_indices_from(h)] += 1e-10 * max(1.0, float(np.trace(h)) / len(h))
+                    factor = cho_factor(h, lower=False, check_finite=False)
+            step = -cho_solve(factor, g, check_finite=False)
+            slope = float(g @ step)
+            direction = step.reshape(problem.m, problem.p).T
+            t, accepted = 1.0, False
+            if slope < 0:
+                for _ in range(60):  # Armijo backtracking
+                    candidate = theta + t * direction
+                    new_value, new_proba = problem.loss(candidate, C)
+                    if new_value <= value + 1e-4 * t * slope:
+                        accepted = True
+                        break
+                    t *= 0.5
+            if accepted or fresh:
                 break
-            t *= 0.5
-        else:
+            keep = False  # a kept factorisation failed: recompute once
+        if not accepted:
             break  # no decrease left at working precision
         theta, value, proba = candidate, new_value, new_proba
-    return theta, value, iterations
+        keep, fresh = t == 1.0, False
+    return theta, value, iterations, curvature
 
 
 def _codes(y: np.ndarray):
@@ -231,9 +271,10 @@ def fit_logistic(x, y, C: float, *, classes=None, start=None, tol: float = TOL, 
     codes = np.searchsorted(classes, y)
     if len(classes) < 2:
         raise ValueError("logistic regression needs at least two classes")
-    problem = _Problem(x, codes, len(classes))
-    theta = np.zeros((problem.p, problem.m)) if start is None else problem.from_full(_theta_of(start, problem))
-    theta, value, iterations = _newton(problem, float(C), theta, tol=tol, max_iter=max_iter)
+    with _one_blas_thread():
+        problem = _Problem(x, codes, len(classes))
+        theta = np.zeros((problem.p, problem.m)) if start is None else problem.from_full(_theta_of(start, problem))
+        theta, value, iterations, _ = _newton(problem, float(C), theta, tol=tol, max_iter=max_iter)
     return _as_fit(problem.to_full(theta), problem.basis, classes, value, iterations)
 
 
@@ -256,9 +297,9 @@ def _path(x, codes, n_classes, c_values, *, tol, max_iter):
     """The fits of one training set along c_values (in the given order), each started from the previous one."""
     problem = _Problem(x, codes, n_classes)
     theta = np.zeros((problem.p, problem.m))
-    fits = []
+    fits, curvature = [], None
     for c in c_values:
-        theta, _, _ = _newton(problem, float(c), theta, tol=tol, max_iter=max_iter)
+        theta, _, _, curvature = _newton(problem, float(c), theta, tol=tol, max_iter=max_iter, curvature=curvature)
         fits.append(problem.to_full(theta))
     return fits
 
@@ -266,6 +307,12 @@ def _path(x, codes, n_classes, c_values, *, tol, max_iter):
 def probe_outcomes(train_x, train_y, test_x, test_y, *, seed: int = 0, c_grid=C_GRID, folds: int = 3,
                    max_iter: int = 1000) -> tuple[ProbeResult, np.ndarray]:
     """`linear_probe`'s result and, per test example, whether the probe classified it correctly."""
+    with _one_blas_thread():
+        return _probe_outcomes(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds,
+                               max_iter=max_iter)
+
+
+def _probe_outcomes(train_x, train_y, test_x, test_y, *, seed, c_grid, folds, max_iter):
     from sklearn.model_selection import StratifiedKFold
 
     train_x = np.asarray(train_x, dtype=np.float64)
