@@ -17,7 +17,8 @@ accuracy scoring, lbfgs). Numbers in docs/performance.md, "The probe".
    first pooling, the library's reader (HiddenStates.labelled_layer, train -> test split): the new probe's
    accuracy and chosen C against the old probe's and LogisticRegressionCV's.
 
-All contenders run under the same BLAS thread limit (threadpoolctl, `--threads`); wall seconds
+All contenders run under the same BLAS and OpenMP thread limit (threadpoolctl, `--threads`; the new probe runs
+its own BLAS calls on one thread whatever the limit, for bit-identical results); wall seconds
 (time.perf_counter) and CPU seconds of the process (time.process_time) per contender.
 """
 import argparse
@@ -187,9 +188,11 @@ def main():
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    import platform
+
+    import sklearn.linear_model  # noqa: F401  (loads scikit-learn's OpenMP runtime before the limit: held too)
     from threadpoolctl import threadpool_limits
 
-    import platform
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {platform.processor() or platform.machine()}, "
           f"numpy {np.__version__}")
     with threadpool_limits(limits=args.threads):
