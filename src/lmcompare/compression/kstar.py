@@ -1,41 +1,16 @@
 """k*: each PCA k against the full vector on the same test examples. The shared probe with its per-example
 outcomes, the exact McNemar test of two classifiers, and the smallest k not significantly worse."""
 
-import warnings
-
 import numpy as np
 
-from lmcompare.probe import C_GRID, linear_probe
+from lmcompare.probe import C_GRID, probe_outcomes
 
 
 def probe_with_predictions(train_x, train_y, test_x, test_y, *, seed: int = 0, c_grid=C_GRID, folds: int = 3):
-    """The shared probe (`probe.linear_probe`) and, per test example, whether it was classified correctly.
-
-    linear_probe returns counts only; the paired test needs the per-example outcome, so the probe is refitted
-    with the C it chose on the same standardised train split (lbfgs is deterministic) and its test predictions
-    are checked against linear_probe's accuracy. Returns (ProbeResult, correct: bool array of n_test).
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    from lmcompare.probe import _standardise
-
-    result = linear_probe(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds)
-    train_x = np.asarray(train_x, dtype=np.float64)
-    test_x = np.asarray(test_x, dtype=np.float64)
-    if train_x.ndim == 1:
-        train_x, test_x = train_x[:, None], test_x[:, None]
-    train_z, test_z = _standardise(train_x, test_x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = LogisticRegression(C=result.C, max_iter=1000).fit(train_z, np.asarray(train_y))
-    correct = model.predict(test_z) == np.asarray(test_y)
-    if int(correct.sum()) != int(round(result.accuracy * result.n_test)):
-        raise RuntimeError(
-            f"compression: the refitted probe gets {int(correct.sum())} of {result.n_test} test examples right, "
-            f"linear_probe {result.accuracy * result.n_test:.0f}; probe.linear_probe and probe_with_predictions "
-            f"no longer fit the same model (keep their solver settings in step)."
-        )
-    return result, correct
+    """The shared probe (`probe.linear_probe`) and, per test example, whether it was classified correctly: the
+    same fit (`probe.probe_outcomes`, of which linear_probe returns the first part). Returns (ProbeResult,
+    correct: bool array of n_test)."""
+    return probe_outcomes(train_x, train_y, test_x, test_y, seed=seed, c_grid=c_grid, folds=folds)
 
 
 def mcnemar_exact(reference_correct, candidate_correct, alpha: float = 0.05) -> dict:
