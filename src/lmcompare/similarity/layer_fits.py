@@ -60,24 +60,33 @@ def _part_mean(part, piece) -> np.ndarray:
     return np.asarray(part.mean[start:start + (dx if side == 0 else dy)], dtype=np.float64)
 
 
-def merged_block(sweep: SweepFile, split: str, p, q) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """(n, examples, mean of p, mean of q, co-moment block C_pq) of a split (fit, valid, train, test) of one sweep
-    file: its parts merged exactly (module docstring)."""
-    parts = [sweep.parts[name] for name in SPLIT_PARTS[split] if sweep.parts[name].n]
-    n = sum(part.n for part in parts)
-    groups = sum(part.groups for part in parts)
+def _split_parts(sweep: SweepFile, split: str) -> list:
+    """The non-empty parts a split (fit, valid, train, test) is made of."""
+    return [sweep.parts[name] for name in SPLIT_PARTS[split] if sweep.parts[name].n]
+
+
+def merged_mean(sweep: SweepFile, split: str, piece) -> np.ndarray:
+    """The mean of one piece ((side, swept-layer index)) on a split of one sweep file: its parts' means weighted by
+    their units."""
+    parts = _split_parts(sweep, split)
+    if not parts:
+        return np.zeros(sweep.parts["fit"].dims[piece[0]])
+    return sum(part.n * _part_mean(part, piece) for part in parts) / sum(part.n for part in parts)
+
+
+def merged_block(sweep: SweepFile, split: str, p, q) -> tuple[int, int, np.ndarray]:
+    """(n, examples, co-moment block C_pq) of a split (fit, valid, train, test) of one sweep file: its parts merged
+    exactly (module docstring)."""
+    parts = _split_parts(sweep, split)
     if not parts:
         dp, dq = (sweep.parts["fit"].dims[side] for side in (p[0], q[0]))
-        return 0, 0, np.zeros(dp), np.zeros(dq), np.zeros((dp, dq))
-    means_p = [_part_mean(part, p) for part in parts]
-    means_q = [_part_mean(part, q) for part in parts]
-    mean_p = sum(part.n * m for part, m in zip(parts, means_p)) / n
-    mean_q = sum(part.n * m for part, m in zip(parts, means_q)) / n
+        return 0, 0, np.zeros((dp, dq))
     block = sum(_part_block(part, p, q) for part in parts)
     if len(parts) > 1:
-        for part, m_p, m_q in zip(parts, means_p, means_q):
-            block = block + part.n * np.outer(m_p - mean_p, m_q - mean_q)
-    return n, groups, mean_p, mean_q, block
+        mean_p, mean_q = merged_mean(sweep, split, p), merged_mean(sweep, split, q)
+        for part in parts:
+            block = block + part.n * np.outer(_part_mean(part, p) - mean_p, _part_mean(part, q) - mean_q)
+    return sum(part.n for part in parts), sum(part.groups for part in parts), block
 
 
 class SweepLookup:
@@ -114,13 +123,13 @@ class SweepLookup:
             raise ValueError("a sweep file keeps no co-moment between two layers of the same model")
         sweep, piece_p = self._piece(pair, model_p, layer_p)
         _, piece_q = self._piece(pair, model_q, layer_q)
-        n, groups, _, _, block = merged_block(sweep, split, piece_p, piece_q)
+        n, groups, block = merged_block(sweep, split, piece_p, piece_q)
         return n, groups, block / n if n else np.full(block.shape, np.nan)
 
     def mean(self, split: str, piece) -> np.ndarray:
         model, layer = piece
         sweep, side_piece = self._piece(self.home[model], model, layer)
-        return merged_block(sweep, split, side_piece, side_piece)[2]
+        return merged_mean(sweep, split, side_piece)
 
     def split_stats(self, split: str, target, basis: Sequence) -> tuple[SplitStats, bool]:
         """SplitStats of the target piece from the basis pieces on a split, and whether every block came from the

@@ -154,7 +154,8 @@ class SweepMoments:
         self.own_x += np.asarray(other.own_x) + weight * np.einsum("li,lj->lij", delta_x, delta_x)
         self.own_y += np.asarray(other.own_y) + weight * np.einsum("li,lj->lij", delta_y, delta_y)
         self.cross += np.asarray(other.cross)
-        self.cross += weight * np.outer(delta[:width], delta[width:])
+        for layer in range(lx):  # the rank-one correction one X layer's rows at a time: no cross-sized temporary
+            self.cross[layer * dx:(layer + 1) * dx] += weight * np.outer(delta_x[layer], delta[width:])
         self.mean, self.n, self.groups = mean, total, self.groups + other.groups
 
     def _shift_norms(self, shift: np.ndarray) -> None:
