@@ -42,10 +42,14 @@ def annotated_heatmap(values, labels: Sequence[str], *, title: str, colorbar_lab
     to 1, saved to paths: the pairwise figures of the decomposition and of the similarity measures."""
     plt = pyplot()
     columns = list(labels) if column_labels is None else list(column_labels)
-    width, height = (max(4.0, 0.7 * count + 2.5) for count in (len(columns), len(labels)))
-    fig, ax = plt.subplots(figsize=(width + 1.2, height))
+    fig, ax = plt.subplots(figsize=heatmap_size(len(labels), len(columns)))
     heatmap_on(ax, values, labels, columns, title=title, colorbar_label=colorbar_label, xlabel=xlabel, ylabel=ylabel)
     save_figure(fig, paths)
+
+
+def heatmap_size(n_rows: int, n_columns: int) -> tuple[float, float]:
+    """(width, height) in inches of one annotated heatmap of n_rows x n_columns cells, its colour bar included."""
+    return max(4.0, 0.7 * n_columns + 2.5) + 1.2, max(4.0, 0.7 * n_rows + 2.5)
 
 
 def heatmap_on(ax, values, labels: Sequence[str], column_labels: Sequence[str], *, title: str, colorbar_label: str,

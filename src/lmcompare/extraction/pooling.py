@@ -89,8 +89,8 @@ def choose_summary_token(model_type: str, tokenizer, requested: str = "auto", *,
             f"(cls_token), so the pooled `first` vectors (summary_token cls, {source}) have no token to take; "
             f"{fix}.")
     probe = tokenizer("a b c", return_special_tokens_mask=True)
-    ids, special = probe["input_ids"], probe["special_tokens_mask"]
-    found = [position for position, (token, sp) in enumerate(zip(ids, special)) if sp and token == cls_id]
+    ids = probe["input_ids"]
+    found = _cls_positions(ids, probe["special_tokens_mask"], cls_id)
     if not found:
         raise WorkflowInputError(
             f"model {model_name!r} (model_type {model_type!r}): its tokenizer has the classification token "
@@ -102,6 +102,11 @@ def choose_summary_token(model_type: str, tokenizer, requested: str = "auto", *,
     return SummaryToken("cls", tokenizer.cls_token, int(cls_id), where, source)
 
 
+def _cls_positions(input_ids, special, cls_id) -> list[int]:
+    """The positions of an input's special tokens that are the classification token."""
+    return [position for position, (token, sp) in enumerate(zip(input_ids, special)) if sp and token == cls_id]
+
+
 def summary_position(summary: SummaryToken, input_ids, special, *, model_name: str = "model",
                      example_id=None) -> int:
     """The position (0-based, in the unpadded input) of an example's summary token."""
@@ -109,8 +114,7 @@ def summary_position(summary: SummaryToken, input_ids, special, *, model_name: s
         return len(input_ids) - 1
     if summary.rule == "first":
         return 0
-    found = [position for position, (token, sp) in enumerate(zip(input_ids, special))
-             if sp and token == summary.token_id]
+    found = _cls_positions(input_ids, special, summary.token_id)
     if not found:
         raise WorkflowInputError(
             f"model {model_name!r}: example_id {example_id} has no classification token {summary.token!r} in its "

@@ -40,21 +40,27 @@ def plot_similarity(table, measure: str, models: Sequence[str], paths: Sequence[
                                title=f"{TITLES[measure]}\n({where}; {n_units} units; diagonal: each model with itself, 1)")
 
 
+def layer_matrix(rows, row_layer: str, column_layer: str, value: str):
+    """(values, row layers, column layers) of a layer x layer table: rows[value] at (rows[row_layer],
+    rows[column_layer]), both layer lists increasing, nan where the table has no row."""
+    row_layers, column_layers = sorted(rows[row_layer].unique()), sorted(rows[column_layer].unique())
+    index_r, index_c = {v: k for k, v in enumerate(row_layers)}, {v: k for k, v in enumerate(column_layers)}
+    matrix = np.full((len(row_layers), len(column_layers)), np.nan)
+    for layer_r, layer_c, number in zip(rows[row_layer], rows[column_layer], rows[value]):
+        matrix[index_r[layer_r], index_c[layer_c]] = number
+    return matrix, row_layers, column_layers
+
+
 def sweep_matrix(table, measure: str):
     """(values, layers of model_a, layers of model_b) of one measure of a pair's sweep table: rows model_a's layers,
     columns model_b's, both increasing."""
-    rows = table[table["measure"] == measure]
-    layers_a, layers_b = sorted(rows["layer_a"].unique()), sorted(rows["layer_b"].unique())
-    index_a, index_b = {v: k for k, v in enumerate(layers_a)}, {v: k for k, v in enumerate(layers_b)}
-    matrix = np.full((len(layers_a), len(layers_b)), np.nan)
-    for row in rows.itertuples():
-        matrix[index_a[row.layer_a], index_b[row.layer_b]] = row.value
-    return matrix, layers_a, layers_b
+    return layer_matrix(table[table["measure"] == measure], "layer_a", "layer_b", "value")
 
 
-def _layer_labels(rows, side: str, layers) -> list[str]:
-    depth = dict(zip(rows[f"layer_{side}"], rows[f"depth_{side}"]))
-    return [f"{layer} ({depth[layer]:.2f})" for layer in layers]
+def _depth_labels(rows, layer: str, depth: str, layers) -> list[str]:
+    """'layer (relative depth)' for each of `layers`, the depths read from rows[depth] beside rows[layer]."""
+    depths = dict(zip(rows[layer], rows[depth]))
+    return [f"{k} ({depths[k]:.2f})" for k in layers]
 
 
 def plot_sweep(table, measure: str, paths: Sequence[str], where: str) -> None:
@@ -63,7 +69,8 @@ def plot_sweep(table, measure: str, paths: Sequence[str], where: str) -> None:
     matrix, layers_a, layers_b = sweep_matrix(table, measure)
     a, b = rows["model_a"].iloc[0], rows["model_b"].iloc[0]
     extra = f"; k = {int(rows['kept_a'].iloc[0])}" if measure == "mutual_knn" else ""
-    plotting.annotated_heatmap(matrix, _layer_labels(rows, "a", layers_a), column_labels=_layer_labels(rows, "b", layers_b),
+    plotting.annotated_heatmap(matrix, _depth_labels(rows, "layer_a", "depth_a", layers_a),
+                               column_labels=_depth_labels(rows, "layer_b", "depth_b", layers_b),
                                colorbar_label=measure, paths=paths, xlabel=f"{b} layer (relative depth)",
                                ylabel=f"{a} layer (relative depth)",
                                title=f"{TITLES[measure]}\n(every layer pair; {where}; {int(rows['n_units'].min())} "
@@ -102,22 +109,15 @@ def plot_r2_sweep(fits, setting: str, paths: Sequence[str], where: str) -> None:
     target (rows: its layers; columns: the other model's layers, the basis), test R²."""
     plt = plotting.pyplot()
     rows = fits[fits["alpha_setting"] == setting]
-    targets = sorted(rows["target"].unique())
-    shapes = [(rows[rows["target"] == t]["target_layer"].nunique(), rows[rows["target"] == t]["basis_layer"].nunique())
-              for t in targets]
-    width = sum(max(4.0, 0.7 * columns + 2.5) + 1.2 for _, columns in shapes)
-    height = max(max(4.0, 0.7 * lines + 2.5) for lines, _ in shapes)
-    fig, axes = plt.subplots(1, len(targets), figsize=(width, height), squeeze=False)
-    for ax, target in zip(axes.flat, targets):
-        part = rows[rows["target"] == target]
-        layers, basis_layers = sorted(part["target_layer"].unique()), sorted(part["basis_layer"].unique())
-        matrix = part.pivot(index="target_layer", columns="basis_layer", values="r2_test").reindex(
-            index=layers, columns=basis_layers).to_numpy(dtype=float)
-        depth = dict(zip(part["target_layer"], part["target_depth"]))
-        basis_depth = dict(zip(part["basis_layer"], part["basis_depth"]))
+    panels = {target: (part, *layer_matrix(part, "target_layer", "basis_layer", "r2_test"))
+              for target, part in rows.groupby("target", sort=True)}
+    sizes = [plotting.heatmap_size(len(layers), len(basis_layers)) for _, _, layers, basis_layers in panels.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(w for w, _ in sizes), max(h for _, h in sizes)),
+                             squeeze=False)
+    for ax, (target, (part, matrix, layers, basis_layers)) in zip(axes.flat, panels.items()):
         basis = part["basis"].iloc[0]
-        plotting.heatmap_on(ax, matrix, [f"{k} ({depth[k]:.2f})" for k in layers],
-                            [f"{k} ({basis_depth[k]:.2f})" for k in basis_layers], colorbar_label="test R²",
+        plotting.heatmap_on(ax, matrix, _depth_labels(part, "target_layer", "target_depth", layers),
+                            _depth_labels(part, "basis_layer", "basis_depth", basis_layers), colorbar_label="test R²",
                             title=f"target {target} <- basis {basis}", xlabel=f"{basis} layer (relative depth)",
                             ylabel=f"{target} layer (relative depth)")
     first = rows.iloc[0]
