@@ -13,7 +13,8 @@ their commit shas are the same in every worker.
   .hub-venv/bin/olah-cli is missing: `bash setup.sh` installs it.
 - The repositories: `MODEL_REPOS` / `DATASET_REPOS`, {"ORG/NAME": builder(folder, tiny_models)}; a builder writes
   the files of the first commit and may return a list of (message, edit, tag) for later commits. To serve
-  another repository, add a builder here (the zoo of issue 14 part 2 goes in the same way).
+  another repository, add a builder here. The papers' zoo and corpora under their real ids (tests/zoo.py) are
+  registered the same way.
 
 olah's offline mode has gaps (/work/shared/HUB.md): `model_info` with no revision and AutoTokenizer on a branch
 answer RepositoryNotFound; an unknown revision answers 401 or 500 instead of 404. The library never calls the
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests import zoo
 
 PROJECT = Path(__file__).resolve().parents[1]
 OLAH = PROJECT / ".hub-venv" / "bin" / "olah-cli"
@@ -246,8 +249,9 @@ def glue_like_repo(folder, tiny_models):
 
 MODEL_REPOS = {f"{ORG}/tiny-bert": tiny_bert_repo, f"{ORG}/tiny-roberta-pickle": pickle_only_repo,
                f"{ORG}/no-weights": no_weights_repo,
-               f"{ORG}/unsafe-pickle": unsafe_pickle_repo, f"{ORG}/custom-code": custom_code_repo, f"{ORG}/slow-tokenizer": slow_tokenizer_repo}
-DATASET_REPOS = {f"{ORG}/glue-like": glue_like_repo}
+               f"{ORG}/unsafe-pickle": unsafe_pickle_repo, f"{ORG}/custom-code": custom_code_repo,
+               f"{ORG}/slow-tokenizer": slow_tokenizer_repo, **zoo.zoo_model_repos()}
+DATASET_REPOS = {f"{ORG}/glue-like": glue_like_repo, **zoo.DATASET_REPOS}
 
 
 def build_mirrors(root: Path, tiny_models) -> None:

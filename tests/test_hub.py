@@ -13,9 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_workflow, tiny_config
 from tests.hub import ORG, DyingProxy, GLUE_LIKE, GLUE_LABELS, unsafe_marker
-from lmcompare import paths
 from lmcompare.errors import WorkflowInputError
 from lmcompare.models.loading import load_model, read_provenance, weights_sha256
 from lmcompare.models.materialise import from_hub, materialise
@@ -238,20 +236,3 @@ def test_bad_hub_datasets_stop_with_one_message_naming_the_dataset(hub, tmp_path
         prepare({**SST2, **change}, tmp_path / "sst2.parquet")
     assert str(caught.value).startswith("dataset 'sst2': ")
     assert list(tmp_path.iterdir()) == []
-
-
-# ---------------------------------------------------------------------------------------------- workflow
-@pytest.mark.workflow
-def test_the_workflow_materialises_a_hub_model_and_prepares_a_hub_dataset(hub, tiny_models, tiny_corpus, tmp_path):
-    """The rules materialise_model and prepare_dataset on hub sources (only those jobs: explicit targets)."""
-    config = tiny_config(tiny_models, tiny_corpus)  # its analyses switched off; only hub sources
-    config["models"] = [hub_entry(revision="v1.0")]
-    config["datasets"] = [{k: v for k, v in SST2.items() if v is not None and k != "split_column"}]
-    run_workflow(tmp_path, config, paths.model_dir("hub-bert"), paths.dataset_path("sst2"))
-    provenance = read_provenance(tmp_path / paths.model_dir("hub-bert"))
-    assert provenance["revision"] == hub.sha(BERT, "v1.0") and provenance["revision_requested"] == "v1.0"
-    log = (tmp_path / "results/logs/materialise_model/hub-bert.log").read_text()
-    assert f"pin `revision: {hub.sha(BERT, 'v1.0')}`" in log
-    meta = json.loads(pq.read_schema(tmp_path / paths.dataset_path("sst2")).metadata[b"dataset"])
-    assert meta["source_details"]["revision"] == hub.sha(f"{ORG}/glue-like", "main", kind="datasets")
-    assert not (tmp_path / "results/hidden").exists()

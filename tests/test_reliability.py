@@ -23,7 +23,7 @@ def hidden_files(workdir, dataset, model):
 @pytest.fixture(scope="module")
 def bigger_corpus(tmp_path_factory):
     """Enough text that an extraction takes a few seconds (so it can be killed half-way)."""
-    texts, labels = make_corpus_texts(n=1500, seed=5)
+    texts, labels = make_corpus_texts(n=600, seed=5)  # 38 windows of 16: about 2 s of extraction here
     path = tmp_path_factory.mktemp("big") / "big.csv"
     pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
     return path, texts, labels

@@ -86,6 +86,11 @@ def distilbert():
     return _wordpiece(DistilBertTokenizer)
 
 
+def distilbert_cased():
+    from transformers import DistilBertTokenizer
+    return _wordpiece(DistilBertTokenizer, lowercase=False)
+
+
 def electra():
     from transformers import ElectraTokenizer
     return _wordpiece(ElectraTokenizer)
@@ -132,7 +137,7 @@ def deberta_v2():
 
 
 TOKENIZERS = {
-    "bert": bert, "bert-cased": bert_cased, "distilbert": distilbert, "electra": electra, "roberta": roberta,
+    "bert": bert, "bert-cased": bert_cased, "distilbert": distilbert, "distilbert-cased": distilbert_cased, "electra": electra, "roberta": roberta,
     "longformer": longformer, "gpt2": gpt2, "deberta": deberta, "xlnet": xlnet, "albert": albert,
     "xlm-roberta": xlm_roberta, "deberta-v2": deberta_v2,
 }
@@ -159,13 +164,14 @@ ARCHITECTURES = {
 }
 
 
-def build_model(name: str, tokenizer, seed: int = 0):
-    """A tiny random model of architecture `name` (ARCHITECTURES) for `tokenizer`, in eval mode."""
+def build_model(name: str, tokenizer, seed: int = 0, **changes):
+    """A tiny random model of architecture `name` (ARCHITECTURES, updated with `changes`) for `tokenizer`, in eval
+    mode."""
     import torch
     from transformers import AutoConfig, AutoModel
 
     ids = {key: getattr(tokenizer, f"{key}_id") for key in ("pad_token", "bos_token", "eos_token")}
     special = {f"{key}_id": value for key, value in ids.items() if value is not None}
-    config = AutoConfig.for_model(name, vocab_size=len(tokenizer), **special, **ARCHITECTURES[name])
+    config = AutoConfig.for_model(name, vocab_size=len(tokenizer), **special, **{**ARCHITECTURES[name], **changes})
     torch.manual_seed(seed)
     return AutoModel.from_config(config).eval()
