@@ -1,7 +1,8 @@
-"""How far every analysis's numbers move when the hidden states come from a bf16 (or fp16, tf32) forward pass.
+"""How far every analysis's numbers move when the hidden states come from a bf16 (or fp16, tf32) forward pass, or
+are stored as float16 (--store-dtype float16 with --precision float32: extraction.store_dtype).
 
     nice -n 10 .venv/bin/python benchmarks/bf16_vs_fp32.py --reference RUN --workdir SCRATCH \
-        [--precision bfloat16] [--cores 2] [--compare-only]
+        [--precision bfloat16] [--store-dtype float16] [--cores 2] [--stage ...]
 
 --reference is a finished float32 run of the default (a project copy whose results/ holds the models, the data
 and every analysis table); it is only read. The script
@@ -12,7 +13,7 @@ and every analysis table); it is only read. The script
    precision_emulation.py: weights rounded, every op's output rounded, as on a GPU; a real bf16 forward runs ~25x
    slower on a CPU without bf16 instructions, and the emulation's error matches it, tests/
    test_precision_emulation.py);
-3. runs the analyses (decomposition, variability, compression, geometry; not the two-tower LM, which does not read
+3. runs the analyses (decomposition, similarity, variability, compression, geometry; not the two-tower LM, which does not read
    hidden states) on those states with Snakemake in --workdir (`--until` the analysis rules);
 4. compares every analysis table (CSV) with the reference's: per table and numeric column the largest absolute
    difference over rows, plus the headline numbers per analysis, written to --workdir/precision_deltas.csv and
@@ -37,8 +38,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-ANALYSES = ("decomposition", "variability", "compression", "geometry")
-UNTIL_RULES = ["decomposition_fit", "variability_summary", "compression_dataset", "geometry_regression"]
+ANALYSES = ("decomposition", "similarity", "variability", "compression", "geometry")
+UNTIL_RULES = ["decomposition_fit", "similarity", "variability_summary", "compression_dataset", "geometry_regression"]
 # rules that must never run in the work directory (their outputs come from the reference or from step 2)
 FORBIDDEN = ["materialise_model", "perturb_model", "finetune_model", "prepare_dataset", "extract_hidden_states"]
 LOG = logging.getLogger("bf16_vs_fp32")
@@ -63,7 +64,8 @@ def setup_workdir(reference: Path, workdir: Path, config_file: Path | None = Non
     return config
 
 
-def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=None) -> list[dict]:
+def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=None,
+                store_dtype: str = "float32") -> list[dict]:
     import torch
 
     from lmcompare.extraction import extract as ex
@@ -76,7 +78,7 @@ def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=
         return emulate(original_load(*args, **kwargs), precision)
 
     ex.load_model = load_emulated
-    settings = ex.ExtractionSettings.from_config(config.get("extraction", {}))
+    settings = ex.ExtractionSettings.from_config({**config.get("extraction", {}), "store_dtype": store_dtype})
     datasets = config.get("extraction", {}).get("datasets") or [d["name"] for d in config["datasets"]]
     rows = []
     try:
@@ -97,8 +99,8 @@ def extract_all(config: dict, workdir: Path, precision: str, threads: int, only=
                                     model_name=model, dataset_name=dataset, progress=False)
                 rows.append({"dataset": dataset, "model": model, "tokens": counts.tokens,
                              "seconds": time.perf_counter() - tic})
-                LOG.info("extracted %s/%s in %s emulation: %d tokens, %.0f s", dataset, model, precision,
-                         counts.tokens, rows[-1]["seconds"])
+                LOG.info("extracted %s/%s in %s emulation, stored as %s: %d tokens, %.0f s", dataset, model,
+                         precision, store_dtype, counts.tokens, rows[-1]["seconds"])
     finally:
         ex.load_model = original_load
     return rows
@@ -221,7 +223,7 @@ HEADLINES = {"group.csv": ["r2_train", "r2_valid", "r2_test"], "pairwise.csv": [
              "pca_curve.csv": ["accuracy"], "summary.csv": ["full_accuracy", "smallest_k_within_tolerance",
                                                            "pca_k1_accuracy", "best_dim_accuracy"],
              "single_dims.csv": ["accuracy"], "measures.csv": None, "regression.csv": ["r", "r2"],
-             "pairs.csv": None}
+             "pairs.csv": None, "similarity.csv": ["value"]}
 
 
 def headline_summary(deltas: pd.DataFrame) -> pd.DataFrame:
@@ -256,6 +258,9 @@ def main() -> None:
                         help="config for the work directory (default: the reference's config.yaml), e.g. fewer "
                              "models; then run --precision float32 into a second work directory and compare the "
                              "two with --stage compare --reference FP32_WORKDIR")
+    parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
+                        help="the storage type of the extracted vectors (extraction.store_dtype): with --precision "
+                             "float32, float16 measures what half-size files cost every analysis")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--stage", choices=["all", "extract", "analyse", "compare", "states"], default="all",
                         help="extract: only the hidden states (--models limits them); analyse: the analyses and "
@@ -276,7 +281,7 @@ def main() -> None:
     if args.stage in ("all", "extract"):
         config = setup_workdir(reference, workdir, args.config)
         started = time.perf_counter()
-        timings = extract_all(config, workdir, args.precision, args.cores, args.models)
+        timings = extract_all(config, workdir, args.precision, args.cores, args.models, args.store_dtype)
         times = workdir / "extraction_times.csv"
         pd.concat(([pd.read_csv(times)] if times.exists() else []) + [pd.DataFrame(timings)]).to_csv(times, index=False)
         LOG.info("extraction done in %.0f s", time.perf_counter() - started)
@@ -288,7 +293,7 @@ def main() -> None:
         setup_workdir(reference, workdir, args.config)
         run_analyses(workdir, args.cores)
     deltas = compare_tables(reference, workdir)
-    deltas.insert(0, "precision", args.precision)
+    deltas.insert(0, "precision", args.precision if args.store_dtype == "float32" else f"stored {args.store_dtype}")
     deltas.to_csv(workdir / "precision_deltas.csv", index=False)
     summary = headline_summary(deltas)
     summary.to_csv(workdir / "precision_headlines.csv", index=False)

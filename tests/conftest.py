@@ -159,7 +159,7 @@ def pytest_make_collect_report(collector):
 # leaves short files to fill the end instead of one long file running alone. Files not listed keep their
 # alphabetical order after these. Only the order changes: every test still runs.
 LONGEST_FIRST = ("test_own_run.py", "test_cluster.py", "test_reliability.py", "test_geometry.py",
-                 "test_twotower.py", "test_decomposition.py", "test_compression.py", "test_variability.py",
+                 "test_paper_configs.py", "test_twotower.py", "test_zoo.py", "test_decomposition.py", "test_compression.py", "test_variability.py",
                  "test_hub.py", "test_extraction_resume.py", "test_library_code_rerun.py", "test_workflow_spine.py",
                  "test_similarity.py", "test_figures.py")
 

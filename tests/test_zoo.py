@@ -8,8 +8,9 @@ roberta-large, BERT-small, GPT-2):
   into T = 128 chunks, and XLNet's extraction of the chunks, by their rules;
 - each of the 15 through every stage, each stage called as its rule's script calls it (the library function, in
   this process): extracted on the GLUE stand-in's SST-2 (prepared from the hub; the pooled vectors checked against
-  a direct forward pass of the downloaded model), perturbed, fine-tuned, and its hidden states through variability,
-  compression and geometry (measures and score); the decomposition and similarity measures of all 105 pairs;
+  a direct forward pass of the downloaded model), perturbed, fine-tuned, tokenised into the two-tower LM's corpus
+  (the two-tower LM reads nothing else of a model), and its hidden states through variability, compression and
+  geometry (measures and score); the decomposition and similarity measures of all 105 pairs;
 - the LMD config's analysis on its own chunks: the 12 models extracted at T = 128, the 66 pair passes on the chunk
   unit, the group fits, checked against a direct fit on the chunk vectors.
 
@@ -38,6 +39,7 @@ from lmcompare.models.finetune import run as finetune
 from lmcompare.models.loading import load_model, load_tokenizer, read_provenance
 from lmcompare.models.materialise import materialise
 from lmcompare.models.perturb import perturb_model_folder
+from lmcompare.twotower.corpus import write_corpus
 from lmcompare.variability import run_nu
 
 pytestmark = pytest.mark.workflow
@@ -177,6 +179,14 @@ def test_each_zoo_model_from_the_hub_through_every_per_model_stage(hub, zoo_root
                                                               errors="ignore")).all().all(), measures.T
     score = score_model(pooled, analysis / "score.csv", model=name, dataset="sst2", folds=3)
     assert 0 <= score["score"] <= 1
+    # the two-tower LM's corpus in this model's tokenizer: documents joined by its eos (else sep) token
+    corpus = write_corpus(dataset, folder, {"window": 16, "separator_token": "auto", "vocabulary": "corpus",
+                                            "max_train_tokens": None}, analysis / "corpus.npz",
+                          analysis / "corpus.json", where=name)
+    tokenizer = load_tokenizer(folder)
+    separator = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.sep_token
+    assert corpus.info["train_tokens"] > 16 * 8 and corpus.info["separator_id"] == tokenizer.convert_tokens_to_ids(
+        separator), corpus.info
     # perturbed (the geometry family) and fine-tuned (the compression pair): both load and differ from the base
     perturbed = zoo_root / "derived" / f"{name}-p0.1"
     perturb_model_folder(folder, perturbed, alpha=0.1, seed=1, base_name=name)

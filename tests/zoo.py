@@ -47,7 +47,6 @@ ZOO = {
     "openai-community/gpt2": ("gpt2", "gpt2", "gpt2", {"n_positions": POSITIONS}),
 }
 LMD_MODELS = list(ZOO)[:12]
-ZOO_NAMES = {repo: entry[0] for repo, entry in ZOO.items()}
 
 
 def build_zoo_model(folder, repo: str, seed: int) -> None:
