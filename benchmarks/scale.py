@@ -7,7 +7,7 @@ tokens N and in the number of models M.
     .venv/bin/python benchmarks/scale.py --workdir /tmp/scale --models 3 6 12 --tokens 30000
     .venv/bin/python benchmarks/scale.py --workdir /tmp/scale --report      # the tables of every case run so far
 
-Each case (M models, N tokens) is a work directory `WORKDIR/m{M}-n{N}` holding what the extraction would have
+Each case (M models, about N tokens: the table prints the exact count) is a work directory `WORKDIR/m{M}-n{N}` holding what the extraction would have
 written: `results/data/synthetic.parquet` (the dataset contract; examples of about 100 tokens, so N / 100
 examples, 80 % train; two classes), and per model `results/hidden/synthetic/{model}/pooled.parquet` (every layer's
 summary-token and mean vectors) and `tokens.parquet` (the last layer per token, word ids), in row groups of 256
@@ -80,7 +80,8 @@ def case_config(models: list[str], workdir: Path) -> dict:
 def example_layout(n_examples: int, seed: int):
     """Words per example and tokens per word (1 or 2), the same for every model (one tokenizer's split)."""
     rng = np.random.default_rng(seed)
-    words = rng.integers(TOKENS_PER_EXAMPLE // 2 - 10, TOKENS_PER_EXAMPLE // 2 + 10, n_examples)
+    mean_words = (TOKENS_PER_EXAMPLE - 2) / 1.4  # 1.4 tokens per word on average, two special tokens
+    words = rng.integers(int(mean_words) - 10, int(mean_words) + 11, n_examples)
     pieces = [1 + (rng.random(n) < 0.4).astype(int) for n in words]
     return words, pieces
 
@@ -208,12 +209,17 @@ def build_case(workdir: Path, n_models: int, n_tokens: int, d: int, n_layers: in
         (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": d}))
         (folder / "provenance.json").write_text(json.dumps({"name": model, "source": "local", "synthetic": True}))
     time.sleep(1.0)  # the hidden files newer than the models and the dataset by more than the mtime resolution
+    counts = []
     for index, model in enumerate(models):
         hidden = workdir / "results" / "hidden" / DATASET / model / "tokens.parquet"
         if not hidden.exists():
             tic = time.perf_counter()
             count = write_model_files(workdir, model, index, frame, d, n_layers, seed)
             print(f"  wrote {model}: {count} tokens in {time.perf_counter() - tic:.0f} s", flush=True)
+        counts.append(pq.ParquetFile(hidden).metadata.num_rows)
+    (workdir / "case.json").write_text(json.dumps({"models": n_models, "tokens": counts[0], "examples": len(frame),
+                                                   "dims": d, "layers": n_layers,
+                                                   "tokens_file_mb": hidden.stat().st_size / 1e6}))
     return models
 
 
@@ -286,11 +292,12 @@ def report(root: Path) -> None:
         match = re.fullmatch(r"m(\d+)-n(\d+)", workdir.name)
         table = stage_table(workdir)
         if match and not table.empty:
-            cases.append(table.assign(M=int(match[1]), N=int(match[2])))
+            case = json.loads((workdir / "case.json").read_text())
+            cases.append(table.assign(M=int(match[1]), N=case["tokens"], tokens_file_mb=case["tokens_file_mb"]))
     if not cases:
         raise SystemExit(f"no finished case under {root}")
     jobs = pd.concat(cases)
-    per_stage = jobs.groupby(["M", "N", "stage"]).agg(jobs=("jobs", "sum"), wall_s=("wall_s", "sum"),
+    per_stage = jobs.groupby(["M", "N", "tokens_file_mb", "stage"]).agg(jobs=("jobs", "sum"), wall_s=("wall_s", "sum"),
                                                       cpu_s=("cpu_s", "sum"), peak_rss_mb=("peak_rss_mb", "max"),
                                                       read_mb=("read_mb", "sum"), written_mb=("written_mb", "sum"))
     per_stage = per_stage.reset_index()

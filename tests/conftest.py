@@ -24,6 +24,7 @@ from tests.hub import hub  # noqa: F401  (the session fixture `hub`)
 import contextlib
 import fcntl
 import os
+import re
 import random
 import shutil
 import subprocess
@@ -63,16 +64,38 @@ def make_corpus_texts(n: int = 80, seed: int = 0):
     return texts, labels
 
 
+def _wordpiece_vocabulary(texts, size: int, special) -> dict:
+    """A WordPiece vocabulary built deterministically: the special tokens, every character and its `##` piece, the
+    more frequent half of the corpus's words whole (ties alphabetical) and the other half as a first-half piece and
+    a `##` second-half piece (so that they split into two tokens, or more where a piece is taken), up to `size`.
+    (The `tokenizers` trainer breaks ties between equally frequent merges by a per-process random hash order, so a
+    trained vocabulary differed from run to run, and with it what the tiny model learns in a few steps.)"""
+    import collections
+    import unicodedata
+
+    words = collections.Counter()
+    for text in texts:
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        words.update(re.findall(r"\w+|[^\w\s]", text))
+    chars = sorted({c for word in words for c in word})
+    vocab = list(special) + chars + [f"##{c}" for c in chars]
+    ranked = [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if len(w) > 1]
+    whole, split = ranked[:len(ranked) // 2], ranked[len(ranked) // 2:]
+    pieces = [p for w in split for p in (w[:len(w) // 2], "##" + w[len(w) // 2:])]
+    vocab += [t for t in dict.fromkeys(whole + pieces) if t not in vocab]
+    return {token: index for index, token in enumerate(vocab[:size])}
+
+
 def _wordpiece_tokenizer(texts):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocabulary(texts, 200, special), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=200, special_tokens=special))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
