@@ -5,7 +5,8 @@ roberta-large, BERT-small, GPT-2):
 
 - configs/lmd.yaml, unchanged, through Snakemake: the whole run planned (a dry run); its 12 models materialised from
   the hub at the commit of `main` (in-process, as materialise_model does); WikiText prepared from the hub and cut
-  into T = 128 chunks, and XLNet's extraction of the chunks, by their rules;
+  into T = 128 chunks, two models' extractions of the chunks (truncated at T although a second config file sets
+  extraction.max_length to 64) and their pair pass, by their rules;
 - each of the 15 through every stage, each stage called as its rule's script calls it (the library function, in
   this process): extracted on the GLUE stand-in's SST-2 (prepared from the hub; the pooled vectors checked against
   a direct forward pass of the downloaded model), perturbed, fine-tuned, tokenised into the two-tower LM's corpus
@@ -53,23 +54,31 @@ SUMMARY = {"xlnet": ("cls", "end"), "gpt2": ("last", "last")}  # every other arc
 
 
 LMD_CONFIG = PROJECT / "configs" / "lmd.yaml"
-RULE_EXTRACTED = "xlnet-base-cased"
+# the pair whose extractions and pair pass Snakemake runs (XLNet: its <cls> stands last); the rest run in-process
+RULE_PAIR = ("bert-base-uncased", "xlnet-base-cased")
 
 
 @pytest.fixture(scope="module")
 def lmd_run(hub, tmp_path_factory):
     """configs/lmd.yaml planned; its 12 models materialised from the hub as materialise_model does (the rule itself
-    runs hub models in tests/test_paper_configs.py), then its dataset jobs and one extraction of the chunks run by
-    Snakemake: (workdir, planned jobs per rule)."""
+    runs hub models in tests/test_paper_configs.py); then by Snakemake, with a second config file that sets another
+    extraction.max_length (64: a chunks dataset must ignore it): WikiText from the hub, its chunks, RULE_PAIR's
+    extractions and pair pass. Returns (workdir, planned jobs per rule)."""
     config = config_of("lmd")
     workdir = tmp_path_factory.mktemp("lmd")
     planned = planned_jobs(workdir, LMD_CONFIG)
     for entry in config["models"]:
         materialise(entry, workdir / paths.model_dir(entry["name"]))
     chunked = config["datasets"][1]["name"]
-    # WikiText from the hub, its chunks, and XLNet's extraction of them (its <cls> stands last) by their rules
-    run_config(workdir, LMD_CONFIG, targets=[paths.dataset_path(chunked), paths.tokens_path(chunked, RULE_EXTRACTED)])
+    overlay = workdir / "max-length-64.yaml"
+    overlay.write_text("extraction: {max_length: 64}\n")
+    run_config(workdir, LMD_CONFIG, overlay, targets=[paths.dataset_path(chunked), rule_pair_file(chunked)])
     return workdir, planned
+
+
+def rule_pair_file(chunked: str) -> str:
+    a, b = RULE_PAIR
+    return f"results/analysis/decomposition/{chunked}/chunk/t-1_b-1/moments/{a}/{b}.npz"
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +128,11 @@ def test_the_lmd_config_plans_the_papers_analysis_and_its_hub_jobs_run(hub, lmd_
         "chunks", "wikitext", "bert-base-uncased", 128)
     assert (meta["chunking"], meta["chunk_split"]) == ("release", "base")
     assert meta["counts"]["train"] >= 40 and meta["counts"]["test"] >= 15, meta["counts"]
-    # the extraction rule truncates a chunks dataset at T and says why
-    stored = hidden_states.read_hidden_metadata(workdir / paths.tokens_path(chunked["name"], RULE_EXTRACTED))
-    assert stored["max_length"] == 128 and stored["summary_token"]["rule"] == "cls"
-    log = (workdir / f"results/logs/extract_hidden_states/{chunked['name']}/{RULE_EXTRACTED}.log").read_text()
+    # the extraction rule truncates a chunks dataset at T whatever extraction.max_length says (64) and says why
+    for name in RULE_PAIR:
+        stored = hidden_states.read_hidden_metadata(workdir / paths.tokens_path(chunked["name"], name))
+        assert stored["max_length"] == 128 and stored["summary_token"]["rule"] == "cls", name
+    log = (workdir / f"results/logs/extract_hidden_states/{chunked['name']}/{RULE_PAIR[1]}.log").read_text()
     assert "as the LMD release does" in log and "raise extraction.max_length" not in log
 
 
@@ -244,8 +254,8 @@ def chunk_vectors(tokens, chunk_tokens: int):
 
 def test_the_lmd_config_decomposes_its_twelve_models_on_the_chunks(lmd_run):
     """The rest of configs/lmd.yaml, as its rules call the library: the 12 models extracted on the T = 128 chunks
-    (with the settings the extraction rule gives a chunks dataset: max_length = T), the 66 pair passes on the chunk unit, the group and
-    pairwise fits at the paper's alpha; bert-base-uncased's group R² equals a direct ridge fit on the chunk vectors
+    (with the settings the extraction rule gives a chunks dataset: max_length = T), the 66 pair passes on the chunk
+    unit (RULE_PAIR's equal to the one its rule wrote), the group and pairwise fits at the paper's alpha; bert-base-uncased's group R² equals a direct ridge fit on the chunk vectors
     of all twelve (sum of the chunk's stored tokens / T, aligned by example_id)."""
     from lmcompare import decomposition as lmd
 
@@ -255,7 +265,7 @@ def test_the_lmd_config_decomposes_its_twelve_models_on_the_chunks(lmd_run):
     names = [m["name"] for m in config["models"]]
     settings = ExtractionSettings.from_config({**config["extraction"], "max_length": 128})
     for name in names:
-        if name == RULE_EXTRACTED:  # extracted by its rule in lmd_run
+        if name in RULE_PAIR:  # extracted by its rule in lmd_run
             continue
         extract(workdir / paths.model_dir(name), workdir / paths.dataset_path(chunked),
                 workdir / paths.pooled_path(chunked, name), workdir / paths.tokens_path(chunked, name), settings,
@@ -270,6 +280,11 @@ def test_the_lmd_config_decomposes_its_twelve_models_on_the_chunks(lmd_run):
         write_pair_moments(path, a, tokens[a], b, tokens[b], dataset=chunked, unit="chunk", target_layer=-1,
                            basis_layer=-1, pooling=None, chunk_tokens=128, validation_fraction=0.2,
                            validation_seed=0)
+    # the rule's pair file (its parameters from the config: unit, T, the validation cut) holds the same numbers
+    with np.load(workdir / rule_pair_file(chunked)) as by_rule, np.load(moments[pairs.index(RULE_PAIR)]) as here:
+        assert sorted(by_rule.files) == sorted(here.files)
+        for key in by_rule.files:
+            np.testing.assert_array_equal(by_rule[key], here[key], err_msg=key)
     out = workdir / "chunk-fits"
     write_fit_tables(pairs, moments, names, 1e-6, "paper", alpha_grid=None, min_train=10, min_test=10,
                      dataset=chunked, unit="chunk", group_path=out / "group.csv", pairwise_path=out / "pairwise.csv",
