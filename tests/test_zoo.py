@@ -136,13 +136,12 @@ def test_the_lmd_config_plans_the_papers_analysis_and_its_hub_jobs_run(hub, lmd_
     assert "as the LMD release does" in log and "raise extraction.max_length" not in log
 
 
-def direct_last_layer(folder, text, max_length):
-    """The downloaded model's last layer for one text alone (unpadded), and its special-token mask."""
-    tokenizer, model = load_tokenizer(folder), load_model(folder)
+def direct_last_layer(model, tokenizer, text, max_length):
+    """The model's last layer for one text alone (unpadded), its special-token mask and its input ids."""
     encoded = tokenizer(text, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     with torch.no_grad():
         states = model(input_ids=torch.tensor([encoded["input_ids"]]), output_hidden_states=True).hidden_states
-    return states[-1][0].double().numpy(), np.array(encoded["special_tokens_mask"], bool), encoded["input_ids"], tokenizer
+    return states[-1][0].double().numpy(), np.array(encoded["special_tokens_mask"], bool), encoded["input_ids"]
 
 
 @pytest.mark.parametrize("repo", list(ZOO))
@@ -162,12 +161,12 @@ def test_each_zoo_model_from_the_hub_through_every_per_model_stage(hub, zoo_root
     first, mean = states["first", -1], states["mean", -1]
     order = {example: row for row, example in enumerate(pq.read_table(pooled, columns=["example_id"])
                                                          .column("example_id").to_pylist())}
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
     for example in list(texts.index[:2]):
-        last, special, ids, tokenizer = direct_last_layer(folder, texts[example], EXTRACTION["max_length"])
-        summary = {"start": 0, "end": ids.index(tokenizer.cls_token_id) if where == "end" else None,
-                   "last": len(ids) - 1}[where]
+        last, special, ids = direct_last_layer(model, tokenizer, texts[example], EXTRACTION["max_length"])
         if where == "end":
-            assert summary == len(ids) - 1 - (ids[-1] != tokenizer.cls_token_id), ids  # <cls> stands last
+            assert ids[-1] == tokenizer.cls_token_id, ids  # XLNet's <cls> stands last
+        summary = 0 if where == "start" else len(ids) - 1
         np.testing.assert_allclose(first[order[example]], last[summary], atol=1e-5, err_msg=name)
         np.testing.assert_allclose(mean[order[example]], last[~special].mean(axis=0), atol=1e-5, err_msg=name)
     # variability, compression, geometry on its files
@@ -193,7 +192,6 @@ def test_each_zoo_model_from_the_hub_through_every_per_model_stage(hub, zoo_root
     corpus = write_corpus(dataset, folder, {"window": 16, "separator_token": "auto", "vocabulary": "corpus",
                                             "max_train_tokens": None}, analysis / "corpus.npz",
                           analysis / "corpus.json", where=name)
-    tokenizer = load_tokenizer(folder)
     separator = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.sep_token
     assert corpus.info["train_tokens"] > 16 * 8 and corpus.info["separator_id"] == tokenizer.convert_tokens_to_ids(
         separator), corpus.info
@@ -204,7 +202,7 @@ def test_each_zoo_model_from_the_hub_through_every_per_model_stage(hub, zoo_root
     tuned = zoo_root / "derived" / f"{name}-sst2"
     finetune({"name": f"{name}-sst2", "base": name, "dataset": "sst2", "epochs": 1, "batch_size": 16,
               "max_length": 32, "learning_rate": 1e-3, "seed": 0}, folder, dataset, tuned, device="cpu", threads=1)
-    base_weights = dict(load_model(folder).named_parameters())
+    base_weights = dict(model.named_parameters())
     for derived in (perturbed, tuned):
         changed = [k for k, v in load_model(derived).state_dict().items()
                    if k in base_weights and not torch.equal(v, base_weights[k].detach())]
